@@ -1,0 +1,33 @@
+"""The operator's own configuration, read once from the environment at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/medserve/model-runtime:0.1.0"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OperatorConfig:
+    mlflow_uri: str
+    """Where the operator reaches the MLflow registry."""
+    runtime_mlflow_uri: str
+    """Where model-runtime pods reach MLflow (often an in-cluster Service, unlike the operator's)."""
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    resync_seconds: float = 30.0
+    """How often each object is looked at again without an event (alias moves, registry retries)."""
+    registry_timeout: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        mlflow_uri = env.get("MEDSERVE_MLFLOW_URI") or env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000"
+        return cls(
+            mlflow_uri=mlflow_uri,
+            runtime_mlflow_uri=env.get("MEDSERVE_RUNTIME_MLFLOW_URI") or mlflow_uri,
+            runtime_image=env.get("MEDSERVE_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
+            resync_seconds=float(env.get("MEDSERVE_RESYNC_SECONDS") or 30.0),
+            registry_timeout=float(env.get("MEDSERVE_REGISTRY_TIMEOUT") or 5.0),
+        )

@@ -1,0 +1,194 @@
+"""A small async Kubernetes API client for the objects the operator owns.
+
+kopf watches and patches the resources it handles; the operator still has to create and update the
+children (InferenceServices, Jobs, ...) and write the status of a parent from a child's event. The
+official client costs tens of MiB and a thread pool per call; this one is httpx over the same
+kubeconfig or in-cluster service account, and only knows the few verbs the operator uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class ApiError(Exception):
+    """A Kubernetes API error with its HTTP status and the Status reason/message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def resource_path(api_version: str, plural: str, namespace: str | None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+class KubeClient:
+    """Async access to the Kubernetes API over one pooled HTTP connection set."""
+
+    def __init__(self, server: str, *, headers: dict[str, str] | None = None,
+                 verify: ssl.SSLContext | bool = True, timeout: float = 30.0) -> None:
+        self._client = httpx.AsyncClient(base_url=server, headers=headers or {}, verify=verify, timeout=timeout,
+                                         limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> KubeClient:
+        """In-cluster service account when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+        if path is None and (SERVICE_ACCOUNT_DIR / "token").exists():
+            host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+            context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
+            token = (SERVICE_ACCOUNT_DIR / "token").read_text().strip()
+            return cls(f"https://{host}:{port}", headers={"Authorization": f"Bearer {token}"}, verify=context)
+        return cls._from_kubeconfig(Path(path or Path.home() / ".kube" / "config"))
+
+    @classmethod
+    def _from_kubeconfig(cls, path: Path) -> KubeClient:
+        config = yaml.safe_load(path.read_text()) or {}
+        context_name = config.get("current-context")
+        context = _named(config.get("contexts"), context_name, "context", path)
+        cluster = _named(config.get("clusters"), context.get("cluster"), "cluster", path)
+        user = _named(config.get("users"), context.get("user"), "user", path) if context.get("user") else {}
+        server = str(cluster["server"])
+        headers: dict[str, str] = {}
+        if user.get("token"):
+            headers["Authorization"] = f"Bearer {user['token']}"
+        verify: ssl.SSLContext | bool = True
+        if server.startswith("https://"):
+            if cluster.get("insecure-skip-tls-verify"):
+                verify = False
+            else:
+                ca = _materialise(cluster, "certificate-authority")
+                verify = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+            cert, key = _materialise(user, "client-certificate"), _materialise(user, "client-key")
+            if cert and isinstance(verify, ssl.SSLContext):
+                verify.load_cert_chain(cert, key)
+        return cls(server, headers=headers, verify=verify)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        response = await self._client.get(resource_path(api_version, plural, namespace, name))
+        if response.status_code == 404:
+            return None
+        return _json(response)
+
+    async def list(self, api_version: str, plural: str, namespace: str | None, *,
+                   label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else {}
+        response = await self._client.get(resource_path(api_version, plural, namespace), params=params)
+        items: list[dict[str, Any]] = _json(response).get("items", [])
+        return items
+
+    async def create(self, api_version: str, plural: str, namespace: str | None,
+                     body: dict[str, Any]) -> dict[str, Any]:
+        return _json(await self._client.post(resource_path(api_version, plural, namespace), json=body))
+
+    async def replace(self, api_version: str, plural: str, namespace: str | None,
+                      body: dict[str, Any]) -> dict[str, Any]:
+        path = resource_path(api_version, plural, namespace, body["metadata"]["name"])
+        return _json(await self._client.put(path, json=body))
+
+    async def patch(self, api_version: str, plural: str, namespace: str | None, name: str,
+                    patch: dict[str, Any], *, subresource: str | None = None) -> dict[str, Any]:
+        response = await self._client.patch(
+            resource_path(api_version, plural, namespace, name, subresource), json=patch,
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        return _json(response)
+
+    async def delete(self, api_version: str, plural: str, namespace: str | None, name: str) -> bool:
+        response = await self._client.request("DELETE", resource_path(api_version, plural, namespace, name),
+                                              json={"propagationPolicy": "Background"})
+        if response.status_code == 404:
+            return False
+        _json(response)
+        return True
+
+    async def update_status(
+        self, api_version: str, plural: str, namespace: str, name: str,
+        mutate: Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any] | None]
+                         | dict[str, Any] | None],
+        *, attempts: int = 5,
+    ) -> dict[str, Any] | None:
+        """Read the object, let `mutate(obj, status)` compute the new status, write it back guarded by
+        resourceVersion, and retry on a conflict. `mutate` returns None for "nothing to change".
+        Returns the written object, or None when the object is gone or nothing changed."""
+        for _ in range(attempts):
+            obj = await self.get(api_version, plural, namespace, name)
+            if obj is None:
+                return None
+            current = dict(obj.get("status") or {})
+            result = mutate(obj, dict(current))
+            new_status = await result if isinstance(result, Awaitable) else result
+            if new_status is None or new_status == current:
+                return None
+            patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                     "status": _merge_patch_for(current, new_status)}
+            try:
+                return await self.patch(api_version, plural, namespace, name, patch, subresource="status")
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+        raise ApiError(409, "Conflict", f"{plural}/{name} kept changing; status not written after {attempts} tries")
+
+
+def _merge_patch_for(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning `old` into `new` at the top level (removed keys become null)."""
+    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body: dict[str, Any] = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code >= 400:
+        raise ApiError(response.status_code, str(body.get("reason", response.reason_phrase)),
+                       str(body.get("message", response.text[:500])))
+    return body
+
+
+def _named(entries: Any, name: Any, what: str, path: Path) -> dict[str, Any]:
+    for entry in entries or []:
+        if entry.get("name") == name:
+            found: dict[str, Any] = entry.get(what) or {}
+            return found
+    raise ValueError(f"kubeconfig {path}: no {what} named {name!r}")
+
+
+def _materialise(section: dict[str, Any], key: str) -> str | None:
+    """A kubeconfig file reference, or its inline `-data` twin written to a private temp file."""
+    if section.get(key):
+        return str(section[key])
+    data = section.get(f"{key}-data")
+    if not data:
+        return None
+    handle = tempfile.NamedTemporaryFile(prefix="medserve-", suffix=".pem", delete=False)  # noqa: SIM115
+    with handle:
+        handle.write(base64.b64decode(data))
+    os.chmod(handle.name, 0o600)
+    return handle.name

@@ -1,0 +1,74 @@
+"""`medserve operator`: run the medserve operator (kopf) against the current kubeconfig or in-cluster.
+
+Configuration comes from the environment (see `OperatorConfig`); the clients are built at start-up,
+never at import, and handed to the handlers through kopf's memo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from medserve_operator import modeldeployment
+from medserve_operator.config import OperatorConfig
+from medserve_operator.kube import KubeClient
+from medserve_operator.registry import MlflowRegistry
+
+logger = logging.getLogger("medserve.operator")
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A kopf registry holding every medserve handler plus the start-up settings."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="medserve.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="medserve.io", key="last-handled-configuration")
+        settings.persistence.finalizer = "medserve.io/finalizer"
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+        memo.runtime = modeldeployment.Runtime(
+            config=config,
+            kube=KubeClient.from_environment(),
+            registry=MlflowRegistry(config.mlflow_uri, timeout=config.registry_timeout),
+        )
+        logger.info("medserve operator started: registry %s, resync every %ss",
+                    config.mlflow_uri, config.resync_seconds)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        runtime: modeldeployment.Runtime | None = memo.get("runtime")
+        if runtime is not None:
+            await runtime.kube.aclose()
+            await runtime.registry.aclose()
+
+    modeldeployment.register(registry, config)
+    return registry
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medserve operator", description=__doc__)
+    parser.add_argument("-n", "--namespace", action="append", default=[],
+                        help="watch only this namespace (repeatable); default: all namespaces")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = OperatorConfig.from_env()
+    asyncio.run(kopf.operator(
+        registry=build_registry(config),
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(),
+    ))
+    return 0

@@ -1,0 +1,331 @@
+"""The ModelDeployment reconciler: MLflow registry → KServe InferenceService → status.
+
+The kopf handlers are thin: they hand the object to `reconcile`, which parses the spec, resolves the
+model, calls the pure renderer, applies the InferenceService, and writes the status. Every path into
+the reconciler — a spec change, the operator's restart, the periodic resync, an event on the child
+InferenceService — runs the same idempotent function, so a look that finds nothing new writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any, cast
+
+import kopf
+
+from medserve_operator import GROUP, VERSION, conditions, render
+from medserve_operator.api import ModelDeploymentSpec, SpecError, parse_duration, parse_spec
+from medserve_operator.config import OperatorConfig
+from medserve_operator.kube import ApiError, KubeClient
+from medserve_operator.registry import MlflowRegistry, ModelNotFound, RegistryError, ResolvedModel
+
+MD_API = f"{GROUP}/{VERSION}"
+MD_PLURAL = "modeldeployments"
+ISVC_API = "serving.kserve.io/v1beta1"
+ISVC_PLURAL = "inferenceservices"
+CONDITION_TYPES = ("ModelResolved", "InferenceServiceReady")
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What the handlers share: configuration, the API and registry clients, per-object bookkeeping."""
+
+    config: OperatorConfig
+    kube: KubeClient
+    registry: MlflowRegistry
+    locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    last_resolution: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self.locks.setdefault(uid, asyncio.Lock())
+
+    def forget(self, uid: str) -> None:
+        self.locks.pop(uid, None)
+        self.last_resolution.pop(uid, None)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one reconciliation found, before it becomes status."""
+
+    resolved: ResolvedModel | None = None
+    resolution_error: RegistryError | None = None
+    spec_error: SpecError | None = None
+    inference_service: dict[str, Any] | None = None
+    previous_model: dict[str, Any] | None = None
+    events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+
+
+async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any],
+                    *, periodic: bool) -> Outcome:
+    """Bring the InferenceService and the status in line with the ModelDeployment `body`."""
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    outcome = Outcome()
+    async with rt.lock(uid):
+        status = dict(body.get("status") or {})
+        try:
+            spec = parse_spec("ModelDeployment", dict(body.get("spec") or {}))
+            assert isinstance(spec, ModelDeploymentSpec)
+        except SpecError as exc:
+            outcome.spec_error = exc
+            await _write_status(rt, body, outcome)
+            return outcome
+
+        pinned = _pinned(spec, status.get("model"))
+        outcome.resolved = pinned
+        if _needs_resolution(rt, uid, spec, pinned, periodic=periodic):
+            rt.last_resolution[uid] = time.monotonic()
+            try:
+                outcome.resolved = await rt.registry.resolve(spec.model.name, version=spec.model.version,
+                                                             alias=spec.model.alias)
+            except RegistryError as exc:
+                outcome.resolution_error = exc
+                logger.warning("Cannot resolve model %s: %s", spec.model.name, exc)
+
+        current = await rt.kube.get(ISVC_API, ISVC_PLURAL, namespace, name)
+        outcome.inference_service = current
+        if outcome.resolved is not None:
+            outcome.inference_service = await _apply_inference_service(rt, body, spec, outcome, current, status)
+        await _write_status(rt, body, outcome)
+    for type_, reason, message in outcome.events:
+        kopf.event(body if isinstance(body, kopf.Body) else kopf.Body(cast(kopf.RawBody, body)),
+                   type=type_, reason=reason, message=message)
+    return outcome
+
+
+def _pinned(spec: ModelDeploymentSpec, model: dict[str, Any] | None) -> ResolvedModel | None:
+    """The version pinned in status, if it still answers the spec's version or alias."""
+    if not model or model.get("name") != spec.model.name:
+        return None
+    if (spec.model.version and model.get("version") != spec.model.version) or \
+            (spec.model.alias and model.get("alias") != spec.model.alias):
+        return None
+    return ResolvedModel(name=model["name"], version=model["version"], source=model.get("source", ""),
+                         run_id=model.get("runId", ""), alias=model.get("alias"))
+
+
+def _needs_resolution(rt: Runtime, uid: str, spec: ModelDeploymentSpec, pinned: ResolvedModel | None,
+                      *, periodic: bool) -> bool:
+    """Versions are immutable: resolve once. Aliases move: look again every `monitoring.interval`."""
+    if pinned is None:
+        return not periodic or _interval_elapsed(rt, uid, spec)
+    if spec.model.version:
+        return False
+    return not periodic or _interval_elapsed(rt, uid, spec)
+
+
+def _interval_elapsed(rt: Runtime, uid: str, spec: ModelDeploymentSpec) -> bool:
+    last = rt.last_resolution.get(uid)
+    return last is None or time.monotonic() - last >= parse_duration(spec.monitoring.interval)
+
+
+async def _apply_inference_service(rt: Runtime, body: kopf.Body | dict[str, Any], spec: ModelDeploymentSpec,
+                                   outcome: Outcome, current: dict[str, Any] | None,
+                                   status: dict[str, Any]) -> dict[str, Any]:
+    assert outcome.resolved is not None
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    new = outcome.resolved
+    running_version = ((current or {}).get("metadata", {}).get("labels") or {}).get("medserve.io/model-version")
+    previous = status.get("previousModel")
+    if current is not None and running_version and running_version != new.version:
+        # A new version: roll it out as a canary beside the one serving now.
+        previous = status.get("model") or {"name": new.name, "version": running_version}
+        if spec.rollout.canary_traffic_percent > 0:
+            outcome.events.append(("Normal", "RolloutStarted",
+                                   f"rolling out version {new.version} (from {previous.get('version')}) with "
+                                   f"{spec.rollout.canary_traffic_percent}% canary traffic"))
+        else:
+            previous = None
+    elif previous and _isvc_ready(current) and previous.get("version") != new.version:
+        outcome.events.append(("Normal", "RolloutComplete",
+                               f"version {new.version} serves all traffic (replaced {previous.get('version')})"))
+        previous = None
+    if previous is not None and previous.get("version") == new.version:
+        previous = None  # rolled back to the version that was serving: no canary to keep
+    outcome.previous_model = previous
+    desired = render.render_inference_service(
+        name=name, namespace=namespace, uid=meta["uid"], spec=spec, model_name=new.name,
+        model_version=new.version, image=spec.runtime.image or rt.config.runtime_image,
+        mlflow_uri=rt.config.runtime_mlflow_uri, canary=previous is not None,
+    )
+    if current is None:
+        try:
+            created = await rt.kube.create(ISVC_API, ISVC_PLURAL, namespace, desired)
+            outcome.events.append(("Normal", "InferenceServiceCreated",
+                                   f"InferenceService {name} created for {new.uri}"))
+            return created
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            current = await rt.kube.get(ISVC_API, ISVC_PLURAL, namespace, name)
+            if current is None:
+                raise
+    if not render.inference_service_differs(desired, current):
+        return current
+    merged = {
+        **current,
+        "metadata": {**current["metadata"],
+                     "labels": {**(current["metadata"].get("labels") or {}), **desired["metadata"]["labels"]},
+                     "annotations": {**(current["metadata"].get("annotations") or {}),
+                                     **desired["metadata"]["annotations"]},
+                     "ownerReferences": desired["metadata"]["ownerReferences"]},
+        "spec": desired["spec"],
+    }
+    return await rt.kube.replace(ISVC_API, ISVC_PLURAL, namespace, merged)
+
+
+def _isvc_ready(isvc: dict[str, Any] | None) -> bool:
+    if not isvc:
+        return False
+    status = isvc.get("status") or {}
+    generation = isvc.get("metadata", {}).get("generation")
+    fresh = status.get("observedGeneration") is None or generation is None or \
+        status["observedGeneration"] >= generation
+    return fresh and conditions.is_true(status.get("conditions"), "Ready")
+
+
+def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, generation: int,
+                   now: str | None = None) -> dict[str, Any]:
+    """The new status from the current one and what this reconciliation found (pure)."""
+    now = now or conditions.now_rfc3339()
+    status = dict(current)
+    conds: list[dict[str, Any]] = list(status.get("conditions") or [])
+    status["observedGeneration"] = generation
+    if outcome.spec_error is not None:
+        conds = conditions.set_condition(conds, "Ready", "False", "InvalidSpec", str(outcome.spec_error),
+                                         generation=generation, now=now)
+        status.update(conditions=conds, phase="Failed")
+        return status
+
+    resolved, error = outcome.resolved, outcome.resolution_error
+    if resolved is not None:
+        model = {"name": resolved.name, "version": resolved.version, "source": resolved.source,
+                 "uri": resolved.uri, "runId": resolved.run_id}
+        if resolved.alias:
+            model["alias"] = resolved.alias
+        old = status.get("model") or {}
+        model["resolvedAt"] = old.get("resolvedAt", now) if _same_model(old, model) else now
+        status["model"] = model
+        via = f"alias {resolved.alias!r} → version {resolved.version}" if resolved.alias else \
+            f"version {resolved.version}"
+        conds = conditions.set_condition(conds, "ModelResolved", "True", "Resolved",
+                                         f"{resolved.name} {via}", generation=generation, now=now)
+        if error is not None:  # an alias re-check failed; the pinned version keeps serving
+            conds = conditions.set_condition(conds, "ModelResolved", "True", "Resolved",
+                                             f"{resolved.name} pinned to version {resolved.version}; "
+                                             f"re-check failed: {error}", generation=generation, now=now)
+    elif error is not None:
+        conds = conditions.set_condition(conds, "ModelResolved", "False", error.reason, str(error),
+                                         generation=generation, now=now)
+    if outcome.previous_model:
+        status["previousModel"] = outcome.previous_model
+    else:
+        status.pop("previousModel", None)
+
+    isvc = outcome.inference_service
+    if isvc is not None:
+        status["inferenceService"] = name
+        isvc_status = isvc.get("status") or {}
+        if isvc_status.get("url"):
+            status["url"] = isvc_status["url"]
+        ready = conditions.find(isvc_status.get("conditions"), "Ready")
+        if _isvc_ready(isvc):
+            canary = f" (canary: {outcome.previous_model['version']} → {resolved.version})" \
+                if outcome.previous_model and resolved else ""
+            conds = conditions.set_condition(conds, "InferenceServiceReady", "True", "InferenceServiceReady",
+                                             f"InferenceService {name} is ready{canary}",
+                                             generation=generation, now=now)
+        elif ready is None:
+            conds = conditions.set_condition(conds, "InferenceServiceReady", "Unknown", "InferenceServicePending",
+                                             f"waiting for KServe to report InferenceService {name}",
+                                             generation=generation, now=now)
+        else:
+            conds = conditions.set_condition(conds, "InferenceServiceReady", "False",
+                                             str(ready.get("reason") or "InferenceServiceNotReady"),
+                                             str(ready.get("message") or f"InferenceService {name} is not ready"),
+                                             generation=generation, now=now)
+    else:
+        status.pop("url", None)
+        conds = conditions.set_condition(conds, "InferenceServiceReady", "False", "InferenceServiceMissing",
+                                         "no InferenceService yet: the model is not resolved",
+                                         generation=generation, now=now)
+    conds = conditions.derive_ready(conds, CONDITION_TYPES, negative=("Degraded",), generation=generation,
+                                    now=now)
+    status["conditions"] = conds
+    status["phase"] = _phase(conds)
+    return status
+
+
+def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return all(old.get(k) == new.get(k) for k in ("name", "version", "alias"))
+
+
+def _phase(conds: list[dict[str, Any]]) -> str:
+    resolved = conditions.find(conds, "ModelResolved")
+    if resolved is None or resolved.get("status") != "True":
+        return "Failed" if resolved is not None and resolved.get("reason") == ModelNotFound.reason else "Resolving"
+    if not conditions.is_true(conds, "InferenceServiceReady"):
+        return "Deploying"
+    return "Degraded" if conditions.is_true(conds, "Degraded") else "Ready"
+
+
+async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], outcome: Outcome) -> None:
+    meta = body["metadata"]
+    before: dict[str, Any] = {}
+
+    def mutate(obj: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        before.update(current)
+        return compute_status(current, outcome, name=meta["name"],
+                              generation=int(obj["metadata"].get("generation", 1)))
+
+    written = await rt.kube.update_status(MD_API, MD_PLURAL, meta["namespace"], meta["name"], mutate)
+    if written is not None:
+        outcome.events.extend(conditions.transitions(before.get("conditions"),
+                                                     (written.get("status") or {}).get("conditions")))
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """Register the ModelDeployment handlers into `registry` (nothing is registered at import time)."""
+    resource = (GROUP, VERSION, MD_PLURAL)
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, field="spec", registry=registry)
+    async def md_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
+                         **_: Any) -> None:
+        outcome = await reconcile(memo.runtime, body, logger, periodic=False)
+        if outcome.spec_error is not None:
+            raise kopf.PermanentError(f"invalid spec: {outcome.spec_error}")
+        if isinstance(outcome.resolution_error, ModelNotFound) and outcome.resolved is None:
+            raise kopf.PermanentError(str(outcome.resolution_error))
+        if outcome.resolution_error is not None and outcome.resolved is None:
+            raise kopf.TemporaryError(str(outcome.resolution_error), delay=min(300.0, 2.0 * 2 ** retry))
+
+    @kopf.timer(*resource, interval=config.resync_seconds, initial_delay=config.resync_seconds,
+                registry=registry)
+    async def md_resync(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        await reconcile(memo.runtime, body, logger, periodic=True)
+
+    @kopf.on.delete(*resource, optional=True, registry=registry)
+    async def md_deleted(uid: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.runtime.forget(uid)
+
+    @kopf.on.event("serving.kserve.io", "v1beta1", ISVC_PLURAL, registry=registry,
+                   labels={"app.kubernetes.io/managed-by": "medserve",
+                           "medserve.io/model-deployment": kopf.PRESENT})
+    async def isvc_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        owner = next((ref for ref in body.metadata.get("ownerReferences", [])
+                      if ref.get("kind") == "ModelDeployment" and ref.get("apiVersion") == MD_API), None)
+        if owner is None:
+            return
+        rt: Runtime = memo.runtime
+        parent = await rt.kube.get(MD_API, MD_PLURAL, body.metadata.namespace, owner["name"])
+        if parent is None or parent["metadata"].get("uid") != owner.get("uid") or \
+                parent["metadata"].get("deletionTimestamp"):
+            return
+        await reconcile(rt, parent, logger, periodic=True)

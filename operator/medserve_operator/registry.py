@@ -1,0 +1,136 @@
+"""The MLflow model registry, as the operator sees it: resolve a model version or alias.
+
+Talks to MLflow's REST API with httpx rather than importing `mlflow` — the operator stays small
+(one import of mlflow costs more memory than the whole operator). Versions are immutable in MLflow,
+so a resolved version is cached; aliases move, so they are always asked again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(Exception):
+    """Base of the registry errors; `reason` is the condition reason the reconciler reports."""
+
+    reason = "RegistryError"
+
+
+class RegistryUnavailable(RegistryError):
+    """MLflow could not be reached or answered with a server error: retry with backoff."""
+
+    reason = "RegistryUnavailable"
+
+
+class ModelNotFound(RegistryError):
+    """The model, version or alias does not exist: retrying at once will not help."""
+
+    reason = "ModelNotFound"
+
+
+class ModelNotReady(RegistryError):
+    """The version exists but MLflow has not finished registering it (PENDING_REGISTRATION)."""
+
+    reason = "ModelNotReady"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResolvedModel:
+    name: str
+    version: str
+    source: str
+    run_id: str
+    alias: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class MlflowRegistry:
+    """Resolves registered model versions over MLflow's REST API (`/api/2.0/mlflow/...`)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 5.0, version_ttl: float = 600.0,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._version_ttl = version_ttl
+        self._versions: dict[tuple[str, str], tuple[float, ResolvedModel]] = {}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def resolve(self, name: str, *, version: str | None = None, alias: str | None = None) -> ResolvedModel:
+        """Resolve exactly one of `version` or `alias` to an immutable, READY model version."""
+        if (version is None) == (alias is None):
+            raise ValueError("exactly one of version or alias must be given")
+        if version is not None:
+            cached = self._versions.get((name, version))
+            if cached and time.monotonic() - cached[0] < self._version_ttl:
+                return cached[1]
+            data = await self._get("model-versions/get", {"name": name, "version": version},
+                                   what=f"version {version} of model {name!r}")
+        else:
+            data = await self._get("registered-models/alias", {"name": name, "alias": str(alias)},
+                                   what=f"alias {alias!r} of model {name!r}")
+        resolved = self._parse(data, alias=alias)
+        self._versions[(resolved.name, resolved.version)] = (time.monotonic(), dataclasses.replace(resolved,
+                                                                                                    alias=None))
+        return resolved
+
+    async def find_versions_by_tag(self, name: str, key: str, value: str) -> list[ResolvedModel]:
+        """Versions of `name` carrying the tag `key=value`, newest first (how a retraining Job is traced)."""
+        filter_ = f"name = '{_quote(name)}' and tag.`{key}` = '{_quote(value)}'"
+        data = await self._get("model-versions/search", {"filter": filter_, "max_results": "50"},
+                               what=f"versions of model {name!r} tagged {key}")
+        versions = [self._parse({"model_version": mv}, alias=None) for mv in data.get("model_versions", [])]
+        return sorted(versions, key=lambda mv: int(mv.version), reverse=True)
+
+    async def _get(self, endpoint: str, params: dict[str, str], *, what: str) -> dict[str, Any]:
+        url = f"{self.base_url}/api/2.0/mlflow/{endpoint}"
+        try:
+            response = await self._client.get(url, params=params)
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(f"MLflow at {self.base_url} is unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise RegistryUnavailable(f"MLflow at {self.base_url} answered {response.status_code}")
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise RegistryUnavailable(f"MLflow at {self.base_url} answered non-JSON ({response.status_code})") \
+                from exc
+        if response.status_code in (400, 404) and body.get("error_code") in {
+            "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND",
+        }:
+            raise ModelNotFound(f"{what} is not in the MLflow registry")
+        if response.status_code >= 400:
+            raise RegistryUnavailable(
+                f"MLflow rejected the lookup of {what}: {response.status_code} {body.get('error_code', '')}"
+            )
+        return body
+
+    @staticmethod
+    def _parse(data: dict[str, Any], *, alias: str | None) -> ResolvedModel:
+        mv = data.get("model_version") or {}
+        if mv.get("status", "READY") != "READY":
+            raise ModelNotReady(f"version {mv.get('version')} of model {mv.get('name')!r} is {mv.get('status')}")
+        return ResolvedModel(
+            name=str(mv["name"]),
+            version=str(mv["version"]),
+            source=str(mv.get("source", "")),
+            run_id=str(mv.get("run_id", "")),
+            alias=alias,
+            tags={t["key"]: t.get("value", "") for t in mv.get("tags", [])},
+        )
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,185 @@
+"""Pure renderers: a parsed spec in, a Kubernetes manifest (a plain dict) out.
+
+Nothing here talks to a cluster or a server; the reconcilers call these and apply the result. Tests
+assert on the dicts directly and validate them against the real schemas.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from medserve_operator import API_VERSION
+from medserve_operator.api import ModelDeploymentSpec
+
+RUNTIME_PORT = 8080
+API_KEYS_DIR = "/etc/medserve/api-keys"
+AUDIT_DIR = "/var/log/medserve"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "medserve", "app.kubernetes.io/part-of": "medserve"}
+
+RESTRICTED_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def owner_reference(*, kind: str, name: str, uid: str, api_version: str = API_VERSION) -> dict[str, Any]:
+    """The controller owner reference that makes the API server garbage-collect a child with its parent."""
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def label_value(value: str) -> str:
+    """A string made safe as a label value: at most 63 characters of [A-Za-z0-9._-], alphanumeric ends."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", value)[:63]
+    return cleaned.strip("._-")
+
+
+def model_deployment_labels(name: str, model_name: str, model_version: str) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        "app.kubernetes.io/name": "medserve-model",
+        "app.kubernetes.io/instance": name,
+        "medserve.io/model-deployment": name,
+        "medserve.io/model-name": label_value(model_name),
+        "medserve.io/model-version": label_value(model_version),
+    }
+
+
+def runtime_args(name: str, spec: ModelDeploymentSpec, model_uri: str) -> list[str]:
+    """The model-runtime command line carrying the ModelDeployment's runtime and security settings."""
+    runtime, security = spec.runtime, spec.security
+    args = [
+        f"--model_name={name}",
+        f"--model_uri={model_uri}",
+        f"--http_port={RUNTIME_PORT}",
+        f"--protocol={runtime.protocol}",
+        f"--device={runtime.device}",
+        f"--optimization={runtime.optimization}",
+        f"--max_batch_size={runtime.batching.max_batch_size}",
+        f"--max_latency_ms={runtime.batching.max_latency_ms}",
+        f"--rate_limit_per_minute={security.rate_limit_per_minute}",
+        f"--max_request_bytes={security.max_request_bytes}",
+    ]
+    if security.api_key_secret_ref is not None:
+        args.append(f"--api_keys_file={API_KEYS_DIR}/keys.json")
+    if security.audit_log:
+        args.append(f"--audit_log={AUDIT_DIR}/audit.jsonl")
+    return args
+
+
+def render_inference_service(
+    *,
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: ModelDeploymentSpec,
+    model_name: str,
+    model_version: str,
+    image: str,
+    mlflow_uri: str,
+    canary: bool = False,
+) -> dict[str, Any]:
+    """A KServe v1beta1 InferenceService whose predictor runs the medserve model runtime.
+
+    `canary` keeps the previous revision serving and sends `rollout.canaryTrafficPercent` of the
+    traffic to this one, which is how KServe rolls out a new model version.
+    """
+    model_uri = f"models:/{model_name}/{model_version}"
+    scaling, runtime = spec.scaling, spec.runtime
+    resources: dict[str, Any] = {k: dict(v) for k, v in runtime.resources.model_dump(by_alias=True).items() if v}
+    if runtime.device == "gpu":
+        limits = resources.setdefault("limits", {})
+        limits.setdefault("nvidia.com/gpu", 1)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if spec.security.audit_log:
+        volumes.append({"name": "audit", "emptyDir": {}})
+        mounts.append({"name": "audit", "mountPath": AUDIT_DIR})
+    if spec.security.api_key_secret_ref is not None:
+        volumes.append({"name": "api-keys", "secret": {"secretName": spec.security.api_key_secret_ref.name,
+                                                        "defaultMode": 0o440}})
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": "kserve-container",
+        "image": image,
+        "args": runtime_args(name, spec, model_uri),
+        "env": [
+            {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri},
+            {"name": "MEDSERVE_MODEL_DEPLOYMENT", "value": name},
+            {"name": "MEDSERVE_MODEL_VERSION", "value": model_version},
+        ],
+        "ports": [{"containerPort": RUNTIME_PORT, "name": "http1", "protocol": "TCP"}],
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "volumeMounts": mounts,
+    }
+    if resources:
+        container["resources"] = resources
+    predictor: dict[str, Any] = {
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "scaleMetric": scaling.metric,
+        "scaleTarget": scaling.target,
+        "securityContext": RESTRICTED_POD_SECURITY,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if canary and spec.rollout.canary_traffic_percent > 0:
+        predictor["canaryTrafficPercent"] = spec.rollout.canary_traffic_percent
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": model_deployment_labels(name, model_name, model_version),
+            "annotations": {
+                "medserve.io/model-uri": model_uri,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(RUNTIME_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+            "ownerReferences": [owner_reference(kind="ModelDeployment", name=name, uid=uid)],
+        },
+        "spec": {"predictor": predictor},
+    }
+
+
+def inference_service_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
+    """Whether applying `desired` would change `actual`.
+
+    Compares only what the operator owns: the spec (as a subset, since the API server may add defaults),
+    a canary setting that should be gone, our labels and annotations, and the owner reference.
+    """
+    spec = actual.get("spec") or {}
+    if not _contains(spec, desired["spec"]):
+        return True
+    if "canaryTrafficPercent" in spec.get("predictor", {}) and \
+            "canaryTrafficPercent" not in desired["spec"]["predictor"]:
+        return True
+    meta = actual.get("metadata", {})
+    for field in ("labels", "annotations"):
+        have = meta.get(field) or {}
+        if any(have.get(k) != v for k, v in desired["metadata"][field].items()):
+            return True
+    return bool(desired["metadata"]["ownerReferences"] != meta.get("ownerReferences"))
+
+
+def _contains(actual: Any, desired: Any) -> bool:
+    """Whether every value set in `desired` is present and equal in `actual` (recursively)."""
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(actual, list) and len(actual) == len(desired) and all(
+            _contains(a, d) for a, d in zip(actual, desired, strict=True))
+    return bool(actual == desired)
