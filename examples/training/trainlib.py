@@ -156,6 +156,8 @@ def register(files: Path, *, model_name: str, experiment: str, alias: str | None
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    # mlflow sets its own loggers to INFO on import ("Creating a new experiment", "Waiting up to 300s").
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
     tags = {k: v for k, v in ((JOB_NAME_TAG, os.environ.get("MEDSERVE_JOB_NAME", "")),
@@ -214,3 +216,5 @@ def configure_logging() -> None:
     """Quiet the libraries' chatter so that stdout carries only the result (and --json stays parseable)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # MLflow writes "View run ... at URL" to stdout itself; our own report line says the same.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -979,6 +979,17 @@ def _shown(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_TYPE_WORDS = {
+    "a valid dictionary": "an object",
+    "a valid array": "a list",
+    "a valid list": "a list",
+    "a valid integer": "an integer",
+    "a valid number": "a number",
+    "a valid boolean": "a boolean (true or false)",
+    "a valid string": "a string",
+}
+
+
 def describe_error(error: Mapping[str, Any]) -> str:
     """A message a person can act on, for one pydantic error (from `ValidationError.errors()`)."""
     kind = error["type"]
@@ -999,8 +1010,11 @@ def describe_error(error: Mapping[str, Any]) -> str:
     for prefix, replacement in (("Input should be", "must be"), ("String should", "must"), ("List should", "must")):
         if message.startswith(prefix):
             message = replacement + message[len(prefix) :]
+    # Say it in the words of YAML and Kubernetes rather than Python's.
+    for python_words, yaml_words in _TYPE_WORDS.items():
+        message = message.replace(python_words, yaml_words)
     if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
-        message += ' (quote it in YAML, e.g. "3")'
+        return f'{message} (got {_shown(value)}; quote it in YAML, e.g. "{value}")'
     return f"{message} (got {_shown(value)})"
 
 
@@ -1016,9 +1030,18 @@ def errors_from_validation(exc: ValidationError, prefix: str = "") -> list[tuple
     return problems
 
 
+def _plain(value: object) -> object:
+    """Plain dicts and lists from any Mapping/sequence (kopf hands specs over as read-only Mapping views)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _as_json(data: object) -> str:
     # YAML turns unquoted timestamps into datetime objects; kubectl sends them as strings, and so do we.
-    return json.dumps(data, default=str)
+    return json.dumps(_plain(data), default=str)
 
 
 def parse_spec(kind: str, spec: Mapping[str, Any]) -> ModelDeploymentSpec | ABTestSpec | RetrainPolicySpec:

@@ -306,13 +306,13 @@ def main(argv: list[str]) -> int:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
-                print(f"wrote {path}")
+                sys.stdout.write(f"wrote {path}\n")
     if stale:
         for path in stale:
             state = "differs from" if path.exists() else "is missing, expected"
-            print(f"{path} {state} what the models generate", file=sys.stderr)
-        print("run `medserve crds` (or `make crds`) and commit the result", file=sys.stderr)
+            sys.stderr.write(f"{path} {state} what the models generate\n")
+        sys.stderr.write("run `medserve crds` (or `make crds`) and commit the result\n")
         return 1
     if args.check:
-        print(f"{len(files) * len(OUTPUT_DIRS)} CRD files are up to date")
+        sys.stdout.write(f"{len(files) * len(OUTPUT_DIRS)} CRD files are up to date\n")
     return 0

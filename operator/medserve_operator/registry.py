@@ -7,6 +7,7 @@ so a resolved version is cached; aliases move, so they are always asked again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -64,14 +65,41 @@ class MlflowRegistry:
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._version_ttl = version_ttl
         self._versions: dict[tuple[str, str], tuple[float, ResolvedModel]] = {}
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[ResolvedModel]] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def resolve(self, name: str, *, version: str | None = None, alias: str | None = None) -> ResolvedModel:
-        """Resolve exactly one of `version` or `alias` to an immutable, READY model version."""
+        """Resolve exactly one of `version` or `alias` to an immutable, READY model version.
+
+        Concurrent lookups of the same thing share one request: a thousand ModelDeployments applied at
+        once that name one model cost MLflow one call, not a thousand.
+        """
         if (version is None) == (alias is None):
             raise ValueError("exactly one of version or alias must be given")
+        key = (name, version or "", alias or "")
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ResolvedModel] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._resolve(name, version=version, alias=alias)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[key]
+
+    async def _resolve(self, name: str, *, version: str | None, alias: str | None) -> ResolvedModel:
         if version is not None:
             cached = self._versions.get((name, version))
             if cached and time.monotonic() - cached[0] < self._version_ttl:

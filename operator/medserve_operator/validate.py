@@ -115,7 +115,7 @@ def check_text(text: str, label: str) -> FileReport:
     """Check the YAML text of one file (named `label` in the messages)."""
     report = FileReport(label)
     try:
-        raw_docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))  # noqa: S506 - a SafeLoader subclass
+        raw_docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{label}:{mark.line + 1}" if mark is not None else label
@@ -124,10 +124,9 @@ def check_text(text: str, label: str) -> FileReport:
     except yaml.YAMLError as exc:
         report.fatal = f"{label}: YAML syntax error: {exc}"
         return report
-    index = 0
-    for raw in raw_docs:
+    # Documents are numbered by their position in the file; the items of a List share its number.
+    for index, raw in enumerate(raw_docs, start=1):
         for doc in _documents(raw):
-            index += 1
             if doc is None:
                 continue
             if not isinstance(doc, Mapping):
@@ -199,15 +198,15 @@ def main(argv: list[str]) -> int:
     status = 0
     for report in reports:
         if report.fatal is not None:
-            print(report.fatal, file=sys.stderr)
+            sys.stderr.write(report.fatal + "\n")
             status = 2
             continue
         for line in report.problems:
-            print(line)
+            sys.stdout.write(line + "\n")
         if report.problems:
             status = max(status, 1)
         elif not args.quiet:
             skipped = f", {report.skipped} skipped (not medserve kinds)" if report.skipped else ""
             noun = "document" if report.valid == 1 else "documents"
-            print(f"{report.label}: {report.valid} {noun} valid{skipped}")
+            sys.stdout.write(f"{report.label}: {report.valid} {noun} valid{skipped}\n")
     return status

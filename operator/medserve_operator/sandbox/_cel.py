@@ -30,7 +30,12 @@ logger = logging.getLogger(__name__)
 _OLD_SELF = re.compile(r"\boldSelf\b")
 
 # Messages of cel-python evaluation errors that come from a feature it lacks rather than from the data.
-_UNSUPPORTED_MARKERS = ("undeclared reference", "no such overload", "no matching overload", "unknown function")
+_UNSUPPORTED_MARKERS = (
+    "undeclared reference",
+    "no such overload",
+    "no matching overload",
+    "unknown function",
+)
 
 
 class CelSchema(Protocol):

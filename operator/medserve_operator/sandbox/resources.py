@@ -10,6 +10,7 @@ falls back to these because the answer's Content-Type is plain `application/json
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,8 +171,6 @@ def type_from_crd(crd: dict[str, Any]) -> ResourceType:
 
 def _version_order(version: str) -> tuple[int, int, int]:
     """Kubernetes version priority: GA > beta > alpha, then higher numbers first."""
-    import re
-
     match = re.match(r"^v(\d+)(?:(alpha|beta)(\d+))?$", version)
     if not match:
         return (0, 0, 0)

@@ -1,0 +1,181 @@
+"""Operator scale: N ModelDeployments applied at once, against a minimal kopf operator as the baseline.
+
+Both operators run as real processes against their own fresh API emulator and the same real MLflow
+server. The clock starts when the first ModelDeployment is posted and stops when every one has its
+InferenceService and `status.observedGeneration == metadata.generation`. The operator's peak RSS is
+sampled throughout. The baseline (below, `baseline` mode) is kopf doing only the essential: create the
+same child object and write observedGeneration.
+
+    python benchmarks/operator_scale.py --n 1000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+MD_PATH = "/apis/medserve.io/v1alpha1/namespaces/default/modeldeployments"
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservices"
+
+
+def baseline_operator() -> None:
+    """The baseline: a minimal kopf operator creating the same child and writing observedGeneration."""
+    import kopf
+    from medserve_operator.api import ModelDeploymentSpec, parse_spec
+    from medserve_operator.kube import KubeClient
+    from medserve_operator.render import render_inference_service
+
+    registry = kopf.OperatorRegistry()
+    state: dict[str, KubeClient] = {}
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="baseline.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="baseline.io")
+        state["kube"] = KubeClient.from_environment()
+        print("baseline operator started", flush=True)
+
+    @kopf.on.create("medserve.io", "v1alpha1", "modeldeployments", registry=registry)
+    async def create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        spec = parse_spec("ModelDeployment", dict(body.spec))
+        assert isinstance(spec, ModelDeploymentSpec)
+        child = render_inference_service(
+            name=body.metadata.name, namespace=str(body.metadata.namespace), uid=str(body.metadata.uid),
+            spec=spec, model_name=spec.model.name, model_version=str(spec.model.version), image="img",
+            mlflow_uri="http://mlflow")
+        await state["kube"].create("serving.kserve.io/v1beta1", "inferenceservices", body.metadata.namespace, child)
+        patch.status["observedGeneration"] = body.metadata.generation
+
+    asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=True))
+
+
+class PeakRss:
+    """Samples a process's resident memory every 100 ms in a thread; `peak` in MiB."""
+
+    def __init__(self, pid: int) -> None:
+        self.process, self.peak = psutil.Process(pid), 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss / 2**20)
+            except psutil.Error:
+                return
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def manifest(i: int) -> dict[str, Any]:
+    return {"apiVersion": "medserve.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": f"model-{i:05d}", "namespace": "default"},
+            "spec": {"model": {"name": "bench-model", "version": "1"}}}
+
+
+async def apply_and_wait(server: str, n: int, timeout: float) -> float:
+    async with httpx.AsyncClient(base_url=server, timeout=60) as client:
+        start = time.perf_counter()
+        semaphore = asyncio.Semaphore(16)
+
+        async def post(i: int) -> None:
+            async with semaphore:
+                response = await client.post(MD_PATH, json=manifest(i))
+                response.raise_for_status()
+
+        await asyncio.gather(*(post(i) for i in range(n)))
+        while time.perf_counter() - start < timeout:
+            mds = (await client.get(MD_PATH)).json()["items"]
+            done = sum(1 for md in mds
+                       if (md.get("status") or {}).get("observedGeneration") == md["metadata"]["generation"])
+            children = len((await client.get(ISVC_PATH)).json()["items"])
+            if done == n and children == n:
+                return time.perf_counter() - start
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"{done}/{n} reconciled and {children}/{n} InferenceServices after {timeout:.0f}s")
+
+
+def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float) -> tuple[float, float]:
+    from medserve_operator.sandbox import procs
+    from medserve_operator.sandbox.emulator import EmulatorProcess
+
+    crds = sorted((REPO / "crds").glob("*.yaml"))
+    with EmulatorProcess(workdir / kind, crd_paths=crds, log_path=workdir / f"{kind}-emulator.log") as cluster:
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MEDSERVE_MLFLOW_URI": mlflow_url}
+        if kind == "medserve":
+            command = [sys.executable, "-m", "medserve_operator.cli", "operator"]
+            ready = "medserve operator started"
+        else:
+            command = [sys.executable, str(Path(__file__).resolve()), "--baseline-operator"]
+            ready = "baseline operator started"
+        log = workdir / f"{kind}-operator.log"
+        proc = procs.spawn(command, log_path=log, env=env)
+        try:
+            procs.wait_until(lambda: ready in log.read_text(errors="replace"), proc=proc, log_path=log,
+                             what=f"{kind} operator", timeout=60)
+            rss = PeakRss(proc.pid)
+            seconds = asyncio.run(apply_and_wait(cluster.url, n, timeout))
+            return seconds, rss.stop()
+        finally:
+            procs.stop(proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="ModelDeployments to apply (default 200)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before a run is declared failed")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--baseline-operator", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_operator:
+        baseline_operator()
+        return 0
+
+    from medserve_operator.sandbox.mlflow_server import MlflowServer
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="medserve-bench-") as tmp, MlflowServer(Path(tmp) / "mlflow") as mlflow:
+        client = MlflowClient(tracking_uri=mlflow.url, registry_uri=mlflow.url)
+        client.create_registered_model("bench-model")
+        client.create_model_version("bench-model", source="mlflow-artifacts:/bench-model/1")
+        baseline_seconds, baseline_rss = run_one("baseline", args.n, mlflow.url, Path(tmp), args.timeout)
+        seconds, rss = run_one("medserve", args.n, mlflow.url, Path(tmp), args.timeout)
+    result = {
+        "n": args.n,
+        "seconds": round(seconds, 2),
+        "baseline_seconds": round(baseline_seconds, 2),
+        "ratio": round(seconds / baseline_seconds, 3),
+        "rss_mib": round(rss, 1),
+        "baseline_rss_mib": round(baseline_rss, 1),
+        "objects_per_second": round(args.n / seconds, 1),
+        "baseline_objects_per_second": round(args.n / baseline_seconds, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.n} ModelDeployments reconciled")
+        print(f"  medserve operator : {seconds:8.2f} s  ({result['objects_per_second']}/s), peak RSS {rss:.1f} MiB")
+        print(f"  minimal kopf      : {baseline_seconds:8.2f} s  ({result['baseline_objects_per_second']}/s), "
+              f"peak RSS {baseline_rss:.1f} MiB")
+        print(f"  time ratio        : {result['ratio']:.3f} (goal <= 1.5); RSS goal <= 150 MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
