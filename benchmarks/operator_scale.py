@@ -47,6 +47,10 @@ def baseline_operator() -> None:
         state["kube"] = KubeClient.from_environment()
         print("baseline operator started", flush=True)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.create("medserve.io", "v1alpha1", "modeldeployments", registry=registry)
     async def create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         spec = parse_spec("ModelDeployment", dict(body.spec))
@@ -153,7 +157,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="medserve-bench-") as tmp, MlflowServer(Path(tmp) / "mlflow") as mlflow:
         client = MlflowClient(tracking_uri=mlflow.url, registry_uri=mlflow.url)
         client.create_registered_model("bench-model")
-        client.create_model_version("bench-model", source="mlflow-artifacts:/bench-model/1")
+        run = client.create_run(experiment_id="0")
+        client.create_model_version("bench-model", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
         baseline_seconds, baseline_rss = run_one("baseline", args.n, mlflow.url, Path(tmp), args.timeout)
         seconds, rss = run_one("medserve", args.n, mlflow.url, Path(tmp), args.timeout)
     result = {

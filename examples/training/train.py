@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import trainlib
-
 from medserve_runtime.modelspec import (
     CategoricalFeature,
     FeatureSpec,

@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import nn
-
 from medserve_runtime.modelspec import (
     FEATURE_SPEC_FILE,
     MODEL_FILE,
@@ -40,6 +38,7 @@ from medserve_runtime.modelspec import (
     ReferenceProfile,
     write_json,
 )
+from torch import nn
 
 logger = logging.getLogger("medserve.training")
 
@@ -95,7 +94,7 @@ class MLP(nn.Module):
 def split(n: int, *, seed: int, test_fraction: float = 0.2) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Shuffled train and test indices."""
     order = np.random.default_rng(seed + 1).permutation(n)
-    n_test = max(1, int(round(n * test_fraction)))
+    n_test = max(1, round(n * test_fraction))
     return order[n_test:], order[:n_test]
 
 
@@ -104,8 +103,9 @@ def fit(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], *, n_classes: int,
     """Train an MLP with Adam on the train split and measure accuracy on both splits."""
     started = time.monotonic()
     torch.manual_seed(seed)
-    # A training Job usually gets 1-2 CPUs; more intra-op threads than that only contend.
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # The matrices are tiny (128 x 64): a second intra-op thread costs more in hand-offs than it
+    # computes, and on a busy node its spin-waiting slows training several-fold.
+    torch.set_num_threads(1)
     model = MLP(x.shape[1], n_classes)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
@@ -113,7 +113,9 @@ def fit(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], *, n_classes: int,
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
-        for batch in torch.randperm(len(xt), generator=gen).split(128):
+        order = torch.randperm(len(xt), generator=gen)
+        for start in range(0, len(order), 128):
+            batch = order[start:start + 128]
             opt.zero_grad()
             loss_fn(model(xt[batch]), yt[batch]).backward()
             opt.step()
@@ -136,7 +138,7 @@ def export(model: nn.Module, spec: FeatureSpec, profile: ReferenceProfile, out: 
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(model.eval())
         torch.jit.save(scripted, str(out / MODEL_FILE))
-        loaded = torch.jit.load(str(out / MODEL_FILE))
+        loaded = torch.jit.load(str(out / MODEL_FILE))  # type: ignore[no-untyped-call]
     probe = torch.zeros(2, spec.input_dim)
     with torch.no_grad():
         if not torch.allclose(loaded(probe), model(probe), atol=1e-6):

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("medserve_operator.main", "run the operator (kopf) against the current kubeconfig"),
     "emulator": ("medserve_operator.sandbox.emulator", "run the Kubernetes API emulator on loopback"),
     "sandbox": ("medserve_operator.sandbox.run", "run the whole system on loopback (the demo)"),
+    "audit": ("medserve_runtime.audit", "audit log tools: `medserve audit verify FILE` checks a hash chain"),
 }
 
 

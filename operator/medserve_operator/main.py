@@ -41,6 +41,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         logger.info("medserve operator started: registry %s, resync every %ss",
                     config.mlflow_uri, config.resync_seconds)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # kopf's own loaders: no Kubernetes client library needed (and none is loaded).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
         runtime: modeldeployment.Runtime | None = memo.get("runtime")

@@ -226,6 +226,7 @@ def test_conflicts(api: httpx.Client) -> None:
 
 
 def test_namespaces_must_exist_and_their_deletion_empties_them(api: httpx.Client) -> None:
+    assert api.delete("/api/v1/namespaces/default").status_code == 403
     missing = api.post("/api/v1/namespaces/nowhere/configmaps", json=configmap("x"))
     assert missing.status_code == 404 and missing.json()["message"] == 'namespaces "nowhere" not found'
     names = {ns["metadata"]["name"] for ns in api.get("/api/v1/namespaces").json()["items"]}
@@ -446,8 +447,8 @@ def test_strategic_merge_patch_merges_lists_by_key(api: httpx.Client) -> None:
                                     "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
                                    {"name": "side", "image": "busybox"}]}}
     created(api, "/api/v1/namespaces/default/pods", pod)
-    patch = {"spec": {"containers": [{"name": "main", "env": [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}]},
-                                     {"name": "side", "$patch": "delete"}]}}
+    env = [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}]
+    patch = {"spec": {"containers": [{"name": "main", "env": env}, {"name": "side", "$patch": "delete"}]}}
     result = api.patch(f"/api/v1/namespaces/default/pods/{name}", headers=STRATEGIC, json=patch).json()
     containers = result["spec"]["containers"]
     assert [c["name"] for c in containers] == ["main"]

@@ -9,22 +9,21 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
+from kit import OperatorProcess, get_json, wait_for
 from medserve_operator.sandbox.emulator import EmulatorProcess
 from medserve_operator.sandbox.mlflow_server import MlflowServer
 from mlflow import MlflowClient
-
-from .conftest import OperatorProcess, get_json, wait_for
 
 
 def register(mlflow_url: str, name: str, versions: int = 1) -> MlflowClient:
     client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
     client.create_registered_model(name)
     for _ in range(versions):
-        client.create_model_version(name, source=f"mlflow-artifacts:/{name}/{uuid.uuid4().hex}")
+        run = client.create_run(experiment_id="0")
+        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     return client
 
 

@@ -281,6 +281,7 @@ class Walk:
     causes: list[Cause] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     type_errors: bool = False
+    nameless: bool = False  # no name and no generateName: the apiserver refuses before any CEL rule runs
     cel_jobs: list[_CelJob] = field(default_factory=list)
 
     def add(self, path: str, message: str, reason: str = "FieldValueInvalid") -> None:
@@ -319,6 +320,7 @@ class Walk:
             self._check_scalar(node, value, path)
         if node.enum is not None and result not in node.enum:
             supported = ", ".join(go_value(item) for item in node.enum)
+            self.type_errors = True  # kube lets enum errors, like type errors, block the CEL rules
             self.add(
                 path,
                 f"Unsupported value: {go_value(result)}: supported values: {supported}",
@@ -558,6 +560,7 @@ class Walk:
         elif name:
             self._check_name(name, join(path, "name"), name_pattern, max_name_length)
         elif name_required and not generate_name:
+            self.nameless = True
             self.add(
                 join(path, "name"), "Required value: name or generateName is required", "FieldValueRequired"
             )
@@ -667,7 +670,7 @@ class Walk:
 
     def run_cel(self) -> None:
         """Run the collected CEL rules, unless type errors make them meaningless (as the apiserver does)."""
-        if not self.cel_jobs:
+        if not self.cel_jobs or self.nameless:
             return
         if self.type_errors:
             self.add(
@@ -678,16 +681,24 @@ class Walk:
             return
         for job in self.cel_jobs:
             transition_ready = job.old is not _MISSING
-            self_value: Any = None
-            old_value: Any = None
+            converted: dict[frozenset[str] | None, Any] = {}
+            old_value: Any = _MISSING
             for rule in job.node.rules:
                 if rule.program is None or (rule.transition and not transition_ready):
                     continue
-                if self_value is None:
-                    self_value = _cel.to_cel(_cel_view(job.value, job.root), job.node)
-                    if transition_ready:
-                        old_value = _cel.to_cel(_cel_view(job.old, job.root), job.node)
-                outcome = _cel.evaluate(rule, self_value, old_value)
+                view = _cel_view(job.value, job.root, rule.fields)
+                memo_key = _memo_key(rule, view)
+                outcome = _cel_memo.get(memo_key) if memo_key is not None else None
+                if outcome is None:
+                    if rule.fields not in converted:
+                        converted[rule.fields] = _cel.to_cel(view, job.node)
+                    if rule.transition and old_value is _MISSING:
+                        old_value = _cel.to_cel(_cel_view(job.old, job.root, None), job.node)
+                    outcome = _cel.evaluate(rule, converted[rule.fields], old_value)
+                    if memo_key is not None:
+                        if len(_cel_memo) >= _CEL_MEMO_SIZE:
+                            _cel_memo.clear()
+                        _cel_memo[memo_key] = outcome
                 if outcome.passed:
                     continue
                 path = job.path
@@ -696,14 +707,33 @@ class Walk:
                 self.add(path, _cel_message(rule.reason, job.node, outcome.message), rule.reason)
 
 
-def _cel_view(value: Any, root: bool) -> Any:
-    """At the root, CEL sees only `metadata.name` and `metadata.generateName` of the metadata."""
-    if not root or not isinstance(value, dict):
+# CEL rules are pure functions of the fields they read, so outcomes are remembered by those fields' values:
+# the many status writes of an unchanged spec then cost no CEL evaluation at all.
+_CEL_MEMO_SIZE = 20_000
+_cel_memo: dict[tuple[str, str], _cel.CelOutcome] = {}
+
+
+def _memo_key(rule: _cel.CelRule, view: Any) -> tuple[str, str] | None:
+    if rule.fields is None or rule.transition:
+        return None
+    try:
+        return rule.rule, json.dumps(view, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _cel_view(value: Any, root: bool, fields: frozenset[str] | None) -> Any:
+    """What CEL sees: only the `fields` a rule reads (all when None) and, at the root, only
+    `metadata.name` and `metadata.generateName` of the metadata."""
+    if not isinstance(value, dict) or (not root and fields is None):
         return value
-    view = dict(value)
-    meta = value.get("metadata")
+    view = dict(value) if fields is None else {key: value[key] for key in fields if key in value}
+    meta = view.get("metadata") if root else None
     if isinstance(meta, dict):
         view["metadata"] = {key: meta[key] for key in ("name", "generateName") if key in meta}
+        if "name" not in meta and isinstance(meta.get("generateName"), str):
+            # The apiserver generates the name (generateName + 5 characters) before validation.
+            view["metadata"]["name"] = meta["generateName"] + "xxxxx"
     return view
 
 

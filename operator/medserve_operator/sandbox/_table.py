@@ -300,8 +300,9 @@ def _age(obj: Mapping[str, Any], now: datetime) -> str:
 
 
 def _event_first(obj: Mapping[str, Any], now: datetime) -> str:
-    if obj.get("firstTimestamp"):
-        return _since(obj["firstTimestamp"], now)
+    first = obj.get("firstTimestamp") or obj.get("deprecatedFirstTimestamp")
+    if first:
+        return _since(first, now)
     return _since(obj.get("eventTime"), now)
 
 
@@ -309,14 +310,17 @@ def _event_last(obj: Mapping[str, Any], now: datetime) -> str:
     series = obj.get("series")
     if isinstance(series, Mapping) and series.get("lastObservedTime"):
         return _since(series["lastObservedTime"], now)
-    if obj.get("lastTimestamp"):
-        return _since(obj["lastTimestamp"], now)
+    last = obj.get("lastTimestamp") or obj.get("deprecatedLastTimestamp")
+    if last:
+        return _since(last, now)
     return _event_first(obj, now)
 
 
 def _event_object(obj: Mapping[str, Any], now: datetime) -> str:
-    kind = str(_get(obj, "involvedObject", "kind") or "").lower()
-    name = _get(obj, "involvedObject", "name")
+    # core/v1 Events name the object in involvedObject, events.k8s.io/v1 Events in regarding.
+    target = obj.get("involvedObject") or obj.get("regarding") or {}
+    kind = str(_get(target, "kind") or "").lower()
+    name = _get(target, "name")
     return f"{kind}/{name}" if name else kind
 
 

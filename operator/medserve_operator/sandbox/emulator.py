@@ -70,7 +70,7 @@ import attrs
 import yaml
 from kmock import KubernetesEmulator, Server
 
-from medserve_operator.sandbox import procs
+from medserve_operator.sandbox import procs, protobuf
 from medserve_operator.sandbox.resources import (
     ResourceType,
     api_group,
@@ -364,11 +364,19 @@ class ApiServer(KubernetesEmulator):
         data = await raw.read()
         if not data:
             return None
-        if "protobuf" in raw.content_type or "cbor" in raw.content_type:
-            # client-go retries such requests as JSON when told the media type is unsupported.
+        if raw.content_type == "application/vnd.kubernetes.protobuf":
+            try:
+                return protobuf.decode(data)
+            except protobuf.UnsupportedKind as exc:
+                raise ApiError(415, "UnsupportedMediaType",
+                               f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret and "
+                               f"ServiceAccount, not {exc}: write it as YAML and use `kubectl apply -f`") from exc
+            except protobuf.ProtobufError as exc:
+                raise bad_request(f"the request body is not valid Kubernetes protobuf: {exc}") from exc
+        if "json" not in raw.content_type and "yaml" not in raw.content_type:
             raise ApiError(415, "UnsupportedMediaType",
-                           f"the body of the request was in an unknown format - accepted media types include: "
-                           f"application/json, application/yaml (not {raw.content_type})")
+                           f"the body of the request was in an unknown format ({raw.content_type}) - accepted "
+                           f"media types include: application/json, application/yaml")
         try:
             if "yaml" in raw.content_type and not raw.content_type.startswith("application/apply-patch"):
                 return yaml.safe_load(data)
@@ -382,18 +390,28 @@ class ApiServer(KubernetesEmulator):
         api_version = rtype.api_version(version)
         return obj if obj.get("apiVersion") == api_version else dict(obj, apiVersion=api_version)
 
-    def _table(self, rtype: ResourceType, version: str, items: list[Obj], rv: int) -> aiohttp.web.Response:
+    @staticmethod
+    def _render_table(rtype: ResourceType, version: str, items: list[Obj], rv: int) -> Obj:
         from medserve_operator.sandbox.schemas import render_table
 
         table = render_table(items, printer_columns=rtype.versions[version].printer_columns, kind=rtype.kind)
         table.setdefault("metadata", {})["resourceVersion"] = str(rv)
-        return _json_response(table, content_type="application/json;as=Table;v=v1;g=meta.k8s.io")
+        return table
+
+    def _table(self, rtype: ResourceType, version: str, items: list[Obj], rv: int) -> aiohttp.web.Response:
+        return _json_response(self._render_table(rtype, version, items, rv),
+                              content_type="application/json;as=Table;v=v1;g=meta.k8s.io")
 
     # ---------------------------------------------------------------- watch
 
-    def _encode_event(self, event_type: str, event: WatchEvent, rtype: ResourceType, version: str) -> bytes:
+    def _encode_event(self, event_type: str, event: WatchEvent, rtype: ResourceType, version: str,
+                      as_table: bool = False) -> bytes:
         obj = event.obj
-        if obj.get("apiVersion") == rtype.api_version(version):
+        if as_table:
+            # `kubectl get -w` asks for Table events: one row per event, as the real server sends.
+            encoded = json.dumps(self._render_table(rtype, version, [self._present(rtype, version, obj)],
+                                                    event.rv), separators=(",", ":")).encode()
+        elif obj.get("apiVersion") == rtype.api_version(version):
             if event.encoded is None:
                 event.encoded = json.dumps(obj, separators=(",", ":")).encode()
             encoded = event.encoded
@@ -434,12 +452,14 @@ class ApiServer(KubernetesEmulator):
             return response
         try:
             await response.prepare(raw)
-            chunk = b"".join(self._encode_event(t, event, rtype, version) for t, event in backlog)
+            as_table = _wants_table(raw)
+            chunk = b"".join(self._encode_event(t, event, rtype, version, as_table) for t, event in backlog)
             if send_initial:
                 chunk += self._bookmark(rtype, version, initial_end=True)
             if chunk:
                 await response.write(chunk)
-            await self._stream_events(raw, response, watcher, rtype, version, timeout=timeout, bookmarks=bookmarks)
+            await self._stream_events(raw, response, watcher, rtype, version, timeout=timeout, bookmarks=bookmarks,
+                                      as_table=as_table)
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             pass  # the client went away
@@ -449,7 +469,7 @@ class ApiServer(KubernetesEmulator):
 
     async def _stream_events(self, raw: aiohttp.web.BaseRequest, response: aiohttp.web.StreamResponse,
                              watcher: Watcher, rtype: ResourceType, version: str, *,
-                             timeout: float | None, bookmarks: bool) -> None:
+                             timeout: float | None, bookmarks: bool, as_table: bool) -> None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -468,13 +488,13 @@ class ApiServer(KubernetesEmulator):
             if item is None:
                 return
             # Send everything already queued in one write: far fewer syscalls under load.
-            chunks = [self._encode_event(item[0], item[1], rtype, version)]
+            chunks = [self._encode_event(item[0], item[1], rtype, version, as_table)]
             while not watcher.queue.empty():
                 queued = watcher.queue.get_nowait()
                 if queued is None:
                     await response.write(b"".join(chunks))
                     return
-                chunks.append(self._encode_event(queued[0], queued[1], rtype, version))
+                chunks.append(self._encode_event(queued[0], queued[1], rtype, version, as_table))
             await response.write(b"".join(chunks))
 
 
@@ -639,6 +659,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("celpy").setLevel(logging.WARNING)  # it logs every transpiled CEL rule at INFO
     try:
         return asyncio.run(serve(args))
     except (FileNotFoundError, ValueError) as exc:

@@ -70,7 +70,12 @@ class MlflowServer:
 
     def start(self) -> MlflowServer:
         """Start the server and block until `/health` answers; raises ProcessStartError with the log tail."""
-        if self.running:
+        return self.launch().wait_ready()
+
+    def launch(self) -> MlflowServer:
+        """Start the server process without waiting for it (call `wait_ready` later): lets a caller start
+        other things while MLflow migrates its database."""
+        if self._proc is not None and self._proc.poll() is None:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -79,6 +84,12 @@ class MlflowServer:
         env.setdefault("PYTHONUNBUFFERED", "1")
         logger.info("starting MLflow on %s (log %s)", self.url, self.log_path)
         self._proc = procs.spawn(self.command(), log_path=self.log_path, env=env, cwd=self.workdir)
+        return self
+
+    def wait_ready(self) -> MlflowServer:
+        """Block until `/health` answers; on failure stop the process and raise ProcessStartError."""
+        if self._proc is None:
+            raise RuntimeError("MlflowServer.wait_ready() before launch()")
         try:
             procs.wait_until(lambda: procs.http_ok(f"{self.url}/health"), proc=self._proc,
                              log_path=self.log_path, what=f"MLflow server on port {self.port}",
@@ -87,6 +98,10 @@ class MlflowServer:
             self.stop()
             raise
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL); the database and artifacts stay in `workdir`."""

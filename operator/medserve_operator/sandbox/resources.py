@@ -97,7 +97,7 @@ def builtin_types() -> list[ResourceType]:
         _builtin("", "v1", "pods", "Pod", status=True, short_names=["po"], categories=["all"]),
         _builtin("batch", "v1", "jobs", "Job", status=True, categories=["all"]),
         _builtin("batch", "v1", "cronjobs", "CronJob", status=True, short_names=["cj"], categories=["all"]),
-        _builtin("events.k8s.io", "v1", "events", "Event", short_names=["ev"]),
+        _builtin("events.k8s.io", "v1", "events", "Event"),
         _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
         _builtin(
             "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",

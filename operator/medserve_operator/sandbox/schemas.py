@@ -94,10 +94,8 @@ class InvalidObject(Exception):
     def status_body(self) -> dict[str, Any]:
         causes = []
         for field, message, reason in self.causes:
-            cause = {"reason": reason, "message": message}
-            if field:
-                cause["field"] = field
-            causes.append(cause)
+            # A root-level error has a nil field path, which the apiserver prints as "<nil>".
+            causes.append({"reason": reason, "message": message, "field": field or "<nil>"})
         details: dict[str, Any] = {"name": self.name, "kind": self.kind, "causes": causes}
         if self.group:
             details["group"] = self.group

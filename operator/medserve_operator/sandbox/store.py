@@ -44,8 +44,11 @@ CRD_KEY: GroupResource = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACES_KEY: GroupResource = ("", "namespaces")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 # How many watch events are kept per resource for watches that resume from a resourceVersion;
-# older resourceVersions get 410 Gone, and clients re-list, as with a compacted etcd.
-EVENT_HISTORY = 20000
+# older resourceVersions get 410 Gone, and clients re-list, as with a compacted etcd. Between this
+# and twice this many are kept (the log is trimmed in halves).
+EVENT_HISTORY = 10000
+# The real server refuses to delete these.
+PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 # batch/v1 Jobs orphan their pods by default (a compatibility rule of the real server).
 ORPHAN_BY_DEFAULT = frozenset({("batch", "jobs")})
 # Built-in kinds that carry metadata.generation (custom resources always do).
@@ -487,6 +490,8 @@ class Store:
             obj["status"] = self._crd_status(obj)
         if dry_run:
             return WriteResult(obj, warnings, created=True)
+        if rtype.key == CRD_KEY:
+            self._add_crd_schema(obj)
         self._put(rtype, obj, old=None)
         if rtype.key == CRD_KEY:
             self._install_crd(obj, new_type)
@@ -503,6 +508,8 @@ class Store:
                 obj["status"] = {"phase": "Pending"}
             case ("", "secrets"):
                 self._fold_string_data(obj)
+                if not obj.get("type"):
+                    obj["type"] = "Opaque"
             case ("", "services"):
                 obj["status"] = {"loadBalancer": {}}
 
@@ -609,7 +616,8 @@ class Store:
         new, warnings = self._admit(rtype, new, old, field_validation)
         new_meta = new["metadata"]
         with_status = rtype.has_status(version)
-        if "generation" in old_meta and _content(new, with_status=with_status) != _content(old, with_status=with_status):
+        spec_changed = _content(new, with_status=with_status) != _content(old, with_status=with_status)
+        if "generation" in old_meta and spec_changed:
             new_meta["generation"] = int(old_meta.get("generation", 1)) + 1
         new_type: ResourceType | None = None
         if rtype.key == CRD_KEY and subresource is None:
@@ -621,6 +629,8 @@ class Store:
             return WriteResult(new, warnings)
         if old_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
             return WriteResult(self._remove(rtype, new), warnings)
+        if new_type is not None:
+            self._add_crd_schema(new)
         self._put(rtype, new, old=old)
         if new_type is not None:
             self._install_crd(new, new_type)
@@ -647,6 +657,9 @@ class Store:
             return old
         policy = propagation or ("Orphan" if rtype.key in ORPHAN_BY_DEFAULT else "Background")
         if rtype.key == NAMESPACES_KEY:
+            if name in PROTECTED_NAMESPACES:
+                raise ApiError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be '
+                                                 "deleted", _details(rtype, name))
             return self._terminate_namespace(rtype, old)
         if rtype.key == CRD_KEY:
             return self._terminate_crd(rtype, old)
@@ -806,9 +819,16 @@ class Store:
             ],
         }
 
-    def _install_crd(self, crd: Obj, new_type: ResourceType) -> None:
-        if self.admission is not None:
+    def _add_crd_schema(self, crd: Obj) -> None:
+        """Give the CRD's schemas to admission before the CRD is stored, so a refusal stores nothing."""
+        if self.admission is None:
+            return
+        try:
             self.admission.add_crd(crd)
+        except ValueError as exc:
+            raise invalid(self.types[CRD_KEY], crd["metadata"]["name"], "spec", str(exc)) from exc
+
+    def _install_crd(self, crd: Obj, new_type: ResourceType) -> None:
         existing = self.types.get(new_type.key)
         if existing is not None:
             # Same group-resource: keep its objects, logs and watchers; replace what is served.

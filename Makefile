@@ -1,0 +1,70 @@
+# medserve — `make help` lists the targets. `make demo` and `make test` create .venv themselves.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medserve-installed
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu'
+TORCH_PIP_ARGS ?=
+# Extra arguments for `make demo`, e.g. ARGS=--keep
+ARGS ?=
+# .venv/bin first on PATH: the tests and recipes find the helm (and kubectl) that `make helm` put there.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help setup helm demo test lint typecheck pytest crds chart bench kind-up test-e2e clean
+
+help: ## list the targets
+	@echo "usage: make TARGET"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(STAMP) ## create .venv (system python3): torch==2.13.0 first, then the project with its test extras
+
+# torch goes in first and on its own: installing it as a dependency of the project would let pip pick
+# whatever build the index prefers; the project then finds the requirement already satisfied.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@.ci/install-tools $(BIN) || echo "setup: helm/kubectl could not be installed; the tests needing them skip"
+	@touch $@
+
+helm: ## put helm (and kubectl, if missing) into .venv/bin unless on PATH (used by setup and .ci/run)
+	.ci/install-tools $(BIN)
+
+demo: $(STAMP) ## run the whole system on loopback: emulator, MLflow, operator, example model (ARGS=--keep)
+	$(BIN)/medserve sandbox $(ARGS)
+
+test: lint typecheck pytest ## lint, typecheck, then the unit, integration and e2e tiers
+
+lint: $(STAMP) ## ruff and the import-layering contracts
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP) ## mypy --strict over medserve_operator and medserve_runtime
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest tests/unit tests/integration tests/e2e
+
+crds: $(STAMP) ## regenerate crds/*.yaml (and the chart's copy) from the API models
+	$(BIN)/medserve crds
+
+chart: $(STAMP) ## helm lint and helm template charts/medserve (when helm is found)
+	@if ! command -v helm >/dev/null; then echo "chart: no helm on PATH or in $(BIN) (run 'make helm'); skipped"; \
+	else set -x; helm lint charts/medserve && helm template medserve charts/medserve >/dev/null; fi
+
+bench: $(STAMP) ## operator scale benchmark against the emulator (200 ModelDeployments)
+	$(BIN)/python benchmarks/operator_scale.py --n 200
+
+kind-up: ## create the local kind cluster for the e2e tier (needs Docker and kind)
+	kind create cluster --config kind-config.yaml
+
+test-e2e: $(STAMP) ## the e2e tier on a real kind cluster (skipped without Docker and kind)
+	$(BIN)/pytest -m kind tests/e2e
+
+clean: ## remove the sandbox's state and the caches (keeps .venv)
+	rm -rf .sandbox .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache build
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
