@@ -34,17 +34,20 @@ KEY_FILE_ENV = "MEDSERVE_PHI_HASH_KEY_FILE"
 REMEMBER_TTL_S = 60.0
 REMEMBER_MAX = 100_000
 
-PATTERNS = re.compile(
+# The patterns below need "MRN" or three digits in a row, the e-mail pattern an "@": cheap searches for
+# those skip the costlier patterns on most log lines.
+NUMBER_PATTERNS = re.compile(
     "|".join(
         [
             r"\bMRN[-:#\s]?\d+\b",  # medical record numbers
             r"\b\d{3}-\d{2}-\d{4}\b",  # SSN-like
-            r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b",  # e-mail
-            r"(?<!\w)(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\d{3})[\s.-]\d{3}[\s.-]\d{4}(?!\w)",  # phone (NANP shape)
+            r"(?<!\w)(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\d{3})[\s.-]\d{3}[\s.-]\d{4}(?!\w)",  # phone (NANP)
         ]
     ),
     re.IGNORECASE,
 )
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_MAYBE_NUMBER = re.compile(r"\d{3}|mrn", re.IGNORECASE)
 # Registered ids are looked up token by token (a set lookup per word, whatever the number of ids);
 # ids that contain one of these delimiters cannot be a single token and are searched for as substrings.
 _DELIMITERS = "\\s\"'(),;:=\\[\\]{}<>|/\\\\`"
@@ -145,8 +148,13 @@ class PhiScrubFilter(logging.Filter):
         if hasher is not None and hasher.has_registered():
             for phrase in hasher.phrases():
                 text = text.replace(phrase, REDACTED)
-            text = _TOKEN.sub(lambda m: _redact_token(m.group(0), hasher), text)
-        return PATTERNS.sub(REDACTED, text)
+            if any(hasher.is_registered(token.rstrip(_TRAILING)) for token in _TOKEN.findall(text)):
+                text = _TOKEN.sub(lambda m: _redact_token(m.group(0), hasher), text)
+        if "@" in text:
+            text = EMAIL.sub(REDACTED, text)
+        if _MAYBE_NUMBER.search(text):
+            text = NUMBER_PATTERNS.sub(REDACTED, text)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_phi_scrubbed", False):

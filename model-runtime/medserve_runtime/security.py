@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 PERMISSIONS = frozenset({"predict", "feedback", "admin"})
 KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -96,11 +96,11 @@ class KeyStore:
         self._path = path
 
     @classmethod
-    def from_file(cls, path: Path) -> KeyStore:
+    def from_file(cls, path: Path) -> Self:
         return cls(cls._load(path), path=path)
 
     @classmethod
-    def from_records(cls, records: list[dict[str, Any]]) -> KeyStore:
+    def from_records(cls, records: list[dict[str, Any]]) -> Self:
         return cls(_parse_records(records, "api keys"))
 
     @staticmethod

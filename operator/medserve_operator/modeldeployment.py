@@ -66,6 +66,12 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     outcome = Outcome()
     async with rt.lock(uid):
+        # The body a timer or event hands us may predate the last reconciliation's writes; decisions
+        # (is a canary running? which version is pinned?) must be made on what the API holds now.
+        fresh = await rt.kube.get(MD_API, MD_PLURAL, namespace, name)
+        if fresh is None or fresh["metadata"].get("uid") != uid:
+            return outcome
+        body = fresh
         status = dict(body.get("status") or {})
         try:
             spec = parse_spec("ModelDeployment", dict(body.get("spec") or {}))
@@ -92,7 +98,7 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
             outcome.inference_service = await _apply_inference_service(rt, body, spec, outcome, current, status)
         await _write_status(rt, body, outcome)
     for type_, reason, message in outcome.events:
-        kopf.event(body if isinstance(body, kopf.Body) else kopf.Body(cast(kopf.RawBody, body)),
+        kopf.event(kopf.Body(cast(kopf.RawBody, body)),
                    type=type_, reason=reason, message=message)
     return outcome
 
@@ -244,6 +250,11 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, gene
             conds = conditions.set_condition(conds, "InferenceServiceReady", "Unknown", "InferenceServicePending",
                                              f"waiting for KServe to report InferenceService {name}",
                                              generation=generation, now=now)
+        elif ready.get("status") == "True":  # ready, but KServe has not yet seen our latest change
+            conds = conditions.set_condition(conds, "InferenceServiceReady", "Unknown", "InferenceServiceUpdating",
+                                             f"waiting for KServe to roll out generation "
+                                             f"{isvc['metadata'].get('generation')} of InferenceService {name}",
+                                             generation=generation, now=now)
         else:
             conds = conditions.set_condition(conds, "InferenceServiceReady", "False",
                                              str(ready.get("reason") or "InferenceServiceNotReady"),
@@ -323,9 +334,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                       if ref.get("kind") == "ModelDeployment" and ref.get("apiVersion") == MD_API), None)
         if owner is None:
             return
-        rt: Runtime = memo.runtime
-        parent = await rt.kube.get(MD_API, MD_PLURAL, body.metadata.namespace, owner["name"])
-        if parent is None or parent["metadata"].get("uid") != owner.get("uid") or \
-                parent["metadata"].get("deletionTimestamp"):
-            return
-        await reconcile(rt, parent, logger, periodic=True)
+        # reconcile() reads the parent afresh and drops the event if the uid no longer matches.
+        parent = {"metadata": {"name": owner["name"], "namespace": body.metadata.namespace, "uid": owner.get("uid")}}
+        await reconcile(memo.runtime, parent, logger, periodic=True)

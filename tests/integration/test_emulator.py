@@ -221,6 +221,11 @@ def test_conflicts(api: httpx.Client) -> None:
                             json={"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
                                   "data": {"k": "x"}})
     assert stale_patch.status_code == 409
+    widget_name = unique("cf")
+    created(api, WIDGETS, widget(widget_name))
+    unconditional = api.put(f"{WIDGETS}/{widget_name}", json=widget(widget_name, size=4))
+    assert unconditional.status_code == 422  # custom resources need metadata.resourceVersion on PUT
+    assert "metadata.resourceVersion" in unconditional.json()["message"]
     wrong_uid = api.request("DELETE", f"{CONFIGMAPS}/{name}", json={"preconditions": {"uid": "nope"}})
     assert wrong_uid.status_code == 409
 

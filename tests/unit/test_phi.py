@@ -62,14 +62,21 @@ def test_scrub_registered_ids_in_any_position(hasher: PhiHasher) -> None:
     scrub = PhiScrubFilter(hasher).scrub
     assert hasher.remember(PATIENT) == hasher.hash(PATIENT)
     hasher.remember("Jane Q. Doe")  # contains delimiters: matched as a phrase
-    for text in [PATIENT, f"patient={PATIENT}.", f"[{PATIENT}]", f"'{PATIENT}', x", f"id:{PATIENT}", "Jane Q. Doe!"]:
+    for text in [
+        PATIENT,
+        f"patient={PATIENT}.",
+        f"[{PATIENT}]",
+        f"'{PATIENT}', x",
+        f"id:{PATIENT}",
+        "Jane Q. Doe!",
+    ]:
         assert PATIENT not in scrub(text) and "Jane Q. Doe" not in scrub(text)
         assert REDACTED in scrub(text)
     assert scrub(f"pid {PATIENT} done") == f"pid {REDACTED} done"
     assert scrub("PATIENT-ZX81-44710") == "PATIENT-ZX81-44710"  # another id, not a prefix match
 
 
-def test_registered_ids_expire_or_are_forgotten(hasher: PhiHasher) -> None:
+def test_registered_ids_expire_or_are_forgotten() -> None:
     clock = Clock()
     hasher = PhiHasher(b"k", clock=clock)
     scrub = PhiScrubFilter(hasher).scrub
@@ -84,17 +91,23 @@ def test_registered_ids_expire_or_are_forgotten(hasher: PhiHasher) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["MRN-0012345", "mrn 99812", "SSN 123-45-6789", "mail jane.doe@example.org now", "call (555) 123-4567",
-     "call +1 555.123.4567"],
-)  # fmt: skip
-def test_phi_patterns_are_redacted_without_registration(text: str) -> None:
-    scrubbed = PhiScrubFilter().scrub(text)
-    assert REDACTED in scrubbed
-    assert not any(ch.isdigit() for ch in scrubbed) or "@" not in scrubbed
+    ("text", "expected"),
+    [
+        ("MRN-0012345", REDACTED),
+        ("mrn 99812 seen", f"{REDACTED} seen"),
+        ("SSN 123-45-6789", f"SSN {REDACTED}"),
+        ("mail jane.doe@example.org now", f"mail {REDACTED} now"),
+        ("call (555) 123-4567", f"call {REDACTED}"),
+        ("call +1 555.123.4567", f"call {REDACTED}"),
+    ],
+)
+def test_phi_patterns_are_redacted_without_registration(text: str, expected: str) -> None:
+    assert PhiScrubFilter().scrub(text) == expected
 
 
-@pytest.mark.parametrize("text", ["latency 12.5 ms", "2024-01-15T10:00:00Z", "seq 1700000000", "10.0.0.1:8080"])
+@pytest.mark.parametrize(
+    "text", ["latency 12.5 ms", "2024-01-15T10:00:00Z", "seq 1700000000", "10.0.0.1:8080"]
+)
 def test_ordinary_numbers_are_left_alone(text: str) -> None:
     assert PhiScrubFilter().scrub(text) == text
 

@@ -42,11 +42,17 @@ What it does NOT emulate:
   validating admission policies, resource quotas, limit ranges;
 - server-side apply and managedFields (`application/apply-patch+yaml` gets 415);
 - strategic merge patch beyond a table of well-known list merge keys (see patches.py);
-- pagination (`limit`/`continue` are ignored: lists are complete), protobuf, aggregated discovery;
+- pagination (`limit`/`continue` are ignored: lists are complete), aggregated discovery, protobuf
+  responses (answers are JSON; protobuf request bodies are decoded only for the four kinds that
+  `kubectl create namespace|configmap|secret|serviceaccount` send, see protobuf.py);
 - controllers other than garbage collection and namespace/CRD cleanup: no scheduler, no kubelet, no
   Job or CronJob controller, no Service endpoints (the sandbox's stand-ins do that through the API);
 - per-kind field selector restrictions (any dotted path is accepted), graceful pod termination,
-  the "orphan" and "kubernetes" finalizers (their effects happen directly).
+  the "orphan" and "kubernetes" finalizers (their effects happen directly);
+- one storage for core/v1 and events.k8s.io/v1 Events (they are two separate resources here), and
+  metadata.generation on built-in kinds other than Jobs, CronJobs and CRDs.
+When KServe's CRD files are not found, InferenceService and InferenceGraph are still served, with a
+schema that accepts anything (a warning says so at startup).
 """
 
 from __future__ import annotations
@@ -373,7 +379,8 @@ class ApiServer(KubernetesEmulator):
                                f"ServiceAccount, not {exc}: write it as YAML and use `kubectl apply -f`") from exc
             except protobuf.ProtobufError as exc:
                 raise bad_request(f"the request body is not valid Kubernetes protobuf: {exc}") from exc
-        if "json" not in raw.content_type and "yaml" not in raw.content_type:
+        declared = "Content-Type" in raw.headers
+        if declared and "json" not in raw.content_type and "yaml" not in raw.content_type:
             raise ApiError(415, "UnsupportedMediaType",
                            f"the body of the request was in an unknown format ({raw.content_type}) - accepted "
                            f"media types include: application/json, application/yaml")

@@ -151,7 +151,8 @@ def type_from_crd(crd: dict[str, Any]) -> ResourceType:
             subresources = frozenset((version.get("subresources") or {}).keys())
             versions[version["name"]] = VersionInfo(
                 printer_columns=version.get("additionalPrinterColumns"),
-                subresources=subresources & {"status", "scale"},
+                # Only status is served; a declared scale subresource is left out of discovery.
+                subresources=subresources & {"status"},
             )
     if storage is None:
         raise CrdError("spec.versions", "must have exactly one version marked as storage version")
@@ -202,7 +203,7 @@ def api_resource_list(group_version: str, types: list[tuple[ResourceType, str]])
                 "name": f"{rtype.plural}/{subresource}",
                 "singularName": "",
                 "namespaced": rtype.namespaced,
-                "kind": rtype.kind if subresource == "status" else "Scale",
+                "kind": rtype.kind,
                 "verbs": STATUS_VERBS,
             })
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}

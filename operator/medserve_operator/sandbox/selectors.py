@@ -149,7 +149,10 @@ def compile_filter(label_selector: str | None, field_selector: str | None) -> Ob
 
     def matches(obj: Mapping[str, Any]) -> bool:
         if labels:
-            obj_labels = (obj.get("metadata") or {}).get("labels") or {}
+            meta = obj.get("metadata")
+            obj_labels = meta.get("labels") if isinstance(meta, Mapping) else None
+            if not isinstance(obj_labels, Mapping):
+                obj_labels = {}
             if not all(requirement.matches(obj_labels) for requirement in labels):
                 return False
         return all(requirement.matches(obj) for requirement in fields)

@@ -241,6 +241,7 @@ class Store:
         self.watchers: dict[GroupResource, set[Watcher]] = {}
         self.terminating_namespaces: set[str] = set()
         self.terminating_crds: set[GroupResource] = set()
+        self.closing = False
         # Bumped whenever the set of served resources changes (discovery and OpenAPI caches key on it).
         self.types_generation = 0
         for rtype in builtin_types():
@@ -527,6 +528,12 @@ class Store:
                subresource: str | None = None, dry_run: bool = False,
                field_validation: str = "Warn") -> WriteResult:
         old = self.get(rtype, namespace, name)
+        # Custom resources (and CRDs) do not allow unconditional updates: a PUT must name the
+        # resourceVersion it replaces, as on a real server (built-in kinds like ConfigMap allow it).
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        if (rtype.custom or rtype.key == CRD_KEY) and not (isinstance(meta, dict) and meta.get("resourceVersion")):
+            raise invalid(rtype, name, "metadata.resourceVersion",
+                          "Invalid value: 0x0: must be specified for an update")
         return self._update(rtype, version, namespace, name, body, old, subresource=subresource,
                             dry_run=dry_run, field_validation=field_validation)
 
@@ -905,12 +912,16 @@ class Store:
                 if item is not None:
                     backlog.append(item)
         self.watchers.setdefault(rtype.key, set()).add(watcher)
+        if self.closing:
+            watcher.close()
         return watcher, backlog
 
     def unwatch(self, watcher: Watcher) -> None:
         self.watchers.get(watcher.key, set()).discard(watcher)
 
     def close_all_watches(self) -> None:
+        """End every watch stream now and every later one at once (the server is shutting down)."""
+        self.closing = True
         for watchers in self.watchers.values():
             for watcher in watchers:
                 watcher.close()

@@ -1,0 +1,85 @@
+"""`medserve-runtime` / `python -m medserve_runtime`: the KServe custom model server for clinical models.
+
+The command line extends KServe's own (`kserve.model_server.parser`, so --http_port, --model_name,
+--protocol, --workers, ... mean what they mean for every KServe server) with where the model comes
+from and the runtime's serving, security and audit settings, as the medserve operator renders them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import kserve.model_server
+
+from medserve_runtime.loader import DEVICES, OPTIMIZATIONS
+from medserve_runtime.stats import DEFAULT_CAPACITY
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(kind: type[int] | type[float]) -> argparse._ActionType:  # type: ignore[name-defined]
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medserve-runtime", parents=[kserve.model_server.parser],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Serve a clinical torch model (KServe V1/V2 and the clinical API).")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model_uri", help="MLflow registry URI models:/NAME/VERSION (or models:/NAME@ALIAS); "
+                                            "the tracking server is $MLFLOW_TRACKING_URI")
+    source.add_argument("--model_dir", type=Path,
+                        help="local directory with model.pt, feature_spec.json, reference_profile.json")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where the forward pass runs")
+    p.add_argument("--optimization", choices=OPTIMIZATIONS, default="none",
+                   help="dynamic-int8: int8 Linear weights, activations quantized on the fly (CPU)")
+    p.add_argument("--max_batch_size", type=_positive_int, default=16, help="most rows per forward pass")
+    p.add_argument("--max_latency_ms", type=_non_negative(float), default=5.0,
+                   help="longest a batch waits for requests already on their way")
+    p.add_argument("--rate_limit_per_minute", type=_non_negative(int), default=0,
+                   help="requests per minute per API key (0: unlimited)")
+    p.add_argument("--max_request_bytes", type=_positive_int, default=1 << 20, help="largest request body (413)")
+    p.add_argument("--api_keys_file", type=Path, default=None,
+                   help="JSON list of {id, sha256, permissions}; without it authentication is DISABLED")
+    p.add_argument("--audit_log", type=Path, default=None, help="append-only JSON-lines audit log (off if unset)")
+    p.add_argument("--phi_hash_key_file", type=Path, default=None,
+                   help="key for hashing patient ids (else $MEDSERVE_PHI_HASH_KEY[_FILE], else random)")
+    p.add_argument("--prediction_memory", type=_positive_int, default=DEFAULT_CAPACITY,
+                   help="how many recent predictions /feedback can refer to")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.workers != 1:
+        parser.error("--workers must be 1: batching and statistics live in the process (scale with replicas)")
+    if args.enable_grpc and "--enable_grpc" in (sys.argv if argv is None else argv):
+        print("medserve-runtime: gRPC is not served (it would bypass API keys and the audit log); "
+              "ignoring --enable_grpc", file=sys.stderr)
+    # Imported after parsing: --help and argument errors answer without loading torch.
+    from medserve_runtime.server import serve
+
+    try:
+        return serve(args)
+    except (ValueError, RuntimeError) as exc:
+        # Bad keys file, unloadable model, unreachable registry: one clear line, no traceback.
+        print(f"medserve-runtime: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

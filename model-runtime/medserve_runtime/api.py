@@ -1,0 +1,255 @@
+"""The clinical API: /predict, /batch_predict, /feedback, /health, /models, /models/reload, /metrics.
+
+The routes are added to KServe's own FastAPI application (`kserve.model_server.app`) before
+`kserve.ModelServer.start()` adds the V1/V2 routes to it, so that one server on one port answers
+both, and so that `/metrics` here (the runtime's registry followed by KServe's default one) takes
+precedence over KServe's. Authentication, rate limits, body size and the audit record are the
+gate's job (gate.py); handlers validate, answer, and note what the audit record needs.
+
+Handlers read the raw body and validate it with pydantic themselves rather than through FastAPI's
+body parameters: one pass from bytes to model, and every rejection in the same error shape
+(schemas.error_body) with the offending field's path, never the offending value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import TypeVar
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import ORJSONResponse
+from kserve.errors import ModelNotReady
+from prometheus_client import REGISTRY, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from medserve_runtime import loader
+from medserve_runtime.context import current_note
+from medserve_runtime.insights import clinical_insights, confidence_level
+from medserve_runtime.metrics import CONTENT_TYPE, RuntimeMetrics
+from medserve_runtime.model import Classified, ClinicalModel, InvalidRecord, VersionUnavailable
+from medserve_runtime.phi import PhiHasher
+from medserve_runtime.schemas import (
+    BatchPredictRequest,
+    BatchPredictResponse,
+    FeedbackRequest,
+    PredictRequest,
+    PredictResponse,
+    ReloadRequest,
+    error_body,
+    first_error,
+)
+from medserve_runtime.stats import AlreadyScored, PredictionLog, VersionStats
+
+logger = logging.getLogger(__name__)
+
+
+def error(status: int, message: str, field: str | None = None, code: str = "invalid") -> ORJSONResponse:
+    current_note().outcome = code
+    return ORJSONResponse(error_body(message, field, code), status_code=status)
+
+
+class ClinicalApi:
+    def __init__(self, model: ClinicalModel, *, hasher: PhiHasher, metrics: RuntimeMetrics, stats: VersionStats,
+                 predictions: PredictionLog) -> None:
+        self.model = model
+        self.hasher = hasher
+        self.metrics = metrics
+        self.stats = stats
+        self.predictions = predictions
+        self.started = time.monotonic()
+
+    def register(self, app: FastAPI) -> None:
+        for path, handler, method in (
+            ("/predict", self.predict, "POST"),
+            ("/batch_predict", self.batch_predict, "POST"),
+            ("/feedback", self.feedback, "POST"),
+            ("/health", self.health, "GET"),
+            ("/models", self.models, "GET"),
+            ("/models/reload/{model_name}", self.reload, "POST"),
+            ("/metrics", self.prometheus, "GET"),
+        ):
+            app.add_api_route(path, handler, methods=[method], response_model=None, include_in_schema=True)
+
+    # --- prediction ------------------------------------------------------------------------------
+
+    async def predict(self, request: Request) -> Response:
+        parsed = await _parse(request, PredictRequest)
+        if isinstance(parsed, Response):
+            return parsed
+        note = current_note()
+        note.patient_hash = self.hasher.remember(parsed.patient_id)
+        note.extra["priority"] = parsed.priority
+        try:
+            result = await self.model.classify([parsed.clinical_data], version=parsed.model_version,
+                                               urgent=parsed.priority != "routine")
+        except InvalidRecord as exc:
+            return error(422, _join("clinical_data", exc.path), exc.message)
+        except VersionUnavailable as exc:
+            return error(404, "model_version", exc.message, "version_unavailable")
+        return ORJSONResponse(self._response(parsed, result, 0, note.started, _now()))
+
+    async def batch_predict(self, request: Request) -> Response:
+        parsed = await _parse(request, BatchPredictRequest)
+        if isinstance(parsed, Response):
+            return parsed
+        version = parsed.model_version
+        for i, item in enumerate(parsed.requests):
+            if item.model_version is not None and version is not None and item.model_version != version:
+                return error(422, f"requests[{i}].model_version", "differs from the batch's model_version")
+            version = version or item.model_version
+        note = current_note()
+        note.patient_hash = ",".join(self.hasher.remember(item.patient_id) for item in parsed.requests)
+        urgent = any(item.priority != "routine" for item in parsed.requests)
+        note.extra["records"] = len(parsed.requests)
+        try:
+            result = await self.model.classify([item.clinical_data for item in parsed.requests], version=version,
+                                               urgent=urgent)
+        except InvalidRecord as exc:
+            return error(422, _join(f"requests[{exc.index}].clinical_data", exc.path), exc.message)
+        except VersionUnavailable as exc:
+            return error(404, "model_version", exc.message, "version_unavailable")
+        note.extra["prediction_ids"] = ",".join(result.prediction_ids)
+        timestamp = _now()
+        predictions = [self._response(item, result, i, note.started, timestamp)
+                       for i, item in enumerate(parsed.requests)]
+        body: BatchPredictResponse = {"predictions": predictions, "count": len(predictions),
+                                      "model_version": result.bundle.version,
+                                      "processing_time": _ms_since(note.started)}
+        return ORJSONResponse(body)
+
+    def _response(self, req: PredictRequest, result: Classified, i: int, started: float,
+                  timestamp: str) -> PredictResponse:
+        bundle = result.bundle
+        spec = bundle.spec
+        label, confidence = result.labels[i], result.confidences[i]
+        probs = result.probabilities[i]
+        return {
+            "prediction_id": result.prediction_ids[i],
+            "patient_id": req.patient_id,
+            "model_name": self.model.name,
+            "model_version": bundle.version,
+            "prediction": {
+                "primary_diagnosis": label,
+                "confidence_level": confidence_level(confidence),  # type: ignore[typeddict-item]
+                "recommended_actions": spec.recommended_actions.get(label, []),
+                "probabilities": {lab: round(float(p), 6) for lab, p in zip(spec.labels, probs, strict=True)},
+            },
+            "confidence": round(confidence, 6),
+            "processing_time": _ms_since(started),
+            "timestamp": timestamp,
+            "clinical_insights": clinical_insights(spec, bundle.profile, result.raws[i], probs.tolist()),
+        }
+
+    # --- feedback --------------------------------------------------------------------------------
+
+    async def feedback(self, request: Request) -> Response:
+        parsed = await _parse(request, FeedbackRequest)
+        if isinstance(parsed, Response):
+            return parsed
+        note = current_note()
+        note.prediction_id = parsed.prediction_id
+        try:
+            record = self.predictions.get(parsed.prediction_id)
+        except KeyError:
+            return error(404, "prediction_id", "no such prediction here (unknown, or older than the last "
+                         f"{self.predictions.capacity} predictions)", "unknown_prediction")
+        note.model_version = record.version
+        labels = self.model.labels_of(record.version)
+        if parsed.outcome not in labels:
+            return error(422, "outcome", f"must be one of the model's labels: {', '.join(labels)}")
+        try:
+            self.predictions.mark_scored(parsed.prediction_id)
+        except AlreadyScored:
+            return error(409, "prediction_id", "feedback for this prediction was already recorded",
+                         "duplicate_feedback")
+        correct = parsed.outcome == record.label
+        self.metrics.observe_feedback(record.version, correct)
+        self.stats.record_feedback(record.version, correct=correct)
+        note.extra["correct"] = int(correct)
+        return ORJSONResponse({"prediction_id": parsed.prediction_id, "model_version": record.version,
+                               "predicted": record.label, "outcome": parsed.outcome, "correct": correct})
+
+    # --- operations ------------------------------------------------------------------------------
+
+    async def health(self) -> Response:
+        try:
+            bundle = self.model.serving.bundle
+        except ModelNotReady:
+            return ORJSONResponse({"status": "unavailable", "model": self.model.name, "ready": False},
+                                  status_code=503)
+        return ORJSONResponse({"status": "healthy", "ready": True, "model": self.model.name,
+                               "model_version": bundle.version, "device": self.model.device,
+                               "optimization": self.model.optimization,
+                               "uptime_seconds": round(time.monotonic() - self.started, 3)})
+
+    async def models(self) -> Response:
+        serving = self.model.serving.bundle
+        return ORJSONResponse({"models": [{
+            "name": self.model.name,
+            "registered_model": serving.name,
+            "serving_version": serving.version,
+            "source": serving.source,
+            "device": self.model.device,
+            "optimization": self.model.optimization,
+            "max_batch_size": self.model.max_batch_size,
+            "max_latency_ms": self.model.max_latency_ms,
+            "versions": self.stats.snapshot(current=serving.version),
+        }]})
+
+    async def reload(self, model_name: str, request: Request) -> Response:
+        if model_name != self.model.name:
+            return error(404, "model_name", f"this server serves {self.model.name!r}", "unknown_model")
+        parsed = await _parse(request, ReloadRequest)
+        if isinstance(parsed, Response):
+            return parsed
+        if (parsed.model_uri is None) == (parsed.version is None):
+            return error(422, "model_uri", "give exactly one of model_uri and version")
+        field = "model_uri" if parsed.model_uri is not None else "version"
+        if parsed.model_uri is not None:
+            source = parsed.model_uri
+        elif loader.is_registry_uri(self.model.source):
+            source = f"models:/{self.model.serving.bundle.name}/{parsed.version}"
+        else:
+            return error(422, "version", "this server loads a model directory, not a registry version: "
+                         "give model_uri")
+        started = time.monotonic()
+        try:
+            previous, bundle = await self.model.reload(source)
+        except loader.ModelLoadError as exc:
+            logger.warning("reload of %s from %s failed: %s", self.model.name, source, exc)
+            return error(422, field, str(exc), "load_failed")
+        current_note().model_version = bundle.version
+        return ORJSONResponse({"model": self.model.name, "previous_version": previous, "version": bundle.version,
+                               "source": bundle.source, "seconds": round(time.monotonic() - started, 3)})
+
+    async def prometheus(self) -> Response:
+        # The runtime's metrics, then KServe's and the process's from the default registry.
+        return Response(self.metrics.render() + generate_latest(REGISTRY), media_type=CONTENT_TYPE)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _parse(request: Request, schema: type[M]) -> M | Response:
+    body = await request.body()
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            return error(400, "body", "is not valid JSON", "invalid_json")
+        field, message = first_error(exc)
+        return error(422, field, message)
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if path else prefix
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

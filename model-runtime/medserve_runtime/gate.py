@@ -1,0 +1,243 @@
+"""The gate: an ASGI middleware in front of every route (clinical API and KServe V1/V2 alike).
+
+Per request, in this order: classify the route; for protected routes check the API key (401/403),
+the declared body size (413), the key's rate limit (429 + Retry-After) and, for inference, readiness
+(503); then read the body with the size limit enforced on the bytes actually received (413 for a
+chunked body that lies or declares nothing), and hand it to the app. Afterwards, whatever happened
+(including a crash in the app), write exactly one audit record and observe the request's latency.
+
+Open routes, neither authenticated nor audited, are the ones probes and scrapers call and that carry
+no patient data: `/`, `/health`, `/metrics`, `/v2`, `/v2/health/*`, and the KServe model listing,
+readiness and metadata routes. Every other route needs a key: inference `predict`, `/feedback`
+`feedback`, `/models/reload/*` and KServe's `/v2/repository/*` (load/unload) `admin`, and anything
+else (GET /models, unknown paths) any valid key. Without `--api_keys_file` nothing is checked and the
+key id in audit records is null.
+
+A pure ASGI middleware rather than Starlette's BaseHTTPMiddleware: the latter adds a task and a
+stream per request, measurable at sub-millisecond latencies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from medserve_runtime.audit import AuditLog
+from medserve_runtime.batching import Arrivals
+from medserve_runtime.context import RequestNote, close_note, open_note
+from medserve_runtime.metrics import RuntimeMetrics
+from medserve_runtime.schemas import error_body
+from medserve_runtime.security import AuthError, KeyStore, RateLimiter
+from medserve_runtime.stats import VersionStats
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ANY_KEY = "any"
+CLIENT_CLOSED = 499  # nginx's code for "client went away before the answer"; only ever in audit/metrics
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    endpoint: str
+    """The route template: the `endpoint` of audit records and metrics (never a raw path)."""
+    permission: str | None
+    """predict, feedback, admin, ANY_KEY (any valid key) or None (open: no key, no audit)."""
+    inference: bool = False
+
+
+_OPEN_GET = re.compile(r"^/(?:|health|metrics|v2|v2/health/(?:live|ready)|v1/models(?:/[^/:]+)?|v2/models"
+                       r"|v2/models/[^/]+(?:/versions/[^/]+)?(?:/ready)?)$")
+_POLICIES: list[tuple[str | None, re.Pattern[str], Policy]] = [
+    ("POST", re.compile(r"^/predict$"), Policy("/predict", "predict", inference=True)),
+    ("POST", re.compile(r"^/batch_predict$"), Policy("/batch_predict", "predict", inference=True)),
+    ("POST", re.compile(r"^/v1/models/[^/:]+:predict$"), Policy("/v1/models/{name}:predict", "predict", True)),
+    ("POST", re.compile(r"^/v1/models/[^/:]+:explain$"), Policy("/v1/models/{name}:explain", "predict", True)),
+    ("POST", re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$"),
+     Policy("/v2/models/{name}/infer", "predict", True)),
+    ("POST", re.compile(r"^/feedback$"), Policy("/feedback", "feedback")),
+    ("POST", re.compile(r"^/models/reload/[^/]+$"), Policy("/models/reload/{model_name}", "admin")),
+    (None, re.compile(r"^/v2/repository(?:/.*)?$"), Policy("/v2/repository", "admin")),
+    ("GET", re.compile(r"^/models$"), Policy("/models", ANY_KEY)),
+]
+_OPEN = Policy("open", None)
+_OTHER = Policy("other", ANY_KEY)
+
+
+def classify(method: str, path: str) -> Policy:
+    if method in ("GET", "HEAD") and _OPEN_GET.match(path):
+        return _OPEN
+    for wanted, pattern, policy in _POLICIES:
+        if (wanted is None or wanted == method) and pattern.match(path):
+            return policy
+    return _OTHER
+
+
+class Gate:
+    """See the module docstring. `version` returns the version serving now (labels for rejections)."""
+
+    def __init__(self, app: ASGIApp, *, keys: KeyStore | None, limiter: RateLimiter | None, audit: AuditLog,
+                 metrics: RuntimeMetrics, stats: VersionStats, max_request_bytes: int,
+                 ready: Callable[[], bool], version: Callable[[], str], arrivals: Arrivals) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.audit = audit
+        self.metrics = metrics
+        self.stats = stats
+        self.max_request_bytes = max_request_bytes
+        self.ready = ready
+        self.version = version
+        self.arrivals = arrivals
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        policy = classify(scope["method"], scope["path"])
+        if policy.permission is None:
+            await self.app(scope, receive, send)
+            return
+        note, token = open_note()
+        status = CLIENT_CLOSED
+        key_id: str | None = None
+
+        async def send_capturing(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if policy.inference:
+                note.arrived(self.arrivals)
+            headers = _headers(scope)
+            if self.keys is not None:
+                try:
+                    presented = _presented_key(headers)
+                    key = (self.keys.authenticate(presented) if policy.permission == ANY_KEY
+                           else self.keys.authorize(presented, policy.permission))
+                except AuthError as exc:
+                    note.outcome = exc.code
+                    extra = [(b"www-authenticate", b'Bearer realm="medserve"')] if exc.status == 401 else []
+                    await _reply(send_capturing, exc.status, error_body(exc.message, "authorization", exc.code),
+                                 extra)
+                    return
+                key_id = key.id
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_request_bytes:
+                await self._too_large(send_capturing, note)
+                return
+            if self.limiter is not None:
+                retry_after = self.limiter.acquire(key_id or "anonymous")
+                if retry_after is not None:
+                    note.outcome = "rate_limited"
+                    seconds = str(int(retry_after))
+                    await _reply(send_capturing, 429,
+                                 error_body(f"rate limit exceeded; retry after {seconds} s", None, "rate_limited"),
+                                 [(b"retry-after", seconds.encode())])
+                    return
+            if policy.inference and not self.ready():
+                note.outcome = "unavailable"
+                await _reply(send_capturing, 503, error_body("the model is not ready", None, "not_ready"),
+                             [(b"retry-after", b"1")])
+                return
+            try:
+                body = await self._read_body(receive)
+            except _ClientGone:
+                note.outcome = "client_closed"
+                return
+            if body is None:
+                await self._too_large(send_capturing, note)
+                return
+            await self.app(scope, _replay(body, receive), send_capturing)
+        except BaseException:
+            if status == CLIENT_CLOSED:
+                status = 500
+            note.outcome = note.outcome or "error"
+            raise
+        finally:
+            note.settled()
+            close_note(token)
+            elapsed = time.perf_counter() - note.started
+            version = note.model_version or self.version()
+            self.metrics.observe_request(version, policy.endpoint, status, elapsed)
+            if policy.inference and status == 200 and note.model_version is not None:
+                self.stats.record_request(note.model_version, predictions=note.predictions, seconds=elapsed)
+            self.audit.record(key_id=key_id, endpoint=policy.endpoint, status=status,
+                              outcome=note.outcome or _outcome(status), latency_ms=round(elapsed * 1000, 3),
+                              model_version=note.model_version, prediction_id=note.prediction_id,
+                              patient_hash=note.patient_hash, **note.extra)
+
+    async def _too_large(self, send: Send, note: RequestNote) -> None:
+        note.outcome = "too_large"
+        await _reply(send, 413, error_body(f"request body exceeds {self.max_request_bytes} bytes", "body",
+                                           "too_large"))
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body; None when it exceeds the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its body arrived."""
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _presented_key(headers: dict[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return headers.get("x-api-key") or None
+
+
+def _outcome(status: int) -> str:
+    return "ok" if status < 400 else "rejected" if status < 500 else "error"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body, only a disconnect can come
+
+    return replay
+
+
+async def _reply(send: Send, status: int, body: dict[str, Any],
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = orjson.dumps(body)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": payload})

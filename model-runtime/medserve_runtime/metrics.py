@@ -1,0 +1,172 @@
+"""The runtime's Prometheus metrics, in their own registry, served at GET /metrics.
+
+Every series carries `model` (the served model's name, `--model_name`) and `version` (the model
+version that answered; for requests turned away before reaching a model, the version serving then).
+
+  medserve_request_duration_seconds{model,version,endpoint,code}   histogram, buckets from 100 µs
+      Wall time inside the server per request (endpoint is the route template, never a raw path).
+  medserve_predictions_total{model,version,class}                  counter, one per predicted record
+  medserve_prediction_confidence{model,version}                    histogram of the top-class probability
+  medserve_feedback_total{model,version,outcome}                   counter, outcome = correct | incorrect
+  medserve_batch_size{model,version}                               histogram of rows per forward pass
+  medserve_feature_value{model,version,feature}                    histogram per numeric feature
+      Its bucket edges (`le`) are exactly the reference profile's quantile edges for that version, so
+      that drift (PSI, chi-square) needs nothing but Prometheus: the live share of bin i over a window
+      is increase(bucket le=e_i) - increase(bucket le=e_{i-1}) divided by increase(_count), to be
+      compared with the profile's proportions[i]. Missing optional values are not observed.
+  medserve_feature_category_total{model,version,feature,category}  counter per categorical / multi-hot
+      category (for multi-hot, one count per mention), against the profile's category proportions.
+  medserve_model_info{model,version,source,device,optimization}    gauge, 1 for the version serving now
+
+Different versions have different edges; prometheus_client's Histogram fixes its buckets per metric,
+so the feature histograms are a custom collector holding numpy counts per (version, feature).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from medserve_runtime.modelspec import NumericProfile, Raw, ReferenceProfile
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025,
+                   0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _VersionFeatures:
+    """Counts per bin / category for one model version, written from the event loop, read by scrapes."""
+
+    def __init__(self, profile: ReferenceProfile) -> None:
+        self.numeric: dict[str, tuple[list[float], npt.NDArray[np.int64], list[float]]] = {}
+        self.categorical: dict[str, tuple[dict[str, int], npt.NDArray[np.int64]]] = {}
+        for f in profile.features:
+            if isinstance(f, NumericProfile):
+                self.numeric[f.name] = (list(f.bin_edges), np.zeros(len(f.bin_edges) + 1, np.int64), [0.0])
+            else:
+                self.categorical[f.name] = ({c: i for i, c in enumerate(f.categories)},
+                                            np.zeros(len(f.categories), np.int64))
+
+    def observe(self, raw: Mapping[str, Raw]) -> None:
+        for name, (edges, counts, total) in self.numeric.items():
+            value = raw.get(name)
+            if isinstance(value, float | int):
+                # bisect_left: a value equal to an edge belongs to the bin that edge closes (le).
+                counts[bisect.bisect_left(edges, value)] += 1
+                total[0] += value
+        for name, (index, counts) in self.categorical.items():
+            value = raw.get(name)
+            for item in value if isinstance(value, list) else [value]:
+                i = index.get(item) if isinstance(item, str) else None
+                if i is not None:
+                    counts[i] += 1
+
+
+class FeatureCollector(Collector):
+    """medserve_feature_value and medserve_feature_category_total for every registered version."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._versions: dict[str, _VersionFeatures] = {}
+        self._lock = threading.Lock()
+
+    def register(self, version: str, profile: ReferenceProfile) -> None:
+        with self._lock:
+            self._versions.setdefault(version, _VersionFeatures(profile))
+
+    def observe(self, version: str, raws: Iterable[Mapping[str, Raw]]) -> None:
+        features = self._versions.get(version)
+        if features is None:
+            return
+        with self._lock:
+            for raw in raws:
+                features.observe(raw)
+
+    def collect(self) -> Iterable[Metric]:
+        hist = HistogramMetricFamily("medserve_feature_value", "Monitored numeric feature values, bucketed at "
+                                     "the reference profile's quantile edges.",
+                                     labels=["model", "version", "feature"])
+        cats = CounterMetricFamily("medserve_feature_category", "Monitored categorical feature values.",
+                                   labels=["model", "version", "feature", "category"])
+        with self._lock:
+            for version, features in self._versions.items():
+                for name, (edges, counts, total) in features.numeric.items():
+                    cumulative = np.cumsum(counts)
+                    buckets = [(_le(e), float(c)) for e, c in zip(edges, cumulative[:-1], strict=True)]
+                    buckets.append(("+Inf", float(cumulative[-1])))
+                    hist.add_metric([self._model, version, name], buckets, total[0])
+                for name, (index, counts) in features.categorical.items():
+                    for category, i in index.items():
+                        cats.add_metric([self._model, version, name, category], float(counts[i]))
+        return [hist, cats]
+
+
+def _le(edge: float) -> str:
+    return repr(float(edge))
+
+
+class RuntimeMetrics:
+    """All metrics of one runtime process; `render()` is the /metrics body."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model", "version"]
+        self.request_duration = Histogram(
+            "medserve_request_duration_seconds", "Time spent in the server per request.",
+            [*labels, "endpoint", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.predictions = Counter("medserve_predictions", "Predicted records by class.", [*labels, "class"],
+                                   registry=self.registry)
+        self.confidence = Histogram("medserve_prediction_confidence", "Probability of the predicted class.",
+                                    labels, buckets=CONFIDENCE_BUCKETS, registry=self.registry)
+        self.feedback = Counter("medserve_feedback", "Ground-truth feedback by outcome.", [*labels, "outcome"],
+                                registry=self.registry)
+        self.batch_size = Histogram("medserve_batch_size", "Rows per forward pass.", labels,
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.model_info = Gauge("medserve_model_info", "1 for the model version serving now.",
+                                [*labels, "source", "device", "optimization"], registry=self.registry)
+        self.features = FeatureCollector(model)
+        self.registry.register(self.features)
+
+    def register_version(self, version: str, profile: ReferenceProfile, labels: Iterable[str]) -> None:
+        """Make a version's series exist at zero, so rates and drift queries start from a known point."""
+        self.features.register(version, profile)
+        for label in labels:
+            self.predictions.labels(self.model, version, label)
+        for outcome in ("correct", "incorrect"):
+            self.feedback.labels(self.model, version, outcome)
+        self.confidence.labels(self.model, version)
+
+    def serving(self, version: str, *, source: str, device: str, optimization: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(self.model, version, source, device, optimization).set(1)
+
+    def observe_request(self, version: str, endpoint: str, code: int, seconds: float) -> None:
+        self.request_duration.labels(self.model, version, endpoint, str(code)).observe(seconds)
+
+    def observe_predictions(self, version: str, labels: Iterable[str], confidences: Iterable[float],
+                            raws: Iterable[Mapping[str, Raw]]) -> None:
+        for label in labels:
+            self.predictions.labels(self.model, version, label).inc()
+        hist = self.confidence.labels(self.model, version)
+        for c in confidences:
+            hist.observe(c)
+        self.features.observe(version, raws)
+
+    def observe_batch(self, version: str, rows: int) -> None:
+        self.batch_size.labels(self.model, version).observe(rows)
+
+    def observe_feedback(self, version: str, correct: bool) -> None:
+        self.feedback.labels(self.model, version, "correct" if correct else "incorrect").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

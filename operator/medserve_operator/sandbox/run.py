@@ -1,0 +1,358 @@
+"""`medserve sandbox`: the whole system on loopback, step by step — what `make demo` runs.
+
+It starts the Kubernetes API emulator (with crds/ installed) and a real MLflow server, trains and
+registers the example triage model (version 1, alias `champion`), starts the real operator against
+the emulator, applies examples/01-model-deployment/ with the real kubectl, waits until the operator
+has resolved the model and created the InferenceService, and shows the result. Then it stops
+everything, or with `--keep` leaves it running for you to explore (`medserve sandbox --stop` ends it).
+
+All state lives under the work directory (default `.sandbox/`): `cluster/` (the kubeconfig),
+`mlflow/` (database and artifacts), `logs/` (one log per process) and `sandbox.json` (the running
+processes, for `--stop`). Each run starts from a fresh cluster and registry.
+
+The steps are a plain list (`Sandbox.steps`) so that later features add theirs in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import yaml
+
+from medserve_operator.sandbox import procs
+from medserve_operator.sandbox.emulator import EmulatorProcess
+from medserve_operator.sandbox.mlflow_server import MlflowServer
+
+MODEL_NAME = "triage-classifier"
+MODEL_ALIAS = "champion"
+NAMESPACE = "default"
+DEPLOY_TIMEOUT = 120.0
+"""Seconds to wait for the operator to resolve the model and create each InferenceService."""
+OPERATOR_RESYNC_SECONDS = "10"
+"""Shorter than the operator's default, so that moving the alias shows up quickly while exploring."""
+STATE_FILE = "sandbox.json"
+
+
+class SandboxError(Exception):
+    """A step failed; the message says which and where to look."""
+
+
+def find_repo() -> Path:
+    """The source tree holding crds/ and examples/: beside this package (editable install), else the cwd."""
+    for candidate in (Path(__file__).resolve().parents[3], Path.cwd()):
+        if (candidate / "crds").is_dir() and (candidate / "examples" / "01-model-deployment").is_dir():
+            return candidate
+    raise SandboxError("cannot find the medserve source tree (crds/ and examples/); run from the repository root")
+
+
+class Console:
+    """The sandbox's own output: numbered steps and command output, for a person reading along."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream: TextIO | None = stream
+
+    def say(self, text: str = "") -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except OSError:
+            # The reader went away (`| head`, a closed terminal): keep going quietly, so that the
+            # teardown still runs and no process is left behind.
+            self.stream = None
+
+    @contextlib.contextmanager
+    def step(self, number: int, total: int, title: str) -> Iterator[None]:
+        self.say(f"\n[{number}/{total}] {title}")
+        started = time.monotonic()
+        yield
+        self.say(f"      done in {time.monotonic() - started:.1f}s")
+
+    def block(self, title: str, text: str) -> None:
+        self.say(f"\n$ {title}")
+        self.say(text.rstrip())
+
+
+class Sandbox:
+    """The sandbox's processes and the steps that start and use them."""
+
+    def __init__(self, workdir: Path, repo: Path, console: Console) -> None:
+        self.workdir = workdir.resolve()
+        self.repo = repo
+        self.console = console
+        self.logs = self.workdir / "logs"
+        self.emulator = EmulatorProcess(self.workdir / "cluster", crd_paths=[repo / "crds"],
+                                        log_path=self.logs / "emulator.log")
+        self.mlflow = MlflowServer(self.workdir / "mlflow", log_path=self.logs / "mlflow.log")
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.operator_health_port = procs.free_port()
+        self.model: dict[str, Any] = {}
+        self.deployments: list[str] = []
+
+    @property
+    def steps(self) -> list[tuple[str, Callable[[], None]]]:
+        return [
+            ("Start MLflow and the Kubernetes API emulator (with crds/ installed)", self.start_services),
+            (f"Train the example triage model and register it in MLflow (alias {MODEL_ALIAS})", self.train_model),
+            ("Start the medserve operator against the emulator", self.start_operator),
+            ("Apply examples/01-model-deployment/ with kubectl", self.apply_examples),
+            ("Wait for the operator to resolve the model and create the InferenceService", self.wait_deployed),
+            ("Show what the operator made", self.show),
+        ]
+
+    # ------------------------------------------------------------------ steps
+
+    def start_services(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.mlflow.launch()  # it migrates a fresh database for a few seconds: start the emulator meanwhile
+        self.emulator.start()
+        self.console.say(f"      emulator  {self.emulator.url}  (kubeconfig {self.emulator.kubeconfig})")
+        self.mlflow.wait_ready()
+        self.console.say(f"      MLflow    {self.mlflow.url}")
+
+    def train_model(self) -> None:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.mlflow.url, "MEDSERVE_MODEL_NAME": MODEL_NAME}
+        script = self.repo / "examples" / "training" / "train.py"
+        cmd = [sys.executable, str(script), "--alias", MODEL_ALIAS, "--json"]
+        log = self.logs / "train.log"
+        self.console.say(f"      $ MLFLOW_TRACKING_URI={self.mlflow.url} python {script.relative_to(self.repo)} "
+                         f"--alias {MODEL_ALIAS}")
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=300, check=False)
+        log.write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise SandboxError(f"training failed (exit {result.returncode}):\n{procs.log_tail(log)}")
+        self.model = json.loads(result.stdout.strip().splitlines()[-1])
+        self.console.say(f"      registered {self.model['name']} version {self.model['version']} "
+                         f"(held-out accuracy {self.model['accuracy']:.3f}), alias {MODEL_ALIAS} -> "
+                         f"version {self.model['version']}")
+
+    def start_operator(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.emulator.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow.url,
+               "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS}
+        health = f"http://127.0.0.1:{self.operator_health_port}/healthz"
+        log = self.logs / "operator.log"
+        self.operator = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator",
+                                     "--liveness", health], log_path=log, env=env)
+        procs.wait_until(lambda: procs.http_ok(health), proc=self.operator, log_path=log,
+                         what="medserve operator", timeout=60)
+        self.console.say(f"      operator pid {self.operator.pid}, registry {self.mlflow.url}, log {log}")
+
+    def apply_examples(self) -> None:
+        examples = self.repo / "examples" / "01-model-deployment"
+        out = self.emulator.kubectl("apply", "-f", str(examples)).stdout
+        for line in out.strip().splitlines():
+            self.console.say(f"      {line}")
+        self.deployments = [
+            doc["metadata"]["name"]
+            for path in sorted(examples.glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text())
+            if isinstance(doc, dict) and doc.get("kind") == "ModelDeployment"
+        ]
+
+    def wait_deployed(self) -> None:
+        for name in self.deployments:
+            md = self._wait_for(name)
+            model = md["status"]["model"]
+            self.console.say(f"      {name}: {model['name']} version {model['version']} "
+                             f"({model.get('uri', '')}), InferenceService {md['status']['inferenceService']}, "
+                             f"phase {md['status'].get('phase', '?')}")
+
+    def show(self) -> None:
+        self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
+        for name in self.deployments:
+            md = self._get("modeldeployment", name) or {}
+            isvc = (md.get("status") or {}).get("inferenceService") or name
+            self.console.block(f"kubectl get inferenceservice {isvc} -o yaml",
+                               self.emulator.kubectl("get", "inferenceservice", isvc, "-o", "yaml").stdout)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _get(self, kind: str, name: str) -> dict[str, Any] | None:
+        result = self.emulator.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json", check=False)
+        if result.returncode != 0:
+            return None
+        obj: dict[str, Any] = json.loads(result.stdout)
+        return obj
+
+    def _wait_for(self, name: str) -> dict[str, Any]:
+        """Poll until the ModelDeployment has a resolved model and its InferenceService exists."""
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        md: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            if self.operator is not None and self.operator.poll() is not None:
+                raise SandboxError(f"the operator exited with code {self.operator.returncode}:\n"
+                                   f"{procs.log_tail(self.logs / 'operator.log')}")
+            md = self._get("modeldeployment", name)
+            status = (md or {}).get("status") or {}
+            isvc = status.get("inferenceService")
+            if (status.get("model") or {}).get("version") and isvc and self._get("inferenceservice", isvc):
+                return md or {}
+            time.sleep(0.5)
+        conditions = ((md or {}).get("status") or {}).get("conditions") or []
+        summary = "; ".join(f"{c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}"
+                            for c in conditions) or "no conditions yet"
+        raise SandboxError(f"ModelDeployment {name} was not deployed within {DEPLOY_TIMEOUT:.0f}s ({summary}).\n"
+                           f"operator log tail:\n{procs.log_tail(self.logs / 'operator.log')}")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def pids(self) -> dict[str, int]:
+        found = {"operator": self.operator.pid if self.operator else None, "mlflow": self.mlflow.pid,
+                 "emulator": self.emulator.proc.pid if self.emulator.proc else None}
+        return {name: pid for name, pid in found.items() if pid is not None}
+
+    def save_state(self) -> None:
+        state = {"pids": self.pids(), "kubeconfig": str(self.emulator.kubeconfig), "mlflow": self.mlflow.url,
+                 "emulator": self.emulator.url, "logs": str(self.logs)}
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    def stop(self) -> None:
+        """Stop the operator first (so it does not log the API vanishing), then MLflow, then the emulator."""
+        if self.operator is not None:
+            self.console.say("      stopping the operator")
+            procs.stop(self.operator)
+            self.operator = None
+        if self.mlflow.pid is not None:
+            self.console.say("      stopping MLflow")
+            self.mlflow.stop()
+        if self.emulator.proc is not None:
+            self.console.say("      stopping the emulator")
+            self.emulator.stop()
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Refuse to start over a running sandbox; otherwise clear what a previous run left."""
+    running = alive_pids(workdir)
+    if running:
+        raise SandboxError(f"a sandbox is already running in {workdir} (pids "
+                           f"{', '.join(map(str, running.values()))}); stop it with: "
+                           f"medserve sandbox --stop --workdir {workdir}")
+    for sub in ("cluster", "mlflow", "logs"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    (workdir / STATE_FILE).unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def alive_pids(workdir: Path) -> dict[str, int]:
+    """The processes of a `--keep` sandbox in `workdir` that are still running."""
+    try:
+        state = json.loads((workdir / STATE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {name: int(pid) for name, pid in (state.get("pids") or {}).items() if _alive(int(pid))}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_kept(workdir: Path, console: Console) -> int:
+    """`--stop`: end the processes a `--keep` run left in `workdir` (SIGTERM, wait, SIGKILL)."""
+    running = alive_pids(workdir)
+    if not running:
+        console.say(f"no sandbox is running in {workdir}")
+        (workdir / STATE_FILE).unlink(missing_ok=True)
+        return 0
+    for name in ("operator", "mlflow", "emulator"):
+        pid = running.get(name)
+        if pid is None:
+            continue
+        console.say(f"stopping {name} (pid {pid})")
+        # Each was started as the leader of its own process group (procs.spawn), children included.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    (workdir / STATE_FILE).unlink(missing_ok=True)
+    console.say("sandbox stopped")
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medserve sandbox", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path(".sandbox"),
+                        help="where the sandbox keeps its state and logs (default: .sandbox/)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave everything running at the end and print how to use and stop it")
+    parser.add_argument("--stop", action="store_true", help="stop a sandbox that --keep left running")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(sys.stdout)
+    workdir: Path = args.workdir.resolve()
+    if args.stop:
+        return stop_kept(workdir, console)
+    # Ctrl-C, `kill` and a closed terminal all tear down cleanly. SIGINT is set explicitly because a
+    # shell starts background jobs with it ignored, and Python then never raises KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    try:
+        repo = find_repo()
+        prepare_workdir(workdir)
+    except SandboxError as exc:
+        console.say(f"medserve sandbox: {exc}")
+        return 1
+
+    console.say(f"medserve sandbox: everything on loopback, state and logs in {workdir}")
+    sandbox = Sandbox(workdir, repo, console)
+    steps = sandbox.steps
+    keep = False
+    try:
+        for number, (title, action) in enumerate(steps, start=1):
+            with console.step(number, len(steps), title):
+                action()
+        keep = args.keep
+    except KeyboardInterrupt:
+        console.say("\ninterrupted")
+        return 130
+    except (SandboxError, procs.ProcessStartError, subprocess.SubprocessError, OSError) as exc:
+        console.say(f"\nmedserve sandbox: FAILED: {exc}\n(logs in {sandbox.logs})")
+        return 1
+    finally:
+        if keep:
+            sandbox.save_state()
+        else:
+            # A second Ctrl-C must not cut the teardown short and leave processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            console.say("\nShutting down")
+            sandbox.stop()
+    console.say("\nThe sandbox is still running. Explore it with:" if keep else "\nDone.")
+    if keep:
+        console.say(f"  export KUBECONFIG={sandbox.emulator.kubeconfig}")
+        console.say(f"  export MLFLOW_TRACKING_URI={sandbox.mlflow.url}")
+        for name in sandbox.deployments:
+            console.say(f"  kubectl get medserve; kubectl describe modeldeployment {name}; "
+                        f"kubectl get inferenceservice {name} -o yaml")
+        console.say(f"  logs: {sandbox.logs}/")
+        console.say(f"Stop it with:\n  medserve sandbox --stop --workdir {workdir}")
+    return 0
