@@ -66,5 +66,5 @@ test-e2e: $(STAMP) ## the e2e tier on a real kind cluster (skipped without Docke
 	$(BIN)/pytest -m kind tests/e2e
 
 clean: ## remove the sandbox's state and the caches (keeps .venv)
-	rm -rf .sandbox .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache build
+	rm -rf .sandbox .pytest-kind .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache build
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

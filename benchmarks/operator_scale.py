@@ -37,6 +37,9 @@ def baseline_operator() -> None:
     from medserve_operator.kube import KubeClient
     from medserve_operator.render import render_inference_service
 
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = kopf.OperatorRegistry()
     state: dict[str, KubeClient] = {}
 
@@ -60,7 +63,7 @@ def baseline_operator() -> None:
             spec=spec, model_name=spec.model.name, model_version=str(spec.model.version), image="img",
             mlflow_uri="http://mlflow")
         await state["kube"].create("serving.kserve.io/v1beta1", "inferenceservices", body.metadata.namespace, child)
-        patch.status["observedGeneration"] = body.metadata.generation
+        patch.status["observedGeneration"] = body.metadata["generation"]
 
     asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=True))
 

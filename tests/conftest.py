@@ -8,6 +8,7 @@ must not depend on the project's own CRDs.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from medserve_operator.sandbox.emulator import EmulatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_CRDS = sorted((REPO / "crds").glob("*.yaml"))
-KUBECTL = Path("/usr/bin/kubectl")
+KUBECTL = Path(shutil.which("kubectl") or "/usr/bin/kubectl")
 
 WIDGET_CRD = """\
 apiVersion: apiextensions.k8s.io/v1

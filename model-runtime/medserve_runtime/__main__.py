@@ -8,6 +8,7 @@ from and the runtime's serving, security and audit settings, as the medserve ope
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,14 +25,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative(kind: type[int] | type[float]) -> argparse._ActionType:  # type: ignore[name-defined]
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-        return value
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
 
-    return parse
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimization", choices=OPTIMIZATIONS, default="none",
                    help="dynamic-int8: int8 Linear weights, activations quantized on the fly (CPU)")
     p.add_argument("--max_batch_size", type=_positive_int, default=16, help="most rows per forward pass")
-    p.add_argument("--max_latency_ms", type=_non_negative(float), default=5.0,
+    p.add_argument("--max_latency_ms", type=_non_negative_float, default=5.0,
                    help="longest a batch waits for requests already on their way")
-    p.add_argument("--rate_limit_per_minute", type=_non_negative(int), default=0,
+    p.add_argument("--rate_limit_per_minute", type=_non_negative_int, default=0,
                    help="requests per minute per API key (0: unlimited)")
     p.add_argument("--max_request_bytes", type=_positive_int, default=1 << 20, help="largest request body (413)")
     p.add_argument("--api_keys_file", type=Path, default=None,
@@ -59,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key for hashing patient ids (else $MEDSERVE_PHI_HASH_KEY[_FILE], else random)")
     p.add_argument("--prediction_memory", type=_positive_int, default=DEFAULT_CAPACITY,
                    help="how many recent predictions /feedback can refer to")
+    p.set_defaults(enable_grpc=False)
     return p
 
 
@@ -67,17 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.workers != 1:
         parser.error("--workers must be 1: batching and statistics live in the process (scale with replicas)")
-    if args.enable_grpc and "--enable_grpc" in (sys.argv if argv is None else argv):
-        print("medserve-runtime: gRPC is not served (it would bypass API keys and the audit log); "
-              "ignoring --enable_grpc", file=sys.stderr)
+    if args.enable_grpc:
+        parser.error("--enable_grpc: gRPC is not served here (it would bypass API keys and the audit log)")
     # Imported after parsing: --help and argument errors answer without loading torch.
+    from medserve_runtime.loader import ModelLoadError
     from medserve_runtime.server import serve
 
     try:
         return serve(args)
-    except (ValueError, RuntimeError) as exc:
+    except (ModelLoadError, ValueError) as exc:
         # Bad keys file, unloadable model, unreachable registry: one clear line, no traceback.
-        print(f"medserve-runtime: {exc}", file=sys.stderr)
+        logging.getLogger("medserve_runtime").error("cannot start: %s", exc)
         return 2
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import ORJSONResponse
 from kserve.errors import ModelNotReady
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -45,9 +45,15 @@ from medserve_runtime.stats import AlreadyScored, PredictionLog, VersionStats
 logger = logging.getLogger(__name__)
 
 
-def error(status: int, message: str, field: str | None = None, code: str = "invalid") -> ORJSONResponse:
+def json_response(body: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+def error(status: int, field: str | None, message: str, code: str = "invalid") -> Response:
+    """A rejection naming the field: {"error": "<field>: <message>", "field": field, "code": code}."""
     current_note().outcome = code
-    return ORJSONResponse(error_body(message, field, code), status_code=status)
+    text = f"{field}: {message}" if field else message
+    return json_response(error_body(text, field, code), status_code=status)
 
 
 class ClinicalApi:
@@ -88,7 +94,7 @@ class ClinicalApi:
             return error(422, _join("clinical_data", exc.path), exc.message)
         except VersionUnavailable as exc:
             return error(404, "model_version", exc.message, "version_unavailable")
-        return ORJSONResponse(self._response(parsed, result, 0, note.started, _now()))
+        return json_response(self._response(parsed, result, 0, note.started, _now()))
 
     async def batch_predict(self, request: Request) -> Response:
         parsed = await _parse(request, BatchPredictRequest)
@@ -117,7 +123,7 @@ class ClinicalApi:
         body: BatchPredictResponse = {"predictions": predictions, "count": len(predictions),
                                       "model_version": result.bundle.version,
                                       "processing_time": _ms_since(note.started)}
-        return ORJSONResponse(body)
+        return json_response(body)
 
     def _response(self, req: PredictRequest, result: Classified, i: int, started: float,
                   timestamp: str) -> PredictResponse:
@@ -168,7 +174,7 @@ class ClinicalApi:
         self.metrics.observe_feedback(record.version, correct)
         self.stats.record_feedback(record.version, correct=correct)
         note.extra["correct"] = int(correct)
-        return ORJSONResponse({"prediction_id": parsed.prediction_id, "model_version": record.version,
+        return json_response({"prediction_id": parsed.prediction_id, "model_version": record.version,
                                "predicted": record.label, "outcome": parsed.outcome, "correct": correct})
 
     # --- operations ------------------------------------------------------------------------------
@@ -177,16 +183,16 @@ class ClinicalApi:
         try:
             bundle = self.model.serving.bundle
         except ModelNotReady:
-            return ORJSONResponse({"status": "unavailable", "model": self.model.name, "ready": False},
+            return json_response({"status": "unavailable", "model": self.model.name, "ready": False},
                                   status_code=503)
-        return ORJSONResponse({"status": "healthy", "ready": True, "model": self.model.name,
+        return json_response({"status": "healthy", "ready": True, "model": self.model.name,
                                "model_version": bundle.version, "device": self.model.device,
                                "optimization": self.model.optimization,
                                "uptime_seconds": round(time.monotonic() - self.started, 3)})
 
     async def models(self) -> Response:
         serving = self.model.serving.bundle
-        return ORJSONResponse({"models": [{
+        return json_response({"models": [{
             "name": self.model.name,
             "registered_model": serving.name,
             "serving_version": serving.version,
@@ -221,7 +227,7 @@ class ClinicalApi:
             logger.warning("reload of %s from %s failed: %s", self.model.name, source, exc)
             return error(422, field, str(exc), "load_failed")
         current_note().model_version = bundle.version
-        return ORJSONResponse({"model": self.model.name, "previous_version": previous, "version": bundle.version,
+        return json_response({"model": self.model.name, "previous_version": previous, "version": bundle.version,
                                "source": bundle.source, "seconds": round(time.monotonic() - started, 3)})
 
     async def prometheus(self) -> Response:

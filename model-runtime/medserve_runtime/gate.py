@@ -126,15 +126,15 @@ class Gate:
             if self.keys is not None:
                 try:
                     presented = _presented_key(headers)
-                    key = (self.keys.authenticate(presented) if policy.permission == ANY_KEY
-                           else self.keys.authorize(presented, policy.permission))
+                    key_id = self.keys.authenticate(presented).id  # known before a 403, for the audit
+                    if policy.permission != ANY_KEY:
+                        self.keys.authorize(presented, policy.permission)
                 except AuthError as exc:
                     note.outcome = exc.code
                     extra = [(b"www-authenticate", b'Bearer realm="medserve"')] if exc.status == 401 else []
                     await _reply(send_capturing, exc.status, error_body(exc.message, "authorization", exc.code),
                                  extra)
                     return
-                key_id = key.id
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_request_bytes:
                 await self._too_large(send_capturing, note)

@@ -132,14 +132,16 @@ def _load_files(directory: Path, *, name: str, version: str, source: str, device
         # torch 2.13 deprecates TorchScript and quantized tensors; both are still what runs here.
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            module = torch.jit.load(str(_require(directory, MODEL_FILE)), map_location=device)
+            module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(_require(directory, MODEL_FILE)), map_location=device)
         except RuntimeError as exc:
             raise ModelLoadError(f"{source}: {MODEL_FILE} is not a loadable TorchScript module: {exc}") from exc
         module.eval()
         if optimization == "dynamic-int8":
             from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic_jit
 
-            module = quantize_dynamic_jit(module, {"": default_dynamic_qconfig})
+            module = quantize_dynamic_jit(  # type: ignore[no-untyped-call]
+                module, {"": default_dynamic_qconfig})
     bundle = ModelBundle(name=name or spec.model_name, version=version, source=source, spec=spec,
                          profile=profile, module=module, device=device, optimization=optimization)
     try:

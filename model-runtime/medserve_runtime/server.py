@@ -44,12 +44,17 @@ def configure_logging(log_config_file: str | None) -> None:
     kserve.logging.configure_logging(log_config_file)
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(kserve.logging.KSERVE_LOGGER_FORMAT,
-                                               kserve.logging.KSERVE_LOGGER_DATE_FORMAT))
-        root.addHandler(handler)
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter(kserve.logging.KSERVE_LOGGER_FORMAT,
+                                              kserve.logging.KSERVE_LOGGER_DATE_FORMAT))
+        root.addHandler(stderr)
     root.setLevel(logging.INFO)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # uvicorn's AccessFormatter rebuilds the line from the record's argument tuple, which the PHI
+    # scrubber has already folded into the (scrubbed) message; format the access log from the message.
+    for handler in logging.getLogger("uvicorn.access").handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(process)s %(name)s %(message)s",
+                                               kserve.logging.KSERVE_LOGGER_DATE_FORMAT))
 
 
 def watch_keys(keys: KeyStore, path: Path, *, interval: float = KEYS_POLL_SECONDS) -> threading.Thread:

@@ -141,8 +141,8 @@ def transitions(
         good = condition.get("status") == "True"
         if condition.get("type") in negative:
             good = condition.get("status") == "False"
-        if condition.get("status") == "Unknown" and before is None:
-            continue  # nothing has happened yet; an event would only be noise
+        if before is None and (good or condition.get("status") == "Unknown"):
+            continue  # a first condition that is fine or not yet known: an event would only be noise
         events.append(("Normal" if good else "Warning", str(condition.get("reason")),
                        f"{condition.get('type')} is {condition.get('status')}: {condition.get('message', '')}"))
     return events

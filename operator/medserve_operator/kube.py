@@ -12,7 +12,6 @@ import base64
 import os
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,35 +125,8 @@ class KubeClient:
         _json(response)
         return True
 
-    async def update_status(
-        self, api_version: str, plural: str, namespace: str, name: str,
-        mutate: Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any] | None]
-                         | dict[str, Any] | None],
-        *, attempts: int = 5,
-    ) -> dict[str, Any] | None:
-        """Read the object, let `mutate(obj, status)` compute the new status, write it back guarded by
-        resourceVersion, and retry on a conflict. `mutate` returns None for "nothing to change".
-        Returns the written object, or None when the object is gone or nothing changed."""
-        for _ in range(attempts):
-            obj = await self.get(api_version, plural, namespace, name)
-            if obj is None:
-                return None
-            current = dict(obj.get("status") or {})
-            result = mutate(obj, dict(current))
-            new_status = await result if isinstance(result, Awaitable) else result
-            if new_status is None or new_status == current:
-                return None
-            patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                     "status": _merge_patch_for(current, new_status)}
-            try:
-                return await self.patch(api_version, plural, namespace, name, patch, subresource="status")
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise
-        raise ApiError(409, "Conflict", f"{plural}/{name} kept changing; status not written after {attempts} tries")
 
-
-def _merge_patch_for(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A JSON merge patch turning `old` into `new` at the top level (removed keys become null)."""
     patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
     patch.update({k: None for k in old if k not in new})

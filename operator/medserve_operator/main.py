@@ -67,6 +67,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per HTTP request would drown the operator's own log (and cost CPU at scale).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     config = OperatorConfig.from_env()
     asyncio.run(kopf.operator(
         registry=build_registry(config),

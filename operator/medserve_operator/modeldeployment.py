@@ -19,7 +19,7 @@ import kopf
 from medserve_operator import GROUP, VERSION, conditions, render
 from medserve_operator.api import ModelDeploymentSpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
-from medserve_operator.kube import ApiError, KubeClient
+from medserve_operator.kube import ApiError, KubeClient, merge_patch
 from medserve_operator.registry import MlflowRegistry, ModelNotFound, RegistryError, ResolvedModel
 
 MD_API = f"{GROUP}/{VERSION}"
@@ -38,6 +38,9 @@ class Runtime:
     registry: MlflowRegistry
     locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
     last_resolution: dict[str, float] = dataclasses.field(default_factory=dict)
+    statuses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The status this process last wrote, per uid. The operator is the only writer of a ModelDeployment's
+    status, so this is never older than the status in a body handed over by a timer or a watch event."""
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())
@@ -45,6 +48,7 @@ class Runtime:
     def forget(self, uid: str) -> None:
         self.locks.pop(uid, None)
         self.last_resolution.pop(uid, None)
+        self.statuses.pop(uid, None)
 
 
 @dataclasses.dataclass
@@ -66,19 +70,15 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     outcome = Outcome()
     async with rt.lock(uid):
-        # The body a timer or event hands us may predate the last reconciliation's writes; decisions
-        # (is a canary running? which version is pinned?) must be made on what the API holds now.
-        fresh = await rt.kube.get(MD_API, MD_PLURAL, namespace, name)
-        if fresh is None or fresh["metadata"].get("uid") != uid:
-            return outcome
-        body = fresh
-        status = dict(body.get("status") or {})
+        # A body handed over by a timer may predate our last status write; decisions (is a canary running?
+        # which version is pinned?) are made on the status as last written.
+        status = dict(rt.statuses.get(uid) or body.get("status") or {})
         try:
             spec = parse_spec("ModelDeployment", dict(body.get("spec") or {}))
             assert isinstance(spec, ModelDeploymentSpec)
         except SpecError as exc:
             outcome.spec_error = exc
-            await _write_status(rt, body, outcome)
+            await _write_status(rt, body, status, outcome)
             return outcome
 
         pinned = _pinned(spec, status.get("model"))
@@ -92,11 +92,14 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
                 outcome.resolution_error = exc
                 logger.warning("Cannot resolve model %s: %s", spec.model.name, exc)
 
-        current = await rt.kube.get(ISVC_API, ISVC_PLURAL, namespace, name)
+        # Until an InferenceService is recorded in status, try to create it without looking first (one request
+        # less per new ModelDeployment); a 409 falls back to reading and updating it.
+        current = await rt.kube.get(ISVC_API, ISVC_PLURAL, namespace, name) if "inferenceService" in status \
+            else None
         outcome.inference_service = current
         if outcome.resolved is not None:
             outcome.inference_service = await _apply_inference_service(rt, body, spec, outcome, current, status)
-        await _write_status(rt, body, outcome)
+        await _write_status(rt, body, status, outcome)
     for type_, reason, message in outcome.events:
         kopf.event(kopf.Body(cast(kopf.RawBody, body)),
                    type=type_, reason=reason, message=message)
@@ -285,19 +288,16 @@ def _phase(conds: list[dict[str, Any]]) -> str:
     return "Degraded" if conditions.is_true(conds, "Degraded") else "Ready"
 
 
-async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], outcome: Outcome) -> None:
+async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], current: dict[str, Any],
+                        outcome: Outcome) -> None:
     meta = body["metadata"]
-    before: dict[str, Any] = {}
-
-    def mutate(obj: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-        before.update(current)
-        return compute_status(current, outcome, name=meta["name"],
-                              generation=int(obj["metadata"].get("generation", 1)))
-
-    written = await rt.kube.update_status(MD_API, MD_PLURAL, meta["namespace"], meta["name"], mutate)
-    if written is not None:
-        outcome.events.extend(conditions.transitions(before.get("conditions"),
-                                                     (written.get("status") or {}).get("conditions")))
+    new = compute_status(current, outcome, name=meta["name"], generation=int(meta.get("generation", 1)))
+    if new == current:
+        return
+    await rt.kube.patch(MD_API, MD_PLURAL, meta["namespace"], meta["name"],
+                        {"status": merge_patch(current, new)}, subresource="status")
+    rt.statuses[meta["uid"]] = new
+    outcome.events.extend(conditions.transitions(current.get("conditions"), new.get("conditions")))
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -329,11 +329,17 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.event("serving.kserve.io", "v1beta1", ISVC_PLURAL, registry=registry,
                    labels={"app.kubernetes.io/managed-by": "medserve",
                            "medserve.io/model-deployment": kopf.PRESENT})
-    async def isvc_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    async def isvc_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger,
+                           **_: Any) -> None:
         owner = next((ref for ref in body.metadata.get("ownerReferences", [])
                       if ref.get("kind") == "ModelDeployment" and ref.get("apiVersion") == MD_API), None)
         if owner is None:
             return
-        # reconcile() reads the parent afresh and drops the event if the uid no longer matches.
-        parent = {"metadata": {"name": owner["name"], "namespace": body.metadata.namespace, "uid": owner.get("uid")}}
-        await reconcile(memo.runtime, parent, logger, periodic=True)
+        if type == "DELETED" or body.get("status"):
+            # Only a status change (KServe reporting) or a deletion needs the parent looked at now; spec drift
+            # is corrected by the periodic resync.
+            rt: Runtime = memo.runtime
+            parent = await rt.kube.get(MD_API, MD_PLURAL, body.metadata.namespace, owner["name"])
+            if parent is not None and parent["metadata"].get("uid") == owner.get("uid") and \
+                    not parent["metadata"].get("deletionTimestamp"):
+                await reconcile(rt, parent, logger, periodic=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import textwrap
 import time
 import uuid
@@ -22,7 +23,7 @@ from medserve_operator.sandbox.emulator import EmulatorProcess
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_CRDS = sorted((REPO / "crds").glob("*.yaml"))
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/kubectl").exists(), reason="kubectl is not installed")
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 
 
 @pytest.fixture(scope="module")

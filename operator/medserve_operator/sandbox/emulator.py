@@ -62,6 +62,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,7 +99,7 @@ from medserve_operator.sandbox.store import (
 
 logger = logging.getLogger(__name__)
 
-KUBECTL = "/usr/bin/kubectl"
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 WATCH_HEARTBEAT_SECONDS = 20.0
 PATCH_TYPES = {
     "application/merge-patch+json": "merge",

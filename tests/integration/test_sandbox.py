@@ -1,0 +1,82 @@
+"""`medserve sandbox` end to end, as `make demo` runs it: a subprocess, real emulator, MLflow and operator."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from medserve_operator.sandbox.emulator import KUBECTL as DEFAULT_KUBECTL
+
+TIMEOUT = 280
+KUBECTL = shutil.which("kubectl") or DEFAULT_KUBECTL
+
+
+def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"KUBECONFIG", "MLFLOW_TRACKING_URI"}}
+    return subprocess.run([sys.executable, "-m", "medserve_operator.cli", "sandbox", *args], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+
+
+def table_after(output: str, command: str) -> list[list[str]]:
+    """The rows (split on whitespace) printed under `$ command`, up to the next blank line."""
+    block = output.split(f"$ {command}\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split() for line in block.strip().splitlines()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited but still answers kill(0); its parent (the sandbox) is gone and init reaps it.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
+
+
+def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
+    result = sandbox("--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+
+    rows = table_after(out, "kubectl get medserve")
+    assert rows[0][:4] == ["NAME", "MODEL", "VERSION", "PHASE"]
+    assert ["modeldeployment.medserve.io/triage", "triage-classifier", "1"] in [row[:3] for row in rows[1:]]
+    isvc = out.split("$ kubectl get inferenceservice triage -o yaml\n", 1)[1]
+    assert "kind: InferenceService" in isvc
+    assert "--model_uri=models:/triage-classifier/1" in isvc
+
+    # Every process it started is gone, and no state claims otherwise.
+    pids = [int(p) for p in re.findall(r"operator pid (\d+)", out)]
+    assert pids and not any(alive(pid) for pid in pids)
+    assert not (tmp_path / "sandbox.json").exists()
+    assert out.rstrip().endswith("Done.")
+
+
+def test_keep_leaves_it_running_until_stop(tmp_path: Path) -> None:
+    result = sandbox("--workdir", str(tmp_path), "--keep")
+    assert result.returncode == 0, result.stdout + result.stderr
+    kubeconfig = tmp_path / "cluster" / "kubeconfig"
+    assert f"export KUBECONFIG={kubeconfig}" in result.stdout
+    state = json.loads((tmp_path / "sandbox.json").read_text())
+    try:
+        assert set(state["pids"]) == {"operator", "mlflow", "emulator"}
+        assert all(alive(pid) for pid in state["pids"].values())
+        got = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "get", "md", "triage", "-o",
+                              "jsonpath={.status.model.version}"], capture_output=True, text=True, timeout=60,
+                             check=True)
+        assert got.stdout == "1"
+
+        again = sandbox("--workdir", str(tmp_path))
+        assert again.returncode == 1
+        assert "already running" in again.stdout
+    finally:
+        stopped = sandbox("--workdir", str(tmp_path), "--stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "sandbox stopped" in stopped.stdout
+    assert not any(alive(pid) for pid in state["pids"].values())
+    assert not (tmp_path / "sandbox.json").exists()
