@@ -183,8 +183,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                  "permissions": ["predict"]}]))
     plain_port, runtime_port = free_port(), free_port()
     plain_cmd = [sys.executable, __file__, "--serve-plain", str(model_dir), "--port", str(plain_port)]
-    runtime_cmd = [sys.executable, "-m", "medserve_runtime", "--model_name=triage", f"--model_dir={model_dir}",
-                   f"--http_port={runtime_port}", f"--api_keys_file={keys}", f"--audit_log={work / 'audit.jsonl'}",
+    runtime_cmd = [sys.executable, "-m", "medserve_runtime", "--model_name=triage",
+                   f"--model_dir={model_dir}", f"--http_port={runtime_port}", f"--api_keys_file={keys}",
+                   f"--audit_log={work / 'audit.jsonl'}",
                    f"--max_batch_size={args.max_batch_size}", f"--max_latency_ms={args.max_latency_ms}",
                    "--rate_limit_per_minute=100000000", f"--device={args.device}"]
     json_headers = {"content-type": "application/json"}
@@ -205,7 +206,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for _ in range(args.rounds):
             for name, (url, body, headers) in targets.items():
                 latencies[name] += asyncio.run(_latencies(url, body, headers, per_round))
-                rates[name].append(asyncio.run(_throughput(url, body, headers, per_round * 2, args.concurrency)))
+                rate = asyncio.run(_throughput(url, body, headers, per_round * 2, args.concurrency))
+                rates[name].append(rate)
     raw = raw_forward_ms(model_dir, row)
     p50, p99 = percentile(latencies["medserve"], 0.5), percentile(latencies["medserve"], 0.99)
     base_p50, base_p99 = percentile(latencies["baseline"], 0.5), percentile(latencies["baseline"], 0.99)
@@ -217,8 +219,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "throughput_rps": round(rps, 1), "baseline_throughput_rps": round(base_rps, 1),
         "throughput_ratio": round(rps / base_rps, 3),
         "raw_forward_ms": round(raw, 4),
-        "requests_per_server": per_round * args.rounds, "concurrency": args.concurrency, "rounds": args.rounds,
-        "model": {"hidden": args.hidden or [64, 32], "input_dim": spec.input_dim, "classes": len(spec.labels)},
+        "requests_per_server": per_round * args.rounds, "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "model": {"hidden": args.hidden or [64, 32], "input_dim": spec.input_dim,
+                  "classes": len(spec.labels)},
         "max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms, "device": args.device,
         "cpus": os.cpu_count(),
     }
@@ -227,7 +231,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--requests", type=int, default=2000, help="requests per server for latency (default 2000)")
+    p.add_argument("--requests", type=int, default=2000, help="requests per server (default 2000)")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--rounds", type=int, default=4, help="alternating measurement rounds")
     p.add_argument("--hidden", type=lambda s: [int(x) for x in s.split(",")], default=None,

@@ -42,10 +42,10 @@ def _non_negative_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medserve-runtime", parents=[kserve.model_server.parser],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Serve a clinical torch model (KServe V1/V2 and the clinical API).")
+                                description="Serve a clinical torch model: KServe V1/V2, the clinical API.")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model_uri", help="MLflow registry URI models:/NAME/VERSION (or models:/NAME@ALIAS); "
-                                            "the tracking server is $MLFLOW_TRACKING_URI")
+    source.add_argument("--model_uri", help="MLflow registry URI models:/NAME/VERSION or models:/NAME@ALIAS "
+                                            "(the tracking server is $MLFLOW_TRACKING_URI)")
     source.add_argument("--model_dir", type=Path,
                         help="local directory with model.pt, feature_spec.json, reference_profile.json")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where the forward pass runs")
@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest a batch waits for requests already on their way")
     p.add_argument("--rate_limit_per_minute", type=_non_negative_int, default=0,
                    help="requests per minute per API key (0: unlimited)")
-    p.add_argument("--max_request_bytes", type=_positive_int, default=1 << 20, help="largest request body (413)")
+    p.add_argument("--max_request_bytes", type=_positive_int, default=1 << 20,
+                   help="largest request body (413)")
     p.add_argument("--api_keys_file", type=Path, default=None,
                    help="JSON list of {id, sha256, permissions}; without it authentication is DISABLED")
-    p.add_argument("--audit_log", type=Path, default=None, help="append-only JSON-lines audit log (off if unset)")
+    p.add_argument("--audit_log", type=Path, default=None,
+                   help="append-only JSON-lines audit log (off if unset)")
     p.add_argument("--phi_hash_key_file", type=Path, default=None,
                    help="key for hashing patient ids (else $MEDSERVE_PHI_HASH_KEY[_FILE], else random)")
     p.add_argument("--prediction_memory", type=_positive_int, default=DEFAULT_CAPACITY,

@@ -57,8 +57,8 @@ def error(status: int, field: str | None, message: str, code: str = "invalid") -
 
 
 class ClinicalApi:
-    def __init__(self, model: ClinicalModel, *, hasher: PhiHasher, metrics: RuntimeMetrics, stats: VersionStats,
-                 predictions: PredictionLog) -> None:
+    def __init__(self, model: ClinicalModel, *, hasher: PhiHasher, metrics: RuntimeMetrics,
+                 stats: VersionStats, predictions: PredictionLog) -> None:
         self.model = model
         self.hasher = hasher
         self.metrics = metrics
@@ -110,8 +110,8 @@ class ClinicalApi:
         urgent = any(item.priority != "routine" for item in parsed.requests)
         note.extra["records"] = len(parsed.requests)
         try:
-            result = await self.model.classify([item.clinical_data for item in parsed.requests], version=version,
-                                               urgent=urgent)
+            result = await self.model.classify([item.clinical_data for item in parsed.requests],
+                                               version=version, urgent=urgent)
         except InvalidRecord as exc:
             return error(422, _join(f"requests[{exc.index}].clinical_data", exc.path), exc.message)
         except VersionUnavailable as exc:
@@ -227,8 +227,9 @@ class ClinicalApi:
             logger.warning("reload of %s from %s failed: %s", self.model.name, source, exc)
             return error(422, field, str(exc), "load_failed")
         current_note().model_version = bundle.version
-        return json_response({"model": self.model.name, "previous_version": previous, "version": bundle.version,
-                               "source": bundle.source, "seconds": round(time.monotonic() - started, 3)})
+        return json_response({"model": self.model.name, "previous_version": previous,
+                              "version": bundle.version, "source": bundle.source,
+                              "seconds": round(time.monotonic() - started, 3)})
 
     async def prometheus(self) -> Response:
         # The runtime's metrics, then KServe's and the process's from the default registry.

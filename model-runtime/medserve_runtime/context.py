@@ -40,7 +40,8 @@ class RequestNote:
             self._arrivals = None
 
 
-_note: contextvars.ContextVar[RequestNote | None] = contextvars.ContextVar("medserve_request_note", default=None)
+_note: contextvars.ContextVar[RequestNote | None] = contextvars.ContextVar("medserve_request_note",
+                                                                          default=None)
 
 
 def open_note() -> tuple[RequestNote, contextvars.Token[RequestNote | None]]:

@@ -62,10 +62,12 @@ _OPEN_GET = re.compile(r"^/(?:|health|metrics|v2|v2/health/(?:live|ready)|v1/mod
 _POLICIES: list[tuple[str | None, re.Pattern[str], Policy]] = [
     ("POST", re.compile(r"^/predict$"), Policy("/predict", "predict", inference=True)),
     ("POST", re.compile(r"^/batch_predict$"), Policy("/batch_predict", "predict", inference=True)),
-    ("POST", re.compile(r"^/v1/models/[^/:]+:predict$"), Policy("/v1/models/{name}:predict", "predict", True)),
-    ("POST", re.compile(r"^/v1/models/[^/:]+:explain$"), Policy("/v1/models/{name}:explain", "predict", True)),
+    ("POST", re.compile(r"^/v1/models/[^/:]+:predict$"),
+     Policy("/v1/models/{name}:predict", "predict", inference=True)),
+    ("POST", re.compile(r"^/v1/models/[^/:]+:explain$"),
+     Policy("/v1/models/{name}:explain", "predict", inference=True)),
     ("POST", re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$"),
-     Policy("/v2/models/{name}/infer", "predict", True)),
+     Policy("/v2/models/{name}/infer", "predict", inference=True)),
     ("POST", re.compile(r"^/feedback$"), Policy("/feedback", "feedback")),
     ("POST", re.compile(r"^/models/reload/[^/]+$"), Policy("/models/reload/{model_name}", "admin")),
     (None, re.compile(r"^/v2/repository(?:/.*)?$"), Policy("/v2/repository", "admin")),
@@ -120,8 +122,6 @@ class Gate:
             await send(message)
 
         try:
-            if policy.inference:
-                note.arrived(self.arrivals)
             headers = _headers(scope)
             if self.keys is not None:
                 try:
@@ -132,8 +132,8 @@ class Gate:
                 except AuthError as exc:
                     note.outcome = exc.code
                     extra = [(b"www-authenticate", b'Bearer realm="medserve"')] if exc.status == 401 else []
-                    await _reply(send_capturing, exc.status, error_body(exc.message, "authorization", exc.code),
-                                 extra)
+                    rejection = error_body(exc.message, "authorization", exc.code)
+                    await _reply(send_capturing, exc.status, rejection, extra)
                     return
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_request_bytes:
@@ -144,9 +144,9 @@ class Gate:
                 if retry_after is not None:
                     note.outcome = "rate_limited"
                     seconds = str(int(retry_after))
-                    await _reply(send_capturing, 429,
-                                 error_body(f"rate limit exceeded; retry after {seconds} s", None, "rate_limited"),
-                                 [(b"retry-after", seconds.encode())])
+                    rejection = error_body(f"rate limit exceeded; retry after {seconds} s", None,
+                                           "rate_limited")
+                    await _reply(send_capturing, 429, rejection, [(b"retry-after", seconds.encode())])
                     return
             if policy.inference and not self.ready():
                 note.outcome = "unavailable"
@@ -161,6 +161,8 @@ class Gate:
             if body is None:
                 await self._too_large(send_capturing, note)
                 return
+            if policy.inference:
+                note.arrived(self.arrivals)  # from here to its batcher it is only CPU work, no waiting
             await self.app(scope, _replay(body, receive), send_capturing)
         except BaseException:
             if status == CLIENT_CLOSED:

@@ -135,7 +135,8 @@ def _load_files(directory: Path, *, name: str, version: str, source: str, device
             module = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(_require(directory, MODEL_FILE)), map_location=device)
         except RuntimeError as exc:
-            raise ModelLoadError(f"{source}: {MODEL_FILE} is not a loadable TorchScript module: {exc}") from exc
+            raise ModelLoadError(f"{source}: {MODEL_FILE} is not a loadable TorchScript module: {exc}") \
+                from exc
         module.eval()
         if optimization == "dynamic-int8":
             from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic_jit

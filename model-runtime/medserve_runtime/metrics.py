@@ -92,9 +92,9 @@ class FeatureCollector(Collector):
                 features.observe(raw)
 
     def collect(self) -> Iterable[Metric]:
-        hist = HistogramMetricFamily("medserve_feature_value", "Monitored numeric feature values, bucketed at "
-                                     "the reference profile's quantile edges.",
-                                     labels=["model", "version", "feature"])
+        hist = HistogramMetricFamily("medserve_feature_value",
+                                     "Monitored numeric feature values, bucketed at the reference profile's "
+                                     "quantile edges.", labels=["model", "version", "feature"])
         cats = CounterMetricFamily("medserve_feature_category", "Monitored categorical feature values.",
                                    labels=["model", "version", "feature", "category"])
         with self._lock:
@@ -128,8 +128,8 @@ class RuntimeMetrics:
                                    registry=self.registry)
         self.confidence = Histogram("medserve_prediction_confidence", "Probability of the predicted class.",
                                     labels, buckets=CONFIDENCE_BUCKETS, registry=self.registry)
-        self.feedback = Counter("medserve_feedback", "Ground-truth feedback by outcome.", [*labels, "outcome"],
-                                registry=self.registry)
+        self.feedback = Counter("medserve_feedback", "Ground-truth feedback by outcome.",
+                                [*labels, "outcome"], registry=self.registry)
         self.batch_size = Histogram("medserve_batch_size", "Rows per forward pass.", labels,
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.model_info = Gauge("medserve_model_info", "1 for the model version serving now.",

@@ -27,6 +27,7 @@ import kserve
 import numpy as np
 import numpy.typing as npt
 from kserve.errors import InvalidInput, ModelNotReady
+from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from medserve_runtime import loader
@@ -91,6 +92,8 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
         self._serving: Serving | None = None
         self._labels: dict[str, list[str]] = {}
         self._reload_lock = asyncio.Lock()
+        self.repository: ModelRepository | None = None
+        """KServe's registry of served models, where a reload puts this model back after an unload."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -113,6 +116,8 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
             old, self._serving = self._serving, new
             self.source = source
             self.ready = True
+            if self.repository is not None and self.repository.get_model(self.name) is None:
+                self.repository.update(self)  # it was unloaded through KServe's repository API
             logger.info("model %s now serves version %s (was %s)", self.name, bundle.version,
                         old.bundle.version if old else None)
             if old is not None:
@@ -140,7 +145,8 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
                              optimization=self.optimization)
         self.stats.add_version(bundle.version, source=bundle.source)
         batcher = MicroBatcher(bundle.forward, max_batch_size=self.max_batch_size,
-                               max_latency_ms=self.max_latency_ms, arrivals=self.arrivals, name=bundle.version,
+                               max_latency_ms=self.max_latency_ms, arrivals=self.arrivals,
+                               name=bundle.version,
                                on_batch=functools.partial(self.metrics.observe_batch, bundle.version))
         return Serving(bundle, batcher)
 
@@ -176,9 +182,11 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
                 raise InvalidRecord(i, exc) from None
             except OverflowError:
                 # modelspec converts an integer beyond float range with float(), which raises this.
-                raise InvalidRecord(i, FeatureError(_huge_number_path(spec, record), "must be a finite number")) \
-                    from None
-        x = np.stack([spec.encode_raw(raw) for raw in raws]) if raws else np.zeros((0, spec.input_dim), np.float32)
+                path = _huge_number_path(spec, record)
+                raise InvalidRecord(i, FeatureError(path, "must be a finite number")) from None
+        if not raws:
+            raise InvalidInput("at least one record is needed")
+        x = np.stack([spec.encode_raw(raw) for raw in raws])
         return await self._run(serving, x, raws, urgent=urgent)
 
     async def _run(self, serving: Serving, x: npt.NDArray[np.float32], raws: list[dict[str, Raw]], *,
@@ -255,9 +263,11 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
         result = await self._run(serving, x, [])
         n, classes = result.probabilities.shape
         return InferResponse(
-            response_id=request.id or uuid.uuid4().hex, model_name=self.name, model_version=result.bundle.version,
+            response_id=request.id or uuid.uuid4().hex, model_name=self.name,
+            model_version=result.bundle.version,
             infer_outputs=[
-                InferOutput("probabilities", [n, classes], "FP32", data=result.probabilities.ravel().tolist()),
+                InferOutput("probabilities", [n, classes], "FP32",
+                            data=result.probabilities.ravel().tolist()),
                 InferOutput("label", [n], "BYTES", data=result.labels),
                 InferOutput("prediction_id", [n], "BYTES", data=result.prediction_ids),
             ],

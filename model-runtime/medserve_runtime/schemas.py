@@ -42,9 +42,9 @@ class _Strict(BaseModel):
 
 
 class PredictRequest(_Strict):
-    patient_id: PatientId = Field(description="The caller's patient identifier; echoed back, hashed elsewhere.")
-    clinical_data: dict[str, Any] = Field(description="The patient's findings, as the model's feature spec reads "
-                                                      "them (e.g. age, sex, symptoms, vital_signs).")
+    patient_id: PatientId = Field(description="The caller's patient identifier; echoed, hashed elsewhere.")
+    clinical_data: dict[str, Any] = Field(description="The patient's findings, as the model's feature spec "
+                                                      "reads them (e.g. age, sex, symptoms, vital_signs).")
     model_version: Version | None = Field(default=None, description="Answer only with this version.")
     priority: Priority = Field(default="routine", description="urgent and emergency requests jump the queue.")
 

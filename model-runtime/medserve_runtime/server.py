@@ -122,11 +122,13 @@ def serve(args: argparse.Namespace) -> int:
         logger.info("serving %s on port %d (max batch %d, max latency %g ms, rate limit %s/min, audit %s)",
                     args.model_name, args.http_port, args.max_batch_size, args.max_latency_ms,
                     args.rate_limit_per_minute or "unlimited", args.audit_log or "off")
-        kserve.ModelServer(http_port=args.http_port, workers=1, enable_grpc=False,
-                           enable_docs_url=args.enable_docs_url,
-                           enable_latency_logging=args.enable_latency_logging,
-                           access_log_format=args.access_log_format, event_loop=args.event_loop,
-                           timeout_keep_alive=args.timeout_keep_alive).start([model])
+        server = kserve.ModelServer(http_port=args.http_port, workers=1, enable_grpc=False,
+                                    enable_docs_url=args.enable_docs_url,
+                                    enable_latency_logging=args.enable_latency_logging,
+                                    access_log_format=args.access_log_format, event_loop=args.event_loop,
+                                    timeout_keep_alive=args.timeout_keep_alive)
+        model.repository = server.registered_models
+        server.start([model])
     finally:
         audit.close()
     logger.info("stopped (pid %d)", os.getpid())

@@ -84,7 +84,8 @@ class VersionStats:
                     "source": c.source,
                     "request_count": c.requests,
                     "prediction_count": c.predictions,
-                    "average_latency_ms": round(c.latency_total / c.requests * 1000, 3) if c.requests else None,
+                    "average_latency_ms": (round(c.latency_total / c.requests * 1000, 3)
+                                           if c.requests else None),
                     "throughput_rps": round(recent / span, 3),
                     "feedback_count": scored,
                     "accuracy": round(c.feedback_correct / scored, 6) if scored else None,

@@ -132,8 +132,8 @@ class RuntimeProcess:
 
     def client(self, key_id: str | None = "clinician", headers: dict[str, str] | None = None) -> httpx.Client:
         """A client sending `key_id`'s API key (None: no key) and `headers` with every request."""
-        return httpx.Client(base_url=self.url, headers={**(auth(key_id) if key_id else {}), **(headers or {})},
-                            timeout=30)
+        sent = {**(auth(key_id) if key_id else {}), **(headers or {})}
+        return httpx.Client(base_url=self.url, headers=sent, timeout=30)
 
     def __enter__(self) -> RuntimeProcess:
         return self.start()

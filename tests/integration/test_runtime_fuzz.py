@@ -23,7 +23,8 @@ from runtime_kit import MODEL_NAME, RuntimeProcess, predict_body, trained_model
 
 BODIES = 2200
 
-scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10 ** 400), max_value=10 ** 400)
+scalars = (st.none() | st.booleans() | st.integers()
+           | st.integers(min_value=-(10 ** 400), max_value=10 ** 400)
            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
            | st.sampled_from(["fever", "male", "female", "sepsis", "", "\u0000", "\ud800", "MRN-1", "1e999"]))
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)

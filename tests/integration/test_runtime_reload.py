@@ -82,6 +82,23 @@ def test_reload_rejections(tmp_path_factory: pytest.TempPathFactory) -> None:
         assert admin.post("/predict", json=predict_body()).status_code == 200
 
 
+def test_not_ready_answers_503_until_reloaded(tmp_path_factory: pytest.TempPathFactory) -> None:
+    model = trained_model(tmp_path_factory, seed=0)
+    with RuntimeProcess(tmp_path_factory.mktemp("runtime-unload"), model_dir=model) as rt, \
+            rt.client("admin") as admin:
+        assert admin.post(f"/v2/repository/models/{MODEL_NAME}/unload").status_code == 200
+        down = admin.post("/predict", json=predict_body())
+        assert down.status_code == 503 and down.json()["code"] == "not_ready"
+        assert down.headers["retry-after"] == "1"
+        assert httpx.get(f"{rt.url}/health").status_code == 503
+        assert admin.post(f"/models/reload/{MODEL_NAME}", json={"model_uri": str(model)}).status_code == 200
+        assert admin.post("/predict", json=predict_body()).status_code == 200
+        v1 = admin.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": clinical_records(1)})
+        assert v1.status_code == 200
+        assert httpx.get(f"{rt.url}/health").json()["status"] == "healthy"
+    assert [r["status"] for r in rt.audit_records()] == [200, 503, 200, 200, 200]
+
+
 def test_dynamic_int8_serves_and_agrees_with_fp32(tmp_path_factory: pytest.TempPathFactory) -> None:
     model = trained_model(tmp_path_factory, seed=0)
     records = clinical_records(300, seed=21)

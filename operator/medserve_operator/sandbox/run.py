@@ -2,12 +2,15 @@
 
 It starts the Kubernetes API emulator (with crds/ installed) and a real MLflow server, trains and
 registers the example triage model (version 1, alias `champion`), starts the real operator against
-the emulator, applies examples/01-model-deployment/ with the real kubectl, waits until the operator
-has resolved the model and created the InferenceService, and shows the result. Then it stops
-everything, or with `--keep` leaves it running for you to explore (`medserve sandbox --stop` ends it).
+the emulator and a local stand-in for KServe's controller and the kubelet (each InferenceService runs
+as a medserve-runtime process), applies examples/01-model-deployment/ with the real kubectl, waits
+until the ModelDeployment is Ready, sends it real clinical requests with the example API keys, and
+shows the responses, `/models` and the audit log. Then it stops everything, or with `--keep` leaves it
+running for you to explore (`medserve sandbox --stop` ends it).
 
 All state lives under the work directory (default `.sandbox/`): `cluster/` (the kubeconfig),
-`mlflow/` (database and artifacts), `logs/` (one log per process) and `sandbox.json` (the running
+`mlflow/` (database and artifacts), `predictors/` (each runtime process's files, its audit log among
+them), `logs/` (one log per process) and `sandbox.json` (the running
 processes, for `--stop`). Each run starts from a fresh cluster and registry.
 
 The steps are a plain list (`Sandbox.steps`) so that later features add theirs in order.
@@ -29,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import httpx
 import yaml
 
 from medserve_operator.sandbox import procs
@@ -38,8 +42,21 @@ from medserve_operator.sandbox.mlflow_server import MlflowServer
 MODEL_NAME = "triage-classifier"
 MODEL_ALIAS = "champion"
 NAMESPACE = "default"
-DEPLOY_TIMEOUT = 120.0
-"""Seconds to wait for the operator to resolve the model and create each InferenceService."""
+DEPLOY_TIMEOUT = 180.0
+"""Seconds to wait for each ModelDeployment to become Ready (the runtime loads the model from MLflow)."""
+DEMO_KEYS = {"clinician": "msk_demo_clinician_7f3a9c2e4b1d", "admin": "msk_demo_admin_2c8e5a1f9d4b"}
+"""The plaintext of the demo keys whose hashes are in examples/01-model-deployment/api-keys-secret.yaml."""
+DEMO_PATIENTS = [
+    ("MRN-0042117", {"age": 67, "sex": "male", "symptoms": ["fever", "cough", "shortness_of_breath"],
+                     "vital_signs": {"heart_rate": 112, "systolic_bp": 98, "diastolic_bp": 61, "temperature": 39.1,
+                                     "respiratory_rate": 26, "oxygen_saturation": 90}}),
+    ("MRN-0042118", {"age": 34, "sex": "female", "symptoms": ["headache"],
+                     "vital_signs": {"heart_rate": 72, "systolic_bp": 118, "diastolic_bp": 76, "temperature": 36.8,
+                                     "respiratory_rate": 14, "oxygen_saturation": 99}}),
+    ("MRN-0042119", {"age": 58, "sex": "male", "symptoms": ["chest_pain", "nausea"],
+                     "vital_signs": {"heart_rate": 104, "systolic_bp": 162, "diastolic_bp": 95, "temperature": 37.0,
+                                     "respiratory_rate": 20, "oxygen_saturation": 96}}),
+]
 OPERATOR_RESYNC_SECONDS = "10"
 """Shorter than the operator's default, so that moving the alias shows up quickly while exploring."""
 STATE_FILE = "sandbox.json"
@@ -98,6 +115,7 @@ class Sandbox:
                                         log_path=self.logs / "emulator.log")
         self.mlflow = MlflowServer(self.workdir / "mlflow", log_path=self.logs / "mlflow.log")
         self.operator: subprocess.Popen[bytes] | None = None
+        self.standin: subprocess.Popen[bytes] | None = None
         self.operator_health_port = procs.free_port()
         self.model: dict[str, Any] = {}
         self.deployments: list[str] = []
@@ -108,9 +126,12 @@ class Sandbox:
             ("Start MLflow and the Kubernetes API emulator (with crds/ installed)", self.start_services),
             (f"Train the example triage model and register it in MLflow (alias {MODEL_ALIAS})", self.train_model),
             ("Start the medserve operator against the emulator", self.start_operator),
+            ("Start the local KServe stand-in (each InferenceService runs as a medserve-runtime process)",
+             self.start_standin),
             ("Apply examples/01-model-deployment/ with kubectl", self.apply_examples),
-            ("Wait for the operator to resolve the model and create the InferenceService", self.wait_deployed),
+            ("Wait until the ModelDeployment is Ready (model resolved, runtime serving)", self.wait_deployed),
             ("Show what the operator made", self.show),
+            ("Send real clinical requests with the example API keys", self.send_requests),
         ]
 
     # ------------------------------------------------------------------ steps
@@ -151,6 +172,15 @@ class Sandbox:
                          what="medserve operator", timeout=60)
         self.console.say(f"      operator pid {self.operator.pid}, registry {self.mlflow.url}, log {log}")
 
+    def start_standin(self) -> None:
+        log = self.logs / "kserve-standin.log"
+        self.standin = procs.spawn([sys.executable, "-m", "medserve_operator.sandbox.kserve_standin",
+                                    "--kubeconfig", str(self.emulator.kubeconfig), "--workdir", str(self.workdir),
+                                    "--mlflow-uri", self.mlflow.url], log_path=log)
+        procs.wait_until(lambda: "KServe stand-in watching" in log.read_text(errors="replace"), proc=self.standin,
+                         log_path=log, what="KServe stand-in", timeout=60)
+        self.console.say(f"      stand-in pid {self.standin.pid}, predictors under {self.workdir / 'predictors'}")
+
     def apply_examples(self) -> None:
         examples = self.repo / "examples" / "01-model-deployment"
         out = self.emulator.kubectl("apply", "-f", str(examples)).stdout
@@ -169,7 +199,7 @@ class Sandbox:
             model = md["status"]["model"]
             self.console.say(f"      {name}: {model['name']} version {model['version']} "
                              f"({model.get('uri', '')}), InferenceService {md['status']['inferenceService']}, "
-                             f"phase {md['status'].get('phase', '?')}")
+                             f"phase {md['status'].get('phase', '?')}, url {md['status'].get('url')}")
 
     def show(self) -> None:
         self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
@@ -178,6 +208,46 @@ class Sandbox:
             isvc = (md.get("status") or {}).get("inferenceService") or name
             self.console.block(f"kubectl get inferenceservice {isvc} -o yaml",
                                self.emulator.kubectl("get", "inferenceservice", isvc, "-o", "yaml").stdout)
+
+    def send_requests(self) -> None:
+        for name in self.deployments:
+            md = self._get("modeldeployment", name) or {}
+            url = md["status"]["url"]
+            clinician = {"Authorization": f"Bearer {DEMO_KEYS['clinician']}"}
+            with httpx.Client(base_url=url, timeout=30) as client:
+                predictions = []
+                for patient_id, clinical_data in DEMO_PATIENTS:
+                    response = client.post("/predict", headers=clinician,
+                                           json={"patient_id": patient_id, "clinical_data": clinical_data})
+                    self._expect(response, 200, "POST /predict")
+                    predictions.append(response.json())
+                self.console.block(f"POST {url}/predict (first of {len(predictions)})",
+                                   json.dumps(predictions[0], indent=2))
+                for result in predictions:
+                    prediction = result["prediction"]
+                    self.console.say(f"      {result['patient_id']}: {prediction['primary_diagnosis']} "
+                                     f"(confidence {result['confidence']:.2f}, {prediction['confidence_level']}), "
+                                     f"prediction_id {result['prediction_id']}")
+                feedback = {"prediction_id": predictions[0]["prediction_id"],
+                            "outcome": predictions[0]["prediction"]["primary_diagnosis"]}
+                self._expect(client.post("/feedback", headers=clinician, json=feedback), 200, "POST /feedback")
+                self.console.say("      ground truth for the first prediction sent to POST /feedback")
+                denied = client.post("/predict", headers={"Authorization": "Bearer not-a-key"},
+                                     json={"patient_id": "MRN-1", "clinical_data": DEMO_PATIENTS[0][1]})
+                self.console.say(f"      a wrong API key is refused: {denied.status_code} {denied.json()}")
+                models = client.get("/models", headers={"Authorization": f"Bearer {DEMO_KEYS['admin']}"})
+                self._expect(models, 200, "GET /models")
+                self.console.block(f"GET {url}/models", json.dumps(models.json(), indent=2))
+            time.sleep(0.3)  # the runtime writes its audit log in the background, within 50 ms
+            audit = sorted((self.workdir / "predictors").glob(f"{NAMESPACE}/{name}-predictor-*/audit.jsonl"))
+            if audit:
+                lines = audit[-1].read_text().splitlines()
+                self.console.block(f"the audit log ({audit[-1]}, {len(lines)} records; patient ids hashed)",
+                                   "\n".join(lines[:3]))
+
+    def _expect(self, response: httpx.Response, status: int, what: str) -> None:
+        if response.status_code != status:
+            raise SandboxError(f"{what} answered {response.status_code}: {response.text[:500]}")
 
     # ------------------------------------------------------------------ helpers
 
@@ -189,7 +259,7 @@ class Sandbox:
         return obj
 
     def _wait_for(self, name: str) -> dict[str, Any]:
-        """Poll until the ModelDeployment has a resolved model and its InferenceService exists."""
+        """Poll until the ModelDeployment is Ready: model resolved, InferenceService serving."""
         deadline = time.monotonic() + DEPLOY_TIMEOUT
         md: dict[str, Any] | None = None
         while time.monotonic() < deadline:
@@ -198,8 +268,7 @@ class Sandbox:
                                    f"{procs.log_tail(self.logs / 'operator.log')}")
             md = self._get("modeldeployment", name)
             status = (md or {}).get("status") or {}
-            isvc = status.get("inferenceService")
-            if (status.get("model") or {}).get("version") and isvc and self._get("inferenceservice", isvc):
+            if status.get("phase") == "Ready" and status.get("url"):
                 return md or {}
             time.sleep(0.5)
         conditions = ((md or {}).get("status") or {}).get("conditions") or []
@@ -211,7 +280,8 @@ class Sandbox:
     # ------------------------------------------------------------------ lifecycle
 
     def pids(self) -> dict[str, int]:
-        found = {"operator": self.operator.pid if self.operator else None, "mlflow": self.mlflow.pid,
+        found = {"operator": self.operator.pid if self.operator else None,
+                 "kserve-standin": self.standin.pid if self.standin else None, "mlflow": self.mlflow.pid,
                  "emulator": self.emulator.proc.pid if self.emulator.proc else None}
         return {name: pid for name, pid in found.items() if pid is not None}
 
@@ -226,6 +296,10 @@ class Sandbox:
             self.console.say("      stopping the operator")
             procs.stop(self.operator)
             self.operator = None
+        if self.standin is not None:
+            self.console.say("      stopping the KServe stand-in and its predictors")
+            procs.stop(self.standin, timeout=30)
+            self.standin = None
         if self.mlflow.pid is not None:
             self.console.say("      stopping MLflow")
             self.mlflow.stop()
