@@ -32,12 +32,12 @@ ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservice
 
 def baseline_operator() -> None:
     """The baseline: a minimal kopf operator creating the same child and writing observedGeneration."""
+    import logging
+
     import kopf
     from medserve_operator.api import ModelDeploymentSpec, parse_spec
     from medserve_operator.kube import KubeClient
     from medserve_operator.render import render_inference_service
-
-    import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = kopf.OperatorRegistry()

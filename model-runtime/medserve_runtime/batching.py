@@ -29,7 +29,6 @@ import numpy.typing as npt
 logger = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float32]
-STATS: list = []
 
 
 class BatcherClosed(RuntimeError):
@@ -141,18 +140,8 @@ class MicroBatcher:
 
     async def _execute(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
         x = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
-        import time as _t
-        t0 = _t.perf_counter()
-        box = []
-        def timed(x):
-            a = _t.perf_counter(); r = self._forward_chunked(x); box.append((a, _t.perf_counter())); return r
         try:
-            y = await loop.run_in_executor(self._executor, timed, x)
-            t3 = _t.perf_counter()
-            STATS.append((box[0][0]-t0, box[0][1]-box[0][0], t3-box[0][1]))
-            if len(STATS) % 500 == 0:
-                import statistics as st
-                logger.warning("handoff %.3f forward %.3f back %.3f ms", *(st.median(v)*1000 for v in zip(*STATS[-500:])))
+            y = await loop.run_in_executor(self._executor, self._forward_chunked, x)
         except Exception as exc:
             logger.exception("forward pass failed for a batch of %d rows", len(x))
             for job in jobs:

@@ -104,12 +104,16 @@ def simulate(
     return Simulation(looks=looks, stop=stop, decision=decision, paths=paths)
 
 
-def summarize(sim: Simulation, *, control_rate: float, treatment_rate: float, max_samples: int) -> dict[str, Any]:
-    """The figures the README quotes; "significant" means any decision that claims a difference or NI."""
+def summarize(sim: Simulation, design: Design, *, control_rate: float, treatment_rate: float) -> dict[str, Any]:
+    """The figures the README quotes.
+
+    `conclusion_rate` counts every decision that claims something (a winner, or non-inferiority).
+    Where the null hypothesis is true (A/A for superiority; a treatment worse by at least the margin
+    for non-inferiority) the claim's rate is `false_positive_rate`, otherwise it is `power`.
+    """
     runs = sim.stop.size
     counts: dict[str, int] = {name: int(np.sum(sim.decision == code)) for code, name in enumerate(sequential.DECISIONS)}
-    significant = counts["TreatmentBetter"] + counts["ControlBetter"] + counts["NonInferior"]
-    rate = significant / runs
+    rate = (counts["TreatmentBetter"] + counts["ControlBetter"] + counts["NonInferior"]) / runs
     # Wilson 95% interval: how far the Monte Carlo estimate can be from the true rate.
     z = 1.959963984540054
     centre = (rate + z * z / (2 * runs)) / (1 + z * z / runs)
@@ -121,10 +125,14 @@ def summarize(sim: Simulation, *, control_rate: float, treatment_rate: float, ma
         "decisions": counts,
         "median_stop": float(np.median(sim.stop)),
         "mean_stop": float(np.mean(sim.stop)),
-        "median_stop_fraction": float(np.median(sim.stop)) / max_samples,
+        "median_stop_fraction": float(np.median(sim.stop)) / design.max_samples,
     }
-    if control_rate == treatment_rate:
-        out["false_positive_rate"] = rate
+    if design.hypothesis == "non-inferiority":
+        sign = 1.0 if design.higher_is_better else -1.0
+        null_true = sign * (treatment_rate - control_rate) <= -design.margin
+        out["false_positive_rate" if null_true else "power"] = counts["NonInferior"] / runs
+    elif control_rate == treatment_rate:
+        out["false_positive_rate"] = (counts["TreatmentBetter"] + counts["ControlBetter"]) / runs
     else:
         better = "TreatmentBetter" if treatment_rate > control_rate else "ControlBetter"
         out["power"] = counts[better] / runs
@@ -181,8 +189,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     sim = simulate(design, control_rate=args.control_rate, treatment_rate=args.treatment_rate,
                    peek_every=args.peek_every, runs=args.runs, method=args.method, seed=args.seed)
-    summary = summarize(sim, control_rate=args.control_rate, treatment_rate=args.treatment_rate,
-                        max_samples=args.max_samples)
+    summary = summarize(sim, design, control_rate=args.control_rate, treatment_rate=args.treatment_rate)
     result = {
         "method": args.method, "control_rate": args.control_rate, "treatment_rate": args.treatment_rate,
         "peek_every": args.peek_every, "max_samples": args.max_samples, "alpha": args.alpha, "seed": args.seed,

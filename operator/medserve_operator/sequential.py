@@ -242,7 +242,7 @@ class Batch:
     concluded: BoolArray
 
     def decisions(self) -> list[Decision]:
-        return [DECISIONS[int(code)] for code in self.decision]
+        return [DECISIONS[int(code)] for code in self.decision.ravel()]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -383,7 +383,8 @@ def evaluate_batch(
     high = np.where(final_look, np.minimum(high, safe_d + z2 * se), high)
     # Disjoint pieces (probability <= alpha): keep a point rather than an empty interval.
     empty = low > high
-    mid = (low + high) / 2.0
+    with np.errstate(invalid="ignore"):  # (-inf + inf) where nothing is known yet; never empty there
+        mid = (low + high) / 2.0
     low, high = np.where(empty, mid, low), np.where(empty, mid, high)
     if design.kind == "proportion":
         low, high = np.clip(low, -1.0, 1.0), np.clip(high, -1.0, 1.0)

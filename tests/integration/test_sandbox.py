@@ -45,13 +45,24 @@ def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
 
     rows = table_after(out, "kubectl get medserve")
     assert rows[0][:4] == ["NAME", "MODEL", "VERSION", "PHASE"]
-    assert ["modeldeployment.medserve.io/triage", "triage-classifier", "1"] in [row[:3] for row in rows[1:]]
+    assert ["modeldeployment.medserve.io/triage", "triage-classifier", "1", "Ready", "True"] in \
+        [row[:5] for row in rows[1:]]
     isvc = out.split("$ kubectl get inferenceservice triage -o yaml\n", 1)[1]
     assert "kind: InferenceService" in isvc
     assert "--model_uri=models:/triage-classifier/1" in isvc
 
+    # The runtime answered real predictions, refused a wrong key, and audited with hashed patient ids.
+    assert re.search(r"MRN-0042117: \w+ \(confidence [01]\.\d\d", out)
+    assert "a wrong API key is refused: 401" in out
+    models = json.loads(out.split("/models\n", 1)[1].split("\n\n", 1)[0])
+    assert models["models"][0]["versions"][0]["request_count"] >= 3
+    audit = out.split("the audit log (", 1)[1].split("\n\n", 1)[0]
+    records = [json.loads(line) for line in audit.splitlines() if line.startswith("{")]
+    assert records and all(r["patient_hash"].startswith("pt_") for r in records)
+    assert "MRN-" not in audit
+
     # Every process it started is gone, and no state claims otherwise.
-    pids = [int(p) for p in re.findall(r"operator pid (\d+)", out)]
+    pids = [int(p) for p in re.findall(r"(?:operator|stand-in) pid (\d+)", out)]
     assert pids and not any(alive(pid) for pid in pids)
     assert not (tmp_path / "sandbox.json").exists()
     assert out.rstrip().endswith("Done.")
@@ -64,7 +75,7 @@ def test_keep_leaves_it_running_until_stop(tmp_path: Path) -> None:
     assert f"export KUBECONFIG={kubeconfig}" in result.stdout
     state = json.loads((tmp_path / "sandbox.json").read_text())
     try:
-        assert set(state["pids"]) == {"operator", "mlflow", "emulator"}
+        assert set(state["pids"]) == {"operator", "kserve-standin", "mlflow", "emulator"}
         assert all(alive(pid) for pid in state["pids"].values())
         got = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "get", "md", "triage", "-o",
                               "jsonpath={.status.model.version}"], capture_output=True, text=True, timeout=60,
