@@ -419,7 +419,13 @@ class DriftSpec(ApiModel):
 
     enabled: bool = Field(default=True, description="Whether drift is evaluated.")
     statistic: Literal["psi", "ks", "chi2", "js"] = Field(default="psi", description="Drift statistic.")
-    threshold: float = Field(default=0.2, ge=0, le=10, description="Score above which a feature counts as drifted.")
+    threshold: float = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="Practical-significance floor: a feature drifts only if its score exceeds this AND its "
+        "corrected p-value is at most alpha (the test, not the floor, controls false alarms).",
+    )
     alpha: float = Field(
         default=0.001,
         gt=0,

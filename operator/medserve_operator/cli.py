@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("medserve_operator.main", "run the operator (kopf) against the current kubeconfig"),
     "emulator": ("medserve_operator.sandbox.emulator", "run the Kubernetes API emulator on loopback"),
     "sandbox": ("medserve_operator.sandbox.run", "run the whole system on loopback (the demo)"),
+    "drift": ("medserve_operator.driftsim", "drift tools: `medserve drift simulate` checks the alarm rule"),
+    "abtest": ("medserve_operator.abtestsim",
+               "A/B statistics: `medserve abtest simulate` measures error rates, power, stopping time"),
     "audit": ("medserve_runtime.audit", "audit log tools: `medserve audit verify FILE` checks a hash chain"),
 }
 

@@ -17,17 +17,17 @@ returns (score, p_value), vectorised over leading axes. Under no drift the refer
 estimate from m training samples, so the noise of every statistic scales with v = 1/n + 1/m (1/n when
 m is unknown; with m >> n the reference is effectively exact):
 
-- psi: Σ (q − p)·ln(q/p). Empty window bins would make ln(q/p) infinite, so q is smoothed with a
+- psi: Σ (q - p)·ln(q/p). Empty window bins would make ln(q/p) infinite, so q is smoothed with a
   pseudocount of 0.5 per bin (Jeffreys' prior), q = (c + 0.5)/(n + 0.5k); reference bins with zero
   share (a category never seen in training) are floored at 1e-6. Both changes are negligible at the
-  window sizes judged (min_samples). Null: PSI/v ≈ χ²(k−1) (a second-order expansion of the log
-  gives Pearson's χ²), so p = χ²_{k−1}.sf(PSI/v).
+  window sizes judged (min_samples). Null: PSI/v ≈ χ²(k-1) (a second-order expansion of the log
+  gives Pearson's χ²), so p = χ²_{k-1}.sf(PSI/v).
 - chi2: Pearson's goodness of fit, scipy.stats.chisquare(c, n·p). The score is the effect size X²/n
   (Pearson's χ² divergence, on PSI's scale, so one threshold means the same for both); the p-value
-  is χ²_{k−1}.sf(X²·(1/n)/v), which is chisquare's own p-value when m is unknown.
-- js: the Jensen–Shannon distance (scipy.spatial.distance.jensenshannon, base 2, in [0, 1]). For small
-  shifts JSD (in nats) ≈ (1/8)·Σ (q − p)²/p, so the null is 8·ln2·distance²/v ≈ χ²(k−1).
-- ks: the maximum distance between the window's and the reference's CDFs at the k−1 bin edges, with
+  is χ²_{k-1}.sf(X²·(1/n)/v), which is chisquare's own p-value when m is unknown.
+- js: the Jensen-Shannon distance (scipy.spatial.distance.jensenshannon, base 2, in [0, 1]). For small
+  shifts JSD (in nats) ≈ (1/8)·Σ (q - p)²/p, so the null is 8·ln2·distance²/v ≈ χ²(k-1).
+- ks: the maximum distance between the window's and the reference's CDFs at the k-1 bin edges, with
   the two-sample Kolmogorov distribution at the effective sample size n·m/(n + m) (n when m is
   unknown), as scipy.stats.ks_2samp's asymptotic mode does. Approximation: the CDFs are compared only
   at the bin edges, so the distance is at most the raw-data KS distance and the p-value is
@@ -35,7 +35,7 @@ m is unknown; with m >> n the reference is effectively exact):
 
 The alarm rule (`judge`). A feature is drifted when BOTH
   1. its p-value, adjusted for the number of features judged (Bonferroni by default, which bounds the
-     chance of any false alarm in a window by alpha; Benjamini–Hochberg optionally, which bounds the
+     chance of any false alarm in a window by alpha; Benjamini-Hochberg optionally, which bounds the
      expected share of false discoveries), is at most `alpha`; and
   2. its score exceeds `threshold`, a practical-significance floor.
 The test is what controls false alarms at every window size: a fixed PSI cut-off alone alarms
@@ -51,6 +51,7 @@ below 0.2 does not matter.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,7 +140,8 @@ def counts_from_cumulative(edges: Sequence[float], cumulative: Mapping[str, floa
             raise DriftDataError(f"bucket le={key!r}: not a number") from None
         index = next((i for i, w in enumerate(want) if le == w or math.isclose(le, w, rel_tol=1e-9)), None)
         if index is None:
-            raise DriftDataError(f"bucket le={key}: not one of the profile's bin edges (another model version?)")
+            raise DriftDataError(f"bucket le={key}: not one of the profile's bin edges "
+                                 "(another model version?)")
         if not math.isfinite(value) or value < 0:
             raise DriftDataError(f"bucket le={key}: value must be finite and non-negative, got {value}")
         found[index] = float(value)
@@ -167,7 +169,7 @@ def histogram_window_counts(edges: Sequence[float],
     """
     inf = next((s for k, s in samples_by_le.items() if math.isinf(float(k))), [])
     points = sorted((float(t), float(v)) for t, v in inf)
-    resets = {t1 for (_, v0), (t1, v1) in zip(points, points[1:], strict=False) if v1 < v0}
+    resets = {t1 for (_, v0), (t1, v1) in itertools.pairwise(points) if v1 < v0}
     cumulative = {k: window_increase(s, reset_at=resets) for k, s in samples_by_le.items()}
     return counts_from_cumulative(edges, cumulative)  # type: ignore[arg-type]
 
@@ -234,7 +236,7 @@ def chi2(counts: npt.ArrayLike, reference: npt.ArrayLike,
 
 def js(counts: npt.ArrayLike, reference: npt.ArrayLike,
        reference_samples: int | None = None) -> tuple[FloatArray, FloatArray]:
-    """Jensen–Shannon distance (base 2) of the window from the reference, and its asymptotic p-value."""
+    """Jensen-Shannon distance (base 2) of the window from the reference, and its asymptotic p-value."""
     c, n, p, v = _inputs(counts, reference, reference_samples)
     with np.errstate(divide="ignore", invalid="ignore"):
         q = c / n[..., None]
@@ -244,7 +246,7 @@ def js(counts: npt.ArrayLike, reference: npt.ArrayLike,
 
 def ks(counts: npt.ArrayLike, reference: npt.ArrayLike,
        reference_samples: int | None = None) -> tuple[FloatArray, FloatArray]:
-    """Kolmogorov–Smirnov distance between binned CDFs, and the two-sample p-value at n·m/(n + m)."""
+    """Kolmogorov-Smirnov distance between binned CDFs, and the two-sample p-value at n·m/(n + m)."""
     c, n, p, v = _inputs(counts, reference, reference_samples)
     with np.errstate(divide="ignore", invalid="ignore"):
         q_cdf = np.cumsum(c, axis=-1)[..., :-1] / n[..., None]
@@ -261,7 +263,7 @@ STATISTIC_FUNCTIONS = {"psi": psi, "ks": ks, "chi2": chi2, "js": js}
 
 
 def adjust_p_values(p_values: npt.ArrayLike, correction: Correction = DEFAULT_CORRECTION) -> FloatArray:
-    """Adjusted p-values across the last axis (features): Bonferroni or Benjamini–Hochberg.
+    """Adjusted p-values across the last axis (features): Bonferroni or Benjamini-Hochberg.
 
     A NaN p-value (no samples) counts as 1. Comparing the result with alpha controls, per window, the
     chance of any false alarm (Bonferroni) or the expected share of false discoveries (BH).
@@ -269,7 +271,7 @@ def adjust_p_values(p_values: npt.ArrayLike, correction: Correction = DEFAULT_CO
     p = np.nan_to_num(np.asarray(p_values, dtype=np.float64), nan=1.0)
     f = p.shape[-1]
     if correction == "bonferroni":
-        return np.minimum(p * f, 1.0)
+        return np.asarray(np.minimum(p * f, 1.0), dtype=np.float64)
     if correction != "bh":
         raise ValueError(f"correction: must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
     order = np.argsort(p, axis=-1)
@@ -356,7 +358,8 @@ class DriftResult:
 def evaluate(profile_features: Sequence[FeatureReference], counts_by_feature: Mapping[str, npt.ArrayLike], *,
              statistic: Statistic = DEFAULT_STATISTIC, threshold: float = DEFAULT_THRESHOLD,
              alpha: float = DEFAULT_ALPHA, min_samples: int = DEFAULT_MIN_SAMPLES,
-             correction: Correction = DEFAULT_CORRECTION, reference_samples: int | None = None) -> DriftResult:
+             correction: Correction = DEFAULT_CORRECTION,
+             reference_samples: int | None = None) -> DriftResult:
     """Judge one window: each profile feature's bin counts against its reference proportions.
 
     `counts_by_feature` maps feature names to counts in the profile's bin/category order; a feature
@@ -380,7 +383,7 @@ def evaluate(profile_features: Sequence[FeatureReference], counts_by_feature: Ma
         counts.append(c)
     names = [f.name for f in profile_features]
     totals = [float(c.sum()) for c in counts]
-    samples = int(round(min(totals)))
+    samples = round(min(totals))
     short = [f"{n} ({t:g})" for n, t in zip(names, totals, strict=True) if t < min_samples]
     if short:
         return DriftResult("InsufficientData", statistic, None, None, [], samples,
@@ -389,7 +392,8 @@ def evaluate(profile_features: Sequence[FeatureReference], counts_by_feature: Ma
     j = judge([c[None, :] for c in counts], [f.proportions for f in profile_features], statistic=statistic,
               threshold=threshold, alpha=alpha, correction=correction, reference_samples=reference_samples)
     details = [FeatureDrift(n, totals[i], float(j.scores[0, i]), float(j.p_values[0, i]),
-                            float(j.adjusted_p_values[0, i]), bool(j.drifted[0, i])) for i, n in enumerate(names)]
+                            float(j.adjusted_p_values[0, i]), bool(j.drifted[0, i]))
+               for i, n in enumerate(names)]
     drifted = [d.name for d in details if d.drifted]
     score, p_value = float(np.nanmax(j.scores[0])), float(np.min(j.adjusted_p_values[0]))
     if drifted:

@@ -65,8 +65,9 @@ def simulate(*, true_psi: float, windows: int, samples_per_window: int, bins: in
              threshold: float = drift.DEFAULT_THRESHOLD, alpha: float = drift.DEFAULT_ALPHA,
              correction: drift.Correction = drift.DEFAULT_CORRECTION) -> dict[str, Any]:
     """Run the calibrated and the naive rule on the same simulated windows; the figures as a dict."""
-    for name, value, low in (("windows", windows, 1), ("samples_per_window", samples_per_window, 1),
-                             ("bins", bins, 2), ("features", features, 1), ("drifted_features", drifted_features, 0)):
+    limits = (("windows", windows, 1), ("samples_per_window", samples_per_window, 1), ("bins", bins, 2),
+              ("features", features, 1), ("drifted_features", drifted_features, 0))
+    for name, value, low in limits:
         if value < low:
             raise ValueError(f"{name}: must be >= {low}, got {value}")
     if drifted_features > features:
@@ -74,13 +75,13 @@ def simulate(*, true_psi: float, windows: int, samples_per_window: int, bins: in
     rng = np.random.default_rng(seed)
     reference = np.full(bins, 1.0 / bins)
     shifted = shifted_distribution(reference, true_psi)
-    counts = [rng.multinomial(samples_per_window, shifted if j < drifted_features else reference, size=windows)
-              for j in range(features)]
+    counts = [rng.multinomial(samples_per_window, shifted if j < drifted_features else reference,
+                              size=windows) for j in range(features)]
     references = [reference] * features
     result = drift.judge(counts, references, statistic=statistic, threshold=threshold, alpha=alpha,
                          correction=correction)
-    psi_scores = result.scores if statistic == "psi" else drift.judge(counts, references, statistic="psi").scores
-    naive = (psi_scores > NAIVE_PSI_THRESHOLD).any(axis=-1)
+    psi_scores = result.scores if statistic == "psi" else drift.judge(counts, references).scores
+    naive = np.asarray((psi_scores > NAIVE_PSI_THRESHOLD).any(axis=-1))
     out: dict[str, Any] = {
         "statistic": statistic, "true_psi": true_psi, "windows": windows,
         "samples_per_window": samples_per_window, "bins": bins, "features": features,
@@ -103,11 +104,11 @@ def _figures(prefix: str, alarms: npt.NDArray[np.bool_]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medserve drift", description="Drift detection tools.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser("simulate", help="the alarm rule on simulated windows, next to a fixed PSI > 0.1 rule",
+    sim = sub.add_parser("simulate", help="the alarm rule on simulated windows, next to PSI > 0.1",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sim.add_argument("--true-psi", type=float, required=True, help="PSI of the drifted features' distribution")
+    sim.add_argument("--true-psi", type=float, required=True, help="PSI of the drifted features' population")
     sim.add_argument("--windows", type=int, default=10_000, help="windows to simulate (default 10000)")
-    sim.add_argument("--samples-per-window", type=int, default=1_000, help="samples per window (default 1000)")
+    sim.add_argument("--samples-per-window", type=int, default=1_000, help="samples per window (1000)")
     sim.add_argument("--bins", type=int, default=10, help="bins per feature (default 10)")
     sim.add_argument("--features", type=int, default=1, help="features judged per window (default 1)")
     sim.add_argument("--drifted-features", type=int, default=1, help="features that drift (default 1)")
@@ -121,18 +122,19 @@ def main(argv: list[str]) -> int:
     sim.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     try:
-        figures = simulate(true_psi=args.true_psi, windows=args.windows, samples_per_window=args.samples_per_window,
-                           bins=args.bins, features=args.features, seed=args.seed,
+        figures = simulate(true_psi=args.true_psi, windows=args.windows,
+                           samples_per_window=args.samples_per_window, bins=args.bins, features=args.features,
+                           seed=args.seed,
                            drifted_features=args.drifted_features,
                            statistic=cast(drift.Statistic, args.statistic), threshold=args.threshold,
                            alpha=args.alpha, correction=cast(drift.Correction, args.correction))
     except ValueError as exc:
-        print(f"medserve drift simulate: {exc}", file=sys.stderr)
+        sys.stderr.write(f"medserve drift simulate: {exc}\n")
         return 2
     if args.json:
-        print(json.dumps(figures, indent=2))
+        sys.stdout.write(json.dumps(figures, indent=2) + "\n")
     else:
-        print("\n".join(f"{key:<28} {value}" for key, value in figures.items()))
+        sys.stdout.write("".join(f"{key:<26} {value}\n" for key, value in figures.items()))
     return 0
 
 

@@ -71,7 +71,7 @@ def test_model_deployment_defaults() -> None:
             "drift": {
                 "enabled": True,
                 "statistic": "psi",
-                "threshold": 0.2,
+                "threshold": 0.05,
                 "alpha": 0.001,
                 "window": "1h",
                 "minSamples": 200,

@@ -348,7 +348,7 @@ def stop_kept(workdir: Path, console: Console) -> int:
         console.say(f"no sandbox is running in {workdir}")
         (workdir / STATE_FILE).unlink(missing_ok=True)
         return 0
-    for name in ("operator", "mlflow", "emulator"):
+    for name in ("operator", "kserve-standin", "mlflow", "emulator"):
         pid = running.get(name)
         if pid is None:
             continue
@@ -356,7 +356,7 @@ def stop_kept(workdir: Path, console: Console) -> int:
         # Each was started as the leader of its own process group (procs.spawn), children included.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # the stand-in stops its predictors first
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError, PermissionError):
