@@ -185,13 +185,13 @@ def test_authentication_and_permissions(runtime: RuntimeProcess) -> None:
 
 def test_rate_limit_per_key(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     with RuntimeProcess(tmp_path_factory.mktemp("runtime-ratelimit"), model_dir=model_dir,
-                        args=["--rate_limit_per_minute=3"]) as rt:
-        with rt.client("clinician") as clinician, rt.client("admin") as admin:
-            codes = [clinician.post("/predict", json=predict_body()).status_code for _ in range(4)]
-            assert codes == [200, 200, 200, 429]
-            limited = clinician.post("/predict", json=predict_body())
-            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
-            assert admin.post("/predict", json=predict_body()).status_code == 200  # its own bucket
+                        args=["--rate_limit_per_minute=3"]) as rt, \
+            rt.client("clinician") as clinician, rt.client("admin") as admin:
+        codes = [clinician.post("/predict", json=predict_body()).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        limited = clinician.post("/predict", json=predict_body())
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert admin.post("/predict", json=predict_body()).status_code == 200  # its own bucket
     statuses = [r["status"] for r in rt.audit_records()]  # read after the stop flushed the log
     assert statuses.count(429) == 2
 
