@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,7 +34,7 @@ from medserve_runtime.batching import Arrivals, BatcherClosed, MicroBatcher
 from medserve_runtime.context import current_note
 from medserve_runtime.loader import Device, ModelBundle, Optimization
 from medserve_runtime.metrics import RuntimeMetrics
-from medserve_runtime.modelspec import FeatureError, FeatureSpec, NumericFeature, Raw
+from medserve_runtime.modelspec import FeatureError, Raw
 from medserve_runtime.stats import PredictionLog, PredictionRecord, VersionStats
 
 logger = logging.getLogger(__name__)
@@ -180,10 +179,6 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
                 raws.append(spec.raw_values(record))
             except FeatureError as exc:
                 raise InvalidRecord(i, exc) from None
-            except OverflowError:
-                # modelspec converts an integer beyond float range with float(), which raises this.
-                path = _huge_number_path(spec, record)
-                raise InvalidRecord(i, FeatureError(path, "must be a finite number")) from None
         if not raws:
             raise InvalidInput("at least one record is needed")
         x = np.stack([spec.encode_raw(raw) for raw in raws])
@@ -281,14 +276,3 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
         return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
                 {"name": "label", "datatype": "BYTES", "shape": [-1]},
                 {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]}]
-
-
-def _huge_number_path(spec: FeatureSpec, record: Mapping[str, Any]) -> str:
-    """The dotted path of the first numeric feature whose value is an integer too large for a float."""
-    for f in spec.features:
-        value: Any = record
-        for key in f.key_path:
-            value = value.get(key) if isinstance(value, Mapping) else None
-        if isinstance(f, NumericFeature) and isinstance(value, int) and abs(value) > sys.float_info.max:
-            return f.dotted_path
-    return ""

@@ -367,7 +367,10 @@ def _raw_value(f: NumericFeature | CategoricalFeature | MultiHotFeature, record:
     if isinstance(f, NumericFeature):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FeatureError(where, f"must be a number, not {_type_name(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the range of a float
+            raise FeatureError(where, "must be a finite number") from None
         if not math.isfinite(number):
             raise FeatureError(where, "must be a finite number")
         if f.minimum is not None and number < f.minimum:
