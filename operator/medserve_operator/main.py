@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
 
-from medserve_operator import modeldeployment
+from medserve_operator import modeldeployment, retrainpolicy
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import KubeClient
 from medserve_operator.registry import MlflowRegistry
@@ -38,6 +39,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             kube=KubeClient.from_environment(),
             registry=MlflowRegistry(config.mlflow_uri, timeout=config.registry_timeout),
         )
+        prometheus_url = os.environ.get("MEDSERVE_PROMETHEUS_URL")
+        memo.retrain = retrainpolicy.Runtime(
+            config=config, kube=memo.runtime.kube, registry=memo.runtime.registry,
+            query_value=retrainpolicy.PrometheusQuery(prometheus_url) if prometheus_url else None,
+        )
         logger.info("medserve operator started: registry %s, resync every %ss",
                     config.mlflow_uri, config.resync_seconds)
 
@@ -52,8 +58,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if runtime is not None:
             await runtime.kube.aclose()
             await runtime.registry.aclose()
+        retrain: retrainpolicy.Runtime | None = memo.get("retrain")
+        if retrain is not None and isinstance(retrain.query_value, retrainpolicy.PrometheusQuery):
+            await retrain.query_value.aclose()
 
     modeldeployment.register(registry, config)
+    retrainpolicy.register(registry, config)
     return registry
 
 

@@ -6,11 +6,13 @@ assert on the dicts directly and validate them against the real schemas.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
 from medserve_operator import API_VERSION
-from medserve_operator.api import ModelDeploymentSpec
+from medserve_operator.api import ModelDeploymentSpec, RetrainPolicySpec
 
 RUNTIME_PORT = 8080
 API_KEYS_DIR = "/etc/medserve/api-keys"
@@ -183,3 +185,161 @@ def _contains(actual: Any, desired: Any) -> bool:
         return isinstance(actual, list) and len(actual) == len(desired) and all(
             _contains(a, d) for a, d in zip(actual, desired, strict=True))
     return bool(actual == desired)
+
+
+# --- retraining: batch/v1 CronJob and Job ------------------------------------------------------------
+
+RETRAIN_POLICY_LABEL = "medserve.io/retrain-policy"
+TRIGGER_REASON_LABEL = "medserve.io/trigger-reason"
+MODEL_NAME_ANNOTATION = "medserve.io/model-name"
+TEMPLATE_HASH_ANNOTATION = "medserve.io/template-hash"
+JOB_NAME_POD_LABEL = "batch.kubernetes.io/job-name"
+SCHEDULE_REASON = "Schedule"
+TRAINING_CONTAINER = "train"
+RESERVED_JOB_ENV = ("MLFLOW_TRACKING_URI", "MEDSERVE_MODEL_NAME", "MEDSERVE_TRIGGER_REASON", "MEDSERVE_JOB_NAME")
+"""The variables every retraining container gets from the operator; the spec's `job.env` cannot override them
+(they are the contract by which the operator finds the version a Job registered)."""
+CRONJOB_STARTING_DEADLINE_SECONDS = 300
+"""A scheduled run missed by more than this (the CronJob was suspended while a triggered Job ran) is skipped
+rather than started late, right after the Job that made it wait."""
+
+
+def retrain_labels(policy: str, deployment: str, reason: str) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        "app.kubernetes.io/name": "medserve-retrain",
+        "app.kubernetes.io/instance": policy,
+        RETRAIN_POLICY_LABEL: policy,
+        "medserve.io/model-deployment": deployment,
+        TRIGGER_REASON_LABEL: label_value(reason),
+    }
+
+
+def render_job_template(*, policy: str, spec: RetrainPolicySpec, model_name: str, mlflow_uri: str,
+                        reason: str = SCHEDULE_REASON) -> dict[str, Any]:
+    """The `jobTemplate` of a RetrainPolicy: the Job metadata and spec its CronJob and its triggers share.
+
+    The Job's own name reaches the container through the downward API (the pod label the Job controller
+    sets), so that one template serves the CronJob, whose Job names only the CronJob controller knows.
+    """
+    job = spec.job
+    labels = retrain_labels(policy, spec.model_deployment, reason)
+    annotations = {RETRAIN_POLICY_LABEL: policy, TRIGGER_REASON_LABEL: reason, MODEL_NAME_ANNOTATION: model_name}
+    env: list[dict[str, Any]] = [
+        {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri},
+        {"name": "MEDSERVE_MODEL_NAME", "value": model_name},
+        {"name": "MEDSERVE_TRIGGER_REASON", "value": reason},
+        {"name": "MEDSERVE_JOB_NAME",
+         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_POD_LABEL}']"}}},
+    ]
+    env.extend({"name": e.name, "value": e.value} for e in job.env if e.name not in RESERVED_JOB_ENV)
+    container: dict[str, Any] = {
+        "name": TRAINING_CONTAINER,
+        "image": job.image,
+        "env": env,
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if job.command:
+        container["command"] = list(job.command)
+    if job.args:
+        container["args"] = list(job.args)
+    resources: dict[str, Any] = {k: dict(v) for k, v in job.resources.model_dump(by_alias=True).items() if v}
+    if resources:
+        container["resources"] = resources
+    return {
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": {
+            "backoffLimit": job.backoff_limit,
+            "activeDeadlineSeconds": job.active_deadline_seconds,
+            "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
+                "spec": {
+                    # A failed pod counts against backoffLimit; the Job, not the kubelet, decides on retries.
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": RESTRICTED_POD_SECURITY,
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def render_cronjob(*, name: str, namespace: str, uid: str, spec: RetrainPolicySpec, model_name: str,
+                   mlflow_uri: str, suspend: bool = False) -> dict[str, Any]:
+    """The `batch/v1` CronJob of a RetrainPolicy with a schedule (named like the policy, owned by it).
+
+    `concurrencyPolicy: Forbid` keeps the CronJob from overlapping itself; `suspend` is set while a
+    triggered Job runs, so that a scheduled run cannot overlap that one either.
+    """
+    if spec.schedule is None:
+        raise ValueError("spec.schedule: a CronJob needs a schedule")
+    template = render_job_template(policy=name, spec=spec, model_name=model_name, mlflow_uri=mlflow_uri)
+    cron_spec: dict[str, Any] = {
+        "schedule": spec.schedule,
+        "concurrencyPolicy": "Forbid",
+        "suspend": suspend,
+        "startingDeadlineSeconds": CRONJOB_STARTING_DEADLINE_SECONDS,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": template,
+    }
+    if spec.time_zone:
+        cron_spec["timeZone"] = spec.time_zone
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": retrain_labels(name, spec.model_deployment, SCHEDULE_REASON),
+            "annotations": {MODEL_NAME_ANNOTATION: model_name, TEMPLATE_HASH_ANNOTATION: _spec_hash(cron_spec)},
+            "ownerReferences": [owner_reference(kind="RetrainPolicy", name=name, uid=uid)],
+        },
+        "spec": cron_spec,
+    }
+
+
+def render_job(*, name: str, policy: str, namespace: str, uid: str, spec: RetrainPolicySpec, model_name: str,
+               mlflow_uri: str, reason: str) -> dict[str, Any]:
+    """A `batch/v1` Job from the policy's job template, as `kubectl create job --from=cronjob/...` makes one,
+    but owned by the RetrainPolicy (it exists without a schedule) and carrying the trigger `reason`."""
+    template = render_job_template(policy=policy, spec=spec, model_name=model_name, mlflow_uri=mlflow_uri,
+                                   reason=reason)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": template["metadata"]["labels"],
+            "annotations": template["metadata"]["annotations"],
+            "ownerReferences": [owner_reference(kind="RetrainPolicy", name=policy, uid=uid)],
+        },
+        "spec": template["spec"],
+    }
+
+
+def cronjob_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
+    """Whether `actual` must be updated to `desired`.
+
+    The template hash catches fields removed from the policy (a subset check cannot see those), the subset
+    check catches edits made to the CronJob by hand; defaults the API server adds are ignored.
+    """
+    meta = actual.get("metadata", {})
+    for field in ("labels", "annotations"):
+        have = meta.get(field) or {}
+        if any(have.get(k) != v for k, v in desired["metadata"][field].items()):
+            return True
+    if desired["metadata"]["ownerReferences"] != meta.get("ownerReferences"):
+        return True
+    return not _contains(actual.get("spec") or {}, desired["spec"])
+
+
+def _spec_hash(spec: dict[str, Any]) -> str:
+    # `suspend` flips with every triggered Job; it is not part of what the user wrote.
+    owned = {k: v for k, v in spec.items() if k != "suspend"}
+    return hashlib.sha256(json.dumps(owned, sort_keys=True).encode()).hexdigest()[:16]
