@@ -52,6 +52,15 @@ _CORE_NAME_RULES: dict[str, tuple[str, int]] = {
 }
 
 
+def failure_status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `Status` object for a failed request, as the real API server answers it."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": message, "reason": reason, "code": code}
+    if details is not None:
+        body["details"] = details
+    return body
+
+
 class InvalidObject(Exception):
     """A write the apiserver would refuse; `status_body()` is the Status it would answer with.
 
@@ -99,16 +108,7 @@ class InvalidObject(Exception):
         details: dict[str, Any] = {"name": self.name, "kind": self.kind, "causes": causes}
         if self.group:
             details["group"] = self.group
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "details": details,
-            "code": self.code,
-        }
+        return failure_status(self.code, self.reason, self.message, details)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from medserve_operator.sandbox.resources import (
     builtin_types,
     type_from_crd,
 )
+from medserve_operator.sandbox.schemas import failure_status
 from medserve_operator.sandbox.selectors import ObjectFilter
 
 logger = logging.getLogger(__name__)
@@ -77,18 +78,7 @@ class ApiError(Exception):
         self.details = details
 
     def status_body(self) -> Obj:
-        body: Obj = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details is not None:
-            body["details"] = self.details
-        return body
+        return failure_status(self.code, self.reason, self.message, self.details)
 
     @classmethod
     def from_status(cls, status: Obj) -> ApiError:
