@@ -19,6 +19,9 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     """How often each object is looked at again without an event (alias moves, registry retries)."""
     registry_timeout: float = 5.0
+    prometheus_url: str | None = None
+    """Where the operator queries Prometheus for drift and accuracy; None turns that evaluation off (the
+    DriftDetected condition then says PrometheusNotConfigured)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -30,4 +33,5 @@ class OperatorConfig:
             runtime_image=env.get("MEDSERVE_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
             resync_seconds=float(env.get("MEDSERVE_RESYNC_SECONDS") or 30.0),
             registry_timeout=float(env.get("MEDSERVE_REGISTRY_TIMEOUT") or 5.0),
+            prometheus_url=env.get("MEDSERVE_PROMETHEUS_URL") or None,
         )

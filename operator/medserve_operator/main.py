@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -17,6 +16,8 @@ import kopf
 from medserve_operator import modeldeployment, retrainpolicy
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import KubeClient
+from medserve_operator.monitoring import Monitor, ProfileStore
+from medserve_operator.prometheus import PrometheusClient
 from medserve_operator.registry import MlflowRegistry
 
 logger = logging.getLogger("medserve.operator")
@@ -34,18 +35,23 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "medserve.io/finalizer"
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        prometheus = PrometheusClient(config.prometheus_url) if config.prometheus_url else None
+        monitor = None
+        if prometheus is not None:
+            monitor = Monitor(prometheus, ProfileStore(config.mlflow_uri, timeout=config.registry_timeout))
         memo.runtime = modeldeployment.Runtime(
             config=config,
             kube=KubeClient.from_environment(),
             registry=MlflowRegistry(config.mlflow_uri, timeout=config.registry_timeout),
+            monitor=monitor,
         )
-        prometheus_url = os.environ.get("MEDSERVE_PROMETHEUS_URL")
         memo.retrain = retrainpolicy.Runtime(
             config=config, kube=memo.runtime.kube, registry=memo.runtime.registry,
-            query_value=retrainpolicy.PrometheusQuery(prometheus_url) if prometheus_url else None,
+            query_value=prometheus.value if prometheus is not None else None,
         )
-        logger.info("medserve operator started: registry %s, resync every %ss",
-                    config.mlflow_uri, config.resync_seconds)
+        logger.info("medserve operator started: registry %s, prometheus %s, resync every %ss",
+                    config.mlflow_uri, config.prometheus_url or "(none: drift is not evaluated)",
+                    config.resync_seconds)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -58,9 +64,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if runtime is not None:
             await runtime.kube.aclose()
             await runtime.registry.aclose()
-        retrain: retrainpolicy.Runtime | None = memo.get("retrain")
-        if retrain is not None and isinstance(retrain.query_value, retrainpolicy.PrometheusQuery):
-            await retrain.query_value.aclose()
+            if runtime.monitor is not None:
+                await runtime.monitor.aclose()  # also closes the Prometheus client the RetrainPolicies share
 
     modeldeployment.register(registry, config)
     retrainpolicy.register(registry, config)

@@ -4,6 +4,11 @@ The kopf handlers are thin: they hand the object to `reconcile`, which parses th
 model, calls the pure renderer, applies the InferenceService, and writes the status. Every path into
 the reconciler — a spec change, the operator's restart, the periodic resync, an event on the child
 InferenceService — runs the same idempotent function, so a look that finds nothing new writes nothing.
+
+Every `monitoring.interval` the periodic path also asks the monitor (monitoring.py: Prometheus and the
+reference profile) for the served version's drift and accuracy; they become `status.drift` and the
+`DriftDetected` and `Degraded` conditions. Drift is reported, never held against Ready (the model still
+answers); accuracy below `monitoring.alerts.minAccuracy` is, through Degraded.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from typing import Any, cast
 
 import kopf
 
-from medserve_operator import GROUP, VERSION, conditions, render
+from medserve_operator import GROUP, VERSION, conditions, monitoring, render
 from medserve_operator.api import ModelDeploymentSpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import ApiError, KubeClient, merge_patch
+from medserve_operator.monitoring import Evaluation, Monitor
 from medserve_operator.registry import MlflowRegistry, ModelNotFound, RegistryError, ResolvedModel
 
 MD_API = f"{GROUP}/{VERSION}"
@@ -36,8 +42,11 @@ class Runtime:
     config: OperatorConfig
     kube: KubeClient
     registry: MlflowRegistry
+    monitor: Monitor | None = None
+    """Drift and accuracy from Prometheus; None when no Prometheus is configured."""
     locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
     last_resolution: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_evaluation: dict[str, float] = dataclasses.field(default_factory=dict)
     statuses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """The status this process last wrote, per uid. The operator is the only writer of a ModelDeployment's
     status, so this is never older than the status in a body handed over by a timer or a watch event."""
@@ -48,6 +57,7 @@ class Runtime:
     def forget(self, uid: str) -> None:
         self.locks.pop(uid, None)
         self.last_resolution.pop(uid, None)
+        self.last_evaluation.pop(uid, None)
         self.statuses.pop(uid, None)
 
 
@@ -60,6 +70,12 @@ class Outcome:
     spec_error: SpecError | None = None
     inference_service: dict[str, Any] | None = None
     previous_model: dict[str, Any] | None = None
+    drift_enabled: bool | None = None
+    """Whether the spec asks for drift evaluation (None: the spec was not read). False drops DriftDetected."""
+    min_accuracy: float | None = None
+    """monitoring.alerts.minAccuracy; None drops the Degraded condition (once the spec was read)."""
+    evaluation: Evaluation | None = None
+    """Drift and accuracy, when this reconciliation evaluated them (every monitoring.interval)."""
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
@@ -81,6 +97,8 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
             await _write_status(rt, body, status, outcome)
             return outcome
 
+        outcome.drift_enabled = spec.monitoring.drift.enabled
+        outcome.min_accuracy = spec.monitoring.alerts.min_accuracy
         pinned = _pinned(spec, status.get("model"))
         outcome.resolved = pinned
         if _needs_resolution(rt, uid, spec, pinned, periodic=periodic):
@@ -99,6 +117,9 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
         outcome.inference_service = current
         if outcome.resolved is not None:
             outcome.inference_service = await _apply_inference_service(rt, body, spec, outcome, current, status)
+        if periodic and outcome.resolved is not None and _evaluation_due(rt, uid, spec):
+            rt.last_evaluation[uid] = time.monotonic()
+            outcome.evaluation = await _evaluate(rt, namespace, name, spec, outcome.resolved, logger)
         await _write_status(rt, body, status, outcome)
     for type_, reason, message in outcome.events:
         kopf.event(kopf.Body(cast(kopf.RawBody, body)),
@@ -130,6 +151,32 @@ def _needs_resolution(rt: Runtime, uid: str, spec: ModelDeploymentSpec, pinned: 
 def _interval_elapsed(rt: Runtime, uid: str, spec: ModelDeploymentSpec) -> bool:
     last = rt.last_resolution.get(uid)
     return last is None or time.monotonic() - last >= parse_duration(spec.monitoring.interval)
+
+
+def _evaluation_due(rt: Runtime, uid: str, spec: ModelDeploymentSpec) -> bool:
+    """Drift and accuracy are looked at every `monitoring.interval`, if the spec asks for either."""
+    if not spec.monitoring.drift.enabled and spec.monitoring.alerts.min_accuracy is None:
+        return False
+    last = rt.last_evaluation.get(uid)
+    return last is None or time.monotonic() - last >= parse_duration(spec.monitoring.interval)
+
+
+async def _evaluate(rt: Runtime, namespace: str, name: str, spec: ModelDeploymentSpec, model: ResolvedModel,
+                    logger: logging.Logger | logging.LoggerAdapter[Any]) -> Evaluation:
+    now = conditions.now_rfc3339()
+    if rt.monitor is None:
+        return monitoring.not_configured(spec.monitoring, evaluated_at=now)
+    try:
+        return await rt.monitor.evaluate(namespace=namespace, deployment=name, model=model, spec=spec.monitoring,
+                                         evaluated_at=now)
+    except Exception as exc:
+        # Monitoring is a side line of serving: a bug in it must not stop the reconciler from keeping the
+        # InferenceService in shape. Say so on the conditions and in the log, and try again next interval.
+        logger.exception("monitoring of %s/%s failed", namespace, name)
+        problem = monitoring.Problem("MonitoringFailed", f"monitoring failed: {type(exc).__name__}: {exc}")
+        return Evaluation(window=spec.monitoring.drift.window, evaluated_at=now,
+                          drift_problem=problem if spec.monitoring.drift.enabled else None,
+                          accuracy_problem=problem if spec.monitoring.alerts.min_accuracy is not None else None)
 
 
 async def _apply_inference_service(rt: Runtime, body: kopf.Body | dict[str, Any], spec: ModelDeploymentSpec,
@@ -268,11 +315,66 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, gene
         conds = conditions.set_condition(conds, "InferenceServiceReady", "False", "InferenceServiceMissing",
                                          "no InferenceService yet: the model is not resolved",
                                          generation=generation, now=now)
+    conds = _monitoring_conditions(status, conds, outcome, generation=generation, now=now)
     conds = conditions.derive_ready(conds, CONDITION_TYPES, negative=("Degraded",), generation=generation,
                                     now=now)
     status["conditions"] = conds
     status["phase"] = _phase(conds)
     return status
+
+
+def _monitoring_conditions(status: dict[str, Any], conds: list[dict[str, Any]], outcome: Outcome, *,
+                           generation: int, now: str) -> list[dict[str, Any]]:
+    """`status.drift`, `DriftDetected` and `Degraded` from this reconciliation's evaluation, if it made one.
+
+    Without a new evaluation they stay as last written; a spec that stops asking drops them. An outage
+    (Prometheus, MLflow) makes the condition Unknown and keeps the last figures in status.drift, whose
+    evaluatedAt says how old they are. DriftDetected never holds Ready back (the model still serves);
+    Degraded does.
+    """
+    if outcome.drift_enabled is False:
+        conds = [c for c in conds if c.get("type") != "DriftDetected"]
+        status.pop("drift", None)
+    if outcome.drift_enabled is not None and outcome.min_accuracy is None:
+        conds = [c for c in conds if c.get("type") != "Degraded"]
+    evaluation = outcome.evaluation
+    if evaluation is None:
+        return conds
+    result = evaluation.drift
+    if result is not None:
+        drift_status: dict[str, Any] = {
+            "statistic": result.statistic, "score": monitoring.finite(result.score),
+            "pValue": monitoring.finite(result.p_value), "driftedFeatures": list(result.drifted_features),
+            "window": evaluation.window, "evaluatedAt": evaluation.evaluated_at, "samples": result.samples}
+        status["drift"] = {k: v for k, v in drift_status.items() if v is not None}
+        drift_condition: dict[str, tuple[conditions.ConditionStatus, str]] = {
+            "Drifted": ("True", "DriftDetected"), "NoDrift": ("False", "NoDrift"),
+            "InsufficientData": ("Unknown", "InsufficientData")}
+        conds = conditions.set_condition(conds, "DriftDetected", *drift_condition[result.state],
+                                         f"{result.message} (window {evaluation.window})",
+                                         generation=generation, now=now)
+    elif evaluation.drift_problem is not None:
+        conds = conditions.set_condition(conds, "DriftDetected", "Unknown", evaluation.drift_problem.reason,
+                                         evaluation.drift_problem.message, generation=generation, now=now)
+    accuracy = evaluation.accuracy
+    if accuracy is not None and outcome.min_accuracy is not None:
+        value = accuracy.value
+        if value is None or accuracy.total < monitoring.MIN_FEEDBACK:
+            conds = conditions.set_condition(
+                conds, "Degraded", "False", "InsufficientFeedback",
+                f"{accuracy.total:.0f} feedback outcomes in the last {evaluation.window}; accuracy is judged "
+                f"from {monitoring.MIN_FEEDBACK}", generation=generation, now=now)
+        else:
+            low = value < outcome.min_accuracy
+            conds = conditions.set_condition(
+                conds, "Degraded", "True" if low else "False", "LowAccuracy" if low else "AccuracyOK",
+                f"accuracy {value:.3f} from {accuracy.total:.0f} feedback outcomes in the last {evaluation.window} "
+                f"is {'below' if low else 'at or above'} minAccuracy {outcome.min_accuracy:g}",
+                generation=generation, now=now)
+    elif evaluation.accuracy_problem is not None:
+        conds = conditions.set_condition(conds, "Degraded", "Unknown", evaluation.accuracy_problem.reason,
+                                         evaluation.accuracy_problem.message, generation=generation, now=now)
+    return conds
 
 
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -294,8 +396,13 @@ async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], current: 
     new = compute_status(current, outcome, name=meta["name"], generation=int(meta.get("generation", 1)))
     if new == current:
         return
+    patch = merge_patch(current, new)
+    if isinstance(patch.get("drift"), dict) and isinstance(current.get("drift"), dict):
+        # A merge patch merges nested objects: a figure the new evaluation lacks (no score without data)
+        # must be nulled explicitly, or the old one would stay.
+        patch["drift"] = merge_patch(current["drift"], patch["drift"])
     await rt.kube.patch(MD_API, MD_PLURAL, meta["namespace"], meta["name"],
-                        {"status": merge_patch(current, new)}, subresource="status")
+                        {"status": patch}, subresource="status")
     rt.statuses[meta["uid"]] = new
     outcome.events.extend(conditions.transitions(current.get("conditions"), new.get("conditions")))
 

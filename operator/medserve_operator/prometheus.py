@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -67,6 +68,25 @@ class PrometheusClient:
         A NaN or infinite value (e.g. a ratio over an empty window) is left out, as if the series
         were missing.
         """
+        data = await self._fetch(promql, at=at)
+        if data.get("resultType") != "vector":
+            raise PrometheusQueryError(f"the query {promql!r} gave a {data.get('resultType')}, not a vector")
+        samples: list[VectorSample] = []
+        for item in data.get("result") or []:
+            try:
+                value = float(item["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise PrometheusQueryError(f"the query {promql!r} returned a malformed sample: {item!r}") from exc
+            if math.isfinite(value):
+                samples.append(VectorSample({str(k): str(v) for k, v in (item.get("metric") or {}).items()},
+                                            value))
+        return samples
+
+    async def value(self, promql: str) -> float | None:
+        """Evaluate `promql` to one number: a scalar or a one-series vector; None when there is no data."""
+        return instant_value(await self._fetch(promql, at=None), promql)
+
+    async def _fetch(self, promql: str, *, at: float | None) -> dict[str, Any]:
         params = {"query": promql}
         if at is not None:
             params["time"] = f"{at:.3f}"
@@ -87,19 +107,28 @@ class PrometheusClient:
         if response.status_code >= 400 or body.get("status") != "success":
             raise PrometheusQueryError(f"Prometheus rejected the query {promql!r}: "
                                        f"{body.get('errorType', response.status_code)}: {body.get('error', '')}")
-        data = body.get("data") or {}
-        if data.get("resultType") != "vector":
-            raise PrometheusQueryError(f"the query {promql!r} gave a {data.get('resultType')}, not a vector")
-        samples: list[VectorSample] = []
-        for item in data.get("result") or []:
-            try:
-                value = float(item["value"][1])
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise PrometheusQueryError(f"the query {promql!r} returned a malformed sample: {item!r}") from exc
-            if math.isfinite(value):
-                samples.append(VectorSample({str(k): str(v) for k, v in (item.get("metric") or {}).items()},
-                                            value))
-        return samples
+        data: dict[str, Any] = body.get("data") or {}
+        return data
+
+
+def instant_value(data: Mapping[str, Any], promql: str) -> float | None:
+    """The one number in an instant query's `data` (pure); None for no series or NaN (e.g. 0/0)."""
+    kind, result = data.get("resultType"), data.get("result")
+    try:
+        if kind == "scalar" and isinstance(result, list):
+            value = float(result[1])
+        elif kind == "vector" and isinstance(result, list):
+            if not result:
+                return None
+            if len(result) > 1:
+                raise PrometheusQueryError(f"{promql!r} returned {len(result)} series; it must return one number "
+                                           "(aggregate it, e.g. with sum(...))")
+            value = float(result[0]["value"][1])
+        else:
+            raise PrometheusQueryError(f"{promql!r} returned a {kind}; it must return one number")
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise PrometheusQueryError(f"the query {promql!r} returned a malformed result") from exc
+    return None if math.isnan(value) else value
 
 
 def label_matcher(value: str) -> str:

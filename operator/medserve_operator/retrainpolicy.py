@@ -30,12 +30,10 @@ import asyncio
 import dataclasses
 import datetime
 import logging
-import math
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
-import httpx
 import kopf
 from croniter import croniter
 
@@ -43,6 +41,7 @@ from medserve_operator import GROUP, VERSION, conditions, render
 from medserve_operator.api import RetrainPolicySpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import ApiError, KubeClient, merge_patch
+from medserve_operator.prometheus import PrometheusError
 from medserve_operator.registry import MlflowRegistry, RegistryError
 
 MEDSERVE_API = f"{GROUP}/{VERSION}"
@@ -57,53 +56,7 @@ that say more (which Job, which version)."""
 QueryValue = Callable[[str], Awaitable[float | None]]
 """Evaluates a PromQL instant query to one number (None: no data); raises PrometheusError when it cannot."""
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
-
-
-class PrometheusError(Exception):
-    """Prometheus could not answer a query, or answered something that is not one number."""
-
-
-class PrometheusQuery:
-    """`QueryValue` over Prometheus' HTTP API (`/api/v1/query`)."""
-
-    def __init__(self, base_url: str, *, timeout: float = 5.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(timeout=timeout)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def __call__(self, promql: str) -> float | None:
-        try:
-            response = await self._client.get(f"{self.base_url}/api/v1/query", params={"query": promql})
-        except httpx.HTTPError as exc:
-            raise PrometheusError(f"Prometheus at {self.base_url} is unreachable: {type(exc).__name__}") from exc
-        try:
-            body: dict[str, Any] = response.json()
-        except ValueError as exc:
-            raise PrometheusError(f"Prometheus answered {response.status_code} with non-JSON") from exc
-        if response.status_code >= 400 or body.get("status") != "success":
-            raise PrometheusError(f"Prometheus refused {promql!r}: {body.get('errorType', response.status_code)} "
-                                  f"{body.get('error', '')}".rstrip())
-        return instant_value(body.get("data") or {}, promql)
-
-
-def instant_value(data: Mapping[str, Any], promql: str) -> float | None:
-    """The one number in an instant query's `data` (pure); None for no series or NaN (e.g. 0/0)."""
-    kind, result = data.get("resultType"), data.get("result")
-    if kind == "scalar" and isinstance(result, list):
-        value = float(result[1])
-    elif kind == "vector" and isinstance(result, list):
-        if not result:
-            return None
-        if len(result) > 1:
-            raise PrometheusError(f"{promql!r} returned {len(result)} series; it must return one number "
-                                  "(aggregate it, e.g. with sum(...))")
-        value = float(result[0]["value"][1])
-    else:
-        raise PrometheusError(f"{promql!r} returned a {kind}; it must return one number")
-    return None if math.isnan(value) else value
+Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 
 def feedback_queries(deployment: str, window: str) -> tuple[str, str]:
@@ -230,12 +183,19 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: Logge
         if spec.schedule is not None and deployment is not None:
             await _apply_cronjob(rt, body, spec, model_name, suspend=outcome.active_job is not None,
                                  outcome=outcome)
-        elif spec.schedule is None and await rt.kube.delete(BATCH_API, "cronjobs", namespace, name):
+        elif spec.schedule is None and _had_schedule(status) and \
+                await rt.kube.delete(BATCH_API, "cronjobs", namespace, name):
             outcome.events.append(("Normal", "CronJobDeleted", f"CronJob {name} deleted: the schedule was removed"))
         await _write_status(rt, body, status, outcome)
     for type_, reason, message in outcome.events:
         kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
     return outcome
+
+
+def _had_schedule(status: Mapping[str, Any]) -> bool:
+    """Whether a CronJob may exist: not once status says there is no schedule (saves a DELETE per resync)."""
+    scheduled = conditions.find(status.get("conditions"), "Scheduled")
+    return scheduled is None or scheduled.get("reason") != "NoSchedule"
 
 
 async def _record_finished(rt: Runtime, spec: RetrainPolicySpec, deployment: dict[str, Any] | None,

@@ -18,14 +18,19 @@ from medserve_operator.sandbox.emulator import EmulatorProcess
 class OperatorProcess:
     """The real `medserve operator` in a subprocess, configured through its environment."""
 
-    def __init__(self, kubeconfig: Path, mlflow_url: str, log_path: Path, *, namespace: str = "default") -> None:
+    def __init__(self, kubeconfig: Path, mlflow_url: str, log_path: Path, *, namespace: str = "default",
+                 prometheus_url: str | None = None) -> None:
         self.kubeconfig, self.mlflow_url, self.log_path = kubeconfig, mlflow_url, log_path
         self.namespace = namespace
+        self.prometheus_url = prometheus_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow_url,
                "MEDSERVE_RESYNC_SECONDS": "1", "MEDSERVE_REGISTRY_TIMEOUT": "2"}
+        env.pop("MEDSERVE_PROMETHEUS_URL", None)
+        if self.prometheus_url:
+            env["MEDSERVE_PROMETHEUS_URL"] = self.prometheus_url
         self.proc = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator", "--verbose",
                                  "--namespace", self.namespace],
                                 log_path=self.log_path, env=env)

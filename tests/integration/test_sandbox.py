@@ -75,7 +75,7 @@ def test_keep_leaves_it_running_until_stop(tmp_path: Path) -> None:
     assert f"export KUBECONFIG={kubeconfig}" in result.stdout
     state = json.loads((tmp_path / "sandbox.json").read_text())
     try:
-        assert set(state["pids"]) == {"operator", "kserve-standin", "mlflow", "emulator"}
+        assert set(state["pids"]) == {"operator", "kserve-standin", "job-standin", "prometheus", "mlflow", "emulator"}
         assert all(alive(pid) for pid in state["pids"].values())
         got = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "get", "md", "triage", "-o",
                               "jsonpath={.status.model.version}"], capture_output=True, text=True, timeout=60,

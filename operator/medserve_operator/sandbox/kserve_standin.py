@@ -11,6 +11,10 @@ A spec change is a new revision: the new process starts beside the old one, and 
 the new one is ready (or, for a canary, once the canary is promoted). What it does NOT do: route a
 canary's traffic split (the URL always points at the latest ready revision), scale replicas, run
 arbitrary images, or apply resources limits. The operator never knows it is talking to a stand-in.
+
+For Prometheus it keeps `<workdir>/prometheus/targets.json` (file_sd format) listing every ready
+revision's `127.0.0.1:PORT` with the labels a Kubernetes scrape would add (`namespace`, `pod`,
+`inferenceservice`); the sandbox's Prometheus (sandbox/prometheus_server.py) scrapes what it lists.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import httpx
 from medserve_operator.conditions import now_rfc3339
 from medserve_operator.kube import ApiError, KubeClient
 from medserve_operator.sandbox import procs
+from medserve_operator.sandbox.prometheus_server import TARGETS_FILE, write_targets
 
 logger = logging.getLogger("medserve.kserve-standin")
 
@@ -60,6 +65,8 @@ class Standin:
         self.kube, self.workdir, self.mlflow_uri = kube, workdir, mlflow_uri
         self.revisions: dict[tuple[str, str], list[Revision]] = {}
         self.http = httpx.AsyncClient(timeout=2.0)
+        self.targets_path = workdir / "prometheus" / TARGETS_FILE
+        self._targets: list[tuple[str, dict[str, str]]] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -87,6 +94,16 @@ class Standin:
             logger.info("InferenceService %s/%s is gone: stopping its predictor", *key)
             for revision in self.revisions.pop(key):
                 procs.stop(revision.proc)
+        self.publish_targets()
+
+    def publish_targets(self) -> None:
+        """Rewrite the Prometheus targets file when the set of ready, running revisions changed."""
+        targets = sorted((f"127.0.0.1:{r.port}", {"namespace": namespace, "inferenceservice": name, "pod": r.name})
+                         for (namespace, name), revisions in self.revisions.items()
+                         for r in revisions if r.ready and r.proc.poll() is None)
+        if targets != self._targets:
+            write_targets(self.targets_path, targets)
+            self._targets = targets
 
     async def reconcile(self, key: tuple[str, str], isvc: dict[str, Any]) -> None:
         predictor = isvc["spec"].get("predictor", {})

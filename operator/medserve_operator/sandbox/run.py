@@ -1,17 +1,20 @@
 """`medserve sandbox`: the whole system on loopback, step by step — what `make demo` runs.
 
-It starts the Kubernetes API emulator (with crds/ installed) and a real MLflow server, trains and
+It starts the Kubernetes API emulator (with crds/ installed), a real MLflow server and a real
+Prometheus (scraping every runtime process every second), trains and
 registers the example triage model (version 1, alias `champion`), starts the real operator against
-the emulator and a local stand-in for KServe's controller and the kubelet (each InferenceService runs
-as a medserve-runtime process), applies examples/01-model-deployment/ with the real kubectl, waits
+the emulator, a local stand-in for KServe's controller and the kubelet (each InferenceService runs
+as a medserve-runtime process) and one for the Job controller (each Job runs as a local process in the
+repository), applies examples/01-model-deployment/ with the real kubectl, waits
 until the ModelDeployment is Ready, sends it real clinical requests with the example API keys, and
 shows the responses, `/models` and the audit log. Then it stops everything, or with `--keep` leaves it
 running for you to explore (`medserve sandbox --stop` ends it).
 
 All state lives under the work directory (default `.sandbox/`): `cluster/` (the kubeconfig),
-`mlflow/` (database and artifacts), `predictors/` (each runtime process's files, its audit log among
-them), `logs/` (one log per process) and `sandbox.json` (the running
-processes, for `--stop`). Each run starts from a fresh cluster and registry.
+`mlflow/` (database and artifacts), `prometheus/` (its config, targets file and data), `predictors/`
+(each runtime process's files, its audit log among them), `jobs/` (one log per Job attempt), `logs/`
+(one log per process) and `sandbox.json` (the running processes, for `--stop`). Each run starts from a
+fresh cluster and registry.
 
 The steps are a plain list (`Sandbox.steps`) so that later features add theirs in order.
 """
@@ -38,6 +41,7 @@ import yaml
 from medserve_operator.sandbox import procs
 from medserve_operator.sandbox.emulator import EmulatorProcess
 from medserve_operator.sandbox.mlflow_server import MlflowServer
+from medserve_operator.sandbox.prometheus_server import PrometheusServer
 
 MODEL_NAME = "triage-classifier"
 MODEL_ALIAS = "champion"
@@ -60,6 +64,8 @@ DEMO_PATIENTS = [
 OPERATOR_RESYNC_SECONDS = "10"
 """Shorter than the operator's default, so that moving the alias shows up quickly while exploring."""
 STATE_FILE = "sandbox.json"
+DRIFT_TIMEOUT = 60.0
+"""Seconds to wait for the first drift evaluation (the operator's first resync after the deployment)."""
 
 
 class SandboxError(Exception):
@@ -114,8 +120,11 @@ class Sandbox:
         self.emulator = EmulatorProcess(self.workdir / "cluster", crd_paths=[repo / "crds"],
                                         log_path=self.logs / "emulator.log")
         self.mlflow = MlflowServer(self.workdir / "mlflow", log_path=self.logs / "mlflow.log")
+        # Its targets file is the one the KServe stand-in keeps (<workdir>/prometheus/targets.json).
+        self.prometheus = PrometheusServer(self.workdir / "prometheus", log_path=self.logs / "prometheus.log")
         self.operator: subprocess.Popen[bytes] | None = None
         self.standin: subprocess.Popen[bytes] | None = None
+        self.job_standin: subprocess.Popen[bytes] | None = None
         self.operator_health_port = procs.free_port()
         self.model: dict[str, Any] = {}
         self.deployments: list[str] = []
@@ -128,10 +137,13 @@ class Sandbox:
             ("Start the medserve operator against the emulator", self.start_operator),
             ("Start the local KServe stand-in (each InferenceService runs as a medserve-runtime process)",
              self.start_standin),
+            ("Start the local Job stand-in (each Job runs as a local process in the repository)",
+             self.start_job_standin),
             ("Apply examples/01-model-deployment/ with kubectl", self.apply_examples),
             ("Wait until the ModelDeployment is Ready (model resolved, runtime serving)", self.wait_deployed),
             ("Show what the operator made", self.show),
             ("Send real clinical requests with the example API keys", self.send_requests),
+            ("Show the drift evaluation (Prometheus scrapes the runtime every second)", self.show_drift),
         ]
 
     # ------------------------------------------------------------------ steps
@@ -141,6 +153,8 @@ class Sandbox:
         self.mlflow.launch()  # it migrates a fresh database for a few seconds: start the emulator meanwhile
         self.emulator.start()
         self.console.say(f"      emulator  {self.emulator.url}  (kubeconfig {self.emulator.kubeconfig})")
+        self.prometheus.start()
+        self.console.say(f"      Prometheus {self.prometheus.url}  (scraping {self.prometheus.targets_file})")
         self.mlflow.wait_ready()
         self.console.say(f"      MLflow    {self.mlflow.url}")
 
@@ -163,7 +177,7 @@ class Sandbox:
 
     def start_operator(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.emulator.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow.url,
-               "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS}
+               "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS, "MEDSERVE_PROMETHEUS_URL": self.prometheus.url}
         health = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         log = self.logs / "operator.log"
         self.operator = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator",
@@ -180,6 +194,15 @@ class Sandbox:
         procs.wait_until(lambda: "KServe stand-in watching" in log.read_text(errors="replace"), proc=self.standin,
                          log_path=log, what="KServe stand-in", timeout=60)
         self.console.say(f"      stand-in pid {self.standin.pid}, predictors under {self.workdir / 'predictors'}")
+
+    def start_job_standin(self) -> None:
+        log = self.logs / "job-standin.log"
+        self.job_standin = procs.spawn([sys.executable, "-m", "medserve_operator.sandbox.job_standin",
+                                        "--kubeconfig", str(self.emulator.kubeconfig), "--workdir", str(self.workdir),
+                                        "--cwd", str(self.repo), "--mlflow-uri", self.mlflow.url], log_path=log)
+        procs.wait_until(lambda: "Job stand-in watching" in log.read_text(errors="replace"), proc=self.job_standin,
+                         log_path=log, what="Job stand-in", timeout=60)
+        self.console.say(f"      Job stand-in pid {self.job_standin.pid}, job logs under {self.workdir / 'jobs'}")
 
     def apply_examples(self) -> None:
         examples = self.repo / "examples" / "01-model-deployment"
@@ -245,6 +268,32 @@ class Sandbox:
                 self.console.block(f"the audit log ({audit[-1]}, {len(lines)} records; patient ids hashed)",
                                    "\n".join(lines[:3]))
 
+    def show_drift(self) -> None:
+        """Wait for the first drift evaluation of each deployment and print what it says."""
+        for name in self.deployments:
+            deadline = time.monotonic() + DRIFT_TIMEOUT
+            drift: dict[str, Any] | None = None
+            while time.monotonic() < deadline:
+                md = self._get("modeldeployment", name) or {}
+                drift = next((c for c in (md.get("status") or {}).get("conditions") or []
+                              if c.get("type") == "DriftDetected"), None)
+                if drift is not None:
+                    break
+                time.sleep(0.5)
+            if drift is None:
+                self.console.say(f"      {name}: no drift evaluation within {DRIFT_TIMEOUT:.0f}s "
+                                 f"(see {self.logs / 'operator.log'})")
+                continue
+            self.console.say(f"      {name}: DriftDetected={drift.get('status')} ({drift.get('reason')}): "
+                             f"{drift.get('message')}")
+        self.console.block("kubectl get md", self.emulator.kubectl("get", "md").stdout)
+        columns = ("NAME:.metadata.name,VERSION:.status.model.version,"
+                   "DRIFT:.status.conditions[?(@.type=='DriftDetected')].status,"
+                   "REASON:.status.conditions[?(@.type=='DriftDetected')].reason,"
+                   "SCORE:.status.drift.score,SAMPLES:.status.drift.samples,WINDOW:.status.drift.window")
+        self.console.block("kubectl get md -o custom-columns=NAME,VERSION,DRIFT,REASON,SCORE,SAMPLES,WINDOW",
+                           self.emulator.kubectl("get", "md", "-o", f"custom-columns={columns}").stdout)
+
     def _expect(self, response: httpx.Response, status: int, what: str) -> None:
         if response.status_code != status:
             raise SandboxError(f"{what} answered {response.status_code}: {response.text[:500]}")
@@ -281,12 +330,15 @@ class Sandbox:
 
     def pids(self) -> dict[str, int]:
         found = {"operator": self.operator.pid if self.operator else None,
-                 "kserve-standin": self.standin.pid if self.standin else None, "mlflow": self.mlflow.pid,
+                 "kserve-standin": self.standin.pid if self.standin else None,
+                 "job-standin": self.job_standin.pid if self.job_standin else None, "mlflow": self.mlflow.pid,
+                 "prometheus": self.prometheus.pid,
                  "emulator": self.emulator.proc.pid if self.emulator.proc else None}
         return {name: pid for name, pid in found.items() if pid is not None}
 
     def save_state(self) -> None:
         state = {"pids": self.pids(), "kubeconfig": str(self.emulator.kubeconfig), "mlflow": self.mlflow.url,
+                 "prometheus": self.prometheus.url,
                  "emulator": self.emulator.url, "logs": str(self.logs)}
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -300,6 +352,13 @@ class Sandbox:
             self.console.say("      stopping the KServe stand-in and its predictors")
             procs.stop(self.standin, timeout=30)
             self.standin = None
+        if self.job_standin is not None:
+            self.console.say("      stopping the Job stand-in and its jobs")
+            procs.stop(self.job_standin, timeout=30)
+            self.job_standin = None
+        if self.prometheus.pid is not None:
+            self.console.say("      stopping Prometheus")
+            self.prometheus.stop()
         if self.mlflow.pid is not None:
             self.console.say("      stopping MLflow")
             self.mlflow.stop()
@@ -316,7 +375,7 @@ def prepare_workdir(workdir: Path) -> None:
         raise SandboxError(f"a sandbox is already running in {workdir} (pids "
                            f"{', '.join(map(str, running.values()))}); stop it with: "
                            f"medserve sandbox --stop --workdir {workdir}")
-    for sub in ("cluster", "mlflow", "logs"):
+    for sub in ("cluster", "mlflow", "prometheus", "logs"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     (workdir / STATE_FILE).unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +407,7 @@ def stop_kept(workdir: Path, console: Console) -> int:
         console.say(f"no sandbox is running in {workdir}")
         (workdir / STATE_FILE).unlink(missing_ok=True)
         return 0
-    for name in ("operator", "kserve-standin", "mlflow", "emulator"):
+    for name in ("operator", "kserve-standin", "job-standin", "prometheus", "mlflow", "emulator"):
         pid = running.get(name)
         if pid is None:
             continue
