@@ -15,6 +15,7 @@ See README.md beside this file for the environment a RetrainPolicy Job passes.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -157,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=4000, help="records to generate (default: %(default)s)")
     p.add_argument("--shift", type=float, default=0.0,
                    help="population shift: 0 = reference population, 1 = clearly drifted (default: 0)")
+    p.add_argument("--emit-records", type=int, default=0, metavar="N",
+                   help="print N records of the (shifted) population as a JSON list and exit: traffic for demos")
     args = p.parse_args(argv)
+    if args.emit_records > 0:
+        print(json.dumps(generate(args.emit_records, seed=args.seed, shift=args.shift)[0]))
+        return 0
     if args.samples < 50:
         p.error("--samples must be at least 50")
 

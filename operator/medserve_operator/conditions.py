@@ -143,6 +143,9 @@ def transitions(
             good = condition.get("status") == "False"
         if before is None and (good or condition.get("status") == "Unknown"):
             continue  # a first condition that is fine or not yet known: an event would only be noise
-        events.append(("Normal" if good else "Warning", str(condition.get("reason")),
+        if condition.get("type") == "Ready" and not good:
+            continue  # the sub-condition holding Ready back has its own event
+        unknown = condition.get("status") == "Unknown"  # waiting is not a failure
+        events.append(("Normal" if good or unknown else "Warning", str(condition.get("reason")),
                        f"{condition.get('type')} is {condition.get('status')}: {condition.get('message', '')}"))
     return events

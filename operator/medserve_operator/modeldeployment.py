@@ -343,8 +343,8 @@ def _monitoring_conditions(status: dict[str, Any], conds: list[dict[str, Any]], 
     result = evaluation.drift
     if result is not None:
         drift_status: dict[str, Any] = {
-            "statistic": result.statistic, "score": monitoring.finite(result.score),
-            "pValue": monitoring.finite(result.p_value), "driftedFeatures": list(result.drifted_features),
+            "statistic": result.statistic, "score": _rounded(monitoring.finite(result.score), 4),
+            "pValue": _rounded(monitoring.finite(result.p_value), 6, significant=True), "driftedFeatures": list(result.drifted_features),
             "window": evaluation.window, "evaluatedAt": evaluation.evaluated_at, "samples": result.samples}
         status["drift"] = {k: v for k, v in drift_status.items() if v is not None}
         drift_condition: dict[str, tuple[conditions.ConditionStatus, str]] = {
@@ -375,6 +375,13 @@ def _monitoring_conditions(status: dict[str, Any], conds: list[dict[str, Any]], 
         conds = conditions.set_condition(conds, "Degraded", "Unknown", evaluation.accuracy_problem.reason,
                                          evaluation.accuracy_problem.message, generation=generation, now=now)
     return conds
+
+
+def _rounded(value: float | None, digits: int, *, significant: bool = False) -> float | None:
+    """A status figure short enough to read in `kubectl get` (p-values keep significant digits)."""
+    if value is None:
+        return None
+    return float(f"{value:.{digits}g}") if significant else round(value, digits)
 
 
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:

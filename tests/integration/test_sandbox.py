@@ -61,6 +61,16 @@ def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
     assert records and all(r["patient_hash"].startswith("pt_") for r in records)
     assert "MRN-" not in audit
 
+    # The loop closed: no drift on reference traffic, drift on the shifted population, a retraining Job
+    # that registered version 2, and version 2 rolled out to all traffic.
+    assert "DriftDetected=False (NoDrift)" in out
+    assert "DriftDetected=True (DriftDetected)" in out
+    assert re.search(r"Job triage-on-drift-\S+ succeeded and registered triage-classifier version 2", out)
+    final = table_after(out.rsplit("[14/14]", 1)[1], "kubectl get medserve")
+    assert ["modeldeployment.medserve.io/triage", "triage-classifier", "2", "Ready", "True"] in \
+        [row[:5] for row in final[1:]]
+    assert "RolloutComplete" in out
+
     # Every process it started is gone, and no state claims otherwise.
     pids = [int(p) for p in re.findall(r"(?:operator|stand-in) pid (\d+)", out)]
     assert pids and not any(alive(pid) for pid in pids)
@@ -80,7 +90,7 @@ def test_keep_leaves_it_running_until_stop(tmp_path: Path) -> None:
         got = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "get", "md", "triage", "-o",
                               "jsonpath={.status.model.version}"], capture_output=True, text=True, timeout=60,
                              check=True)
-        assert got.stdout == "1"
+        assert got.stdout == "2"  # the demo ends after retraining promoted version 2
 
         again = sandbox("--workdir", str(tmp_path))
         assert again.returncode == 1

@@ -67,3 +67,14 @@ def test_transitions_reports_flips_with_event_types() -> None:
 def test_transitions_skip_a_first_unknown() -> None:
     new = conditions.set_condition([], "A", "Unknown", "Pending", "", generation=1, now=T0)
     assert conditions.transitions([], new) == []
+
+
+def test_transitions_leave_ready_failures_to_the_sub_condition_and_waiting_is_normal() -> None:
+    old = conditions.set_condition([], "A", "True", "Ok", "", generation=1, now=T0)
+    old = conditions.derive_ready(old, ["A"], generation=1, now=T0)
+    new = conditions.set_condition(old, "A", "Unknown", "Updating", "rolling out", generation=2, now=T1)
+    new = conditions.derive_ready(new, ["A"], generation=2, now=T1)
+    assert conditions.transitions(old, new) == [("Normal", "Updating", "A is Unknown: rolling out")]
+    back = conditions.derive_ready(conditions.set_condition(new, "A", "True", "Ok", "", generation=2, now=T1),
+                                   ["A"], generation=2, now=T1)
+    assert ("Normal", "Ready", "Ready is True: all conditions are satisfied") in conditions.transitions(new, back)

@@ -107,7 +107,9 @@ class Standin:
 
     async def reconcile(self, key: tuple[str, str], isvc: dict[str, Any]) -> None:
         predictor = isvc["spec"].get("predictor", {})
-        spec_hash = hashlib.sha256(json.dumps(predictor, sort_keys=True).encode()).hexdigest()[:12]
+        # A traffic change alone is no new revision (as in KServe): promoting a canary keeps its process.
+        revision_spec = {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}
+        spec_hash = hashlib.sha256(json.dumps(revision_spec, sort_keys=True).encode()).hexdigest()[:12]
         revisions = self.revisions.setdefault(key, [])
         for revision in [r for r in revisions if r.proc.poll() is not None]:
             logger.warning("predictor %s exited with %s (log %s)", revision.name, revision.proc.returncode,

@@ -61,11 +61,13 @@ DEMO_PATIENTS = [
                      "vital_signs": {"heart_rate": 104, "systolic_bp": 162, "diastolic_bp": 95, "temperature": 37.0,
                                      "respiratory_rate": 20, "oxygen_saturation": 96}}),
 ]
-OPERATOR_RESYNC_SECONDS = "10"
-"""Shorter than the operator's default, so that moving the alias shows up quickly while exploring."""
+OPERATOR_RESYNC_SECONDS = "2"
+"""Much shorter than the operator's default, so that drift and alias moves show up within the demo."""
 STATE_FILE = "sandbox.json"
-DRIFT_TIMEOUT = 60.0
-"""Seconds to wait for the first drift evaluation (the operator's first resync after the deployment)."""
+DRIFT_TIMEOUT = 90.0
+"""Seconds to wait for a drift evaluation to reach the expected verdict."""
+RETRAIN_TIMEOUT = 240.0
+"""Seconds to wait for the retraining Job to be created, to train and to register the new version."""
 
 
 class SandboxError(Exception):
@@ -128,6 +130,7 @@ class Sandbox:
         self.operator_health_port = procs.free_port()
         self.model: dict[str, Any] = {}
         self.deployments: list[str] = []
+        self.new_version = ""
 
     @property
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
@@ -143,7 +146,12 @@ class Sandbox:
             ("Wait until the ModelDeployment is Ready (model resolved, runtime serving)", self.wait_deployed),
             ("Show what the operator made", self.show),
             ("Send real clinical requests with the example API keys", self.send_requests),
-            ("Show the drift evaluation (Prometheus scrapes the runtime every second)", self.show_drift),
+            ("Close the loop: evaluate drift every 5 s and apply a RetrainPolicy that retrains on drift",
+             self.apply_retrain_policy),
+            ("Send traffic from the reference population: no drift", self.send_reference_traffic),
+            ("Shift the population: drift is detected", self.send_shifted_traffic),
+            ("The RetrainPolicy retrains: a Job trains and registers a new version", self.wait_retrained),
+            ("The new version rolls out (canary first, then all traffic)", self.wait_rolled_out),
         ]
 
     # ------------------------------------------------------------------ steps
@@ -268,31 +276,100 @@ class Sandbox:
                 self.console.block(f"the audit log ({audit[-1]}, {len(lines)} records; patient ids hashed)",
                                    "\n".join(lines[:3]))
 
-    def show_drift(self) -> None:
-        """Wait for the first drift evaluation of each deployment and print what it says."""
+    def apply_retrain_policy(self) -> None:
+        # The example monitors every minute over an hour of traffic; the demo cannot wait that long.
+        patch = {"spec": {"monitoring": {"interval": "5s", "drift": {"window": "10m", "minSamples": 150}}}}
         for name in self.deployments:
-            deadline = time.monotonic() + DRIFT_TIMEOUT
-            drift: dict[str, Any] | None = None
-            while time.monotonic() < deadline:
-                md = self._get("modeldeployment", name) or {}
-                drift = next((c for c in (md.get("status") or {}).get("conditions") or []
-                              if c.get("type") == "DriftDetected"), None)
-                if drift is not None:
-                    break
-                time.sleep(0.5)
-            if drift is None:
-                self.console.say(f"      {name}: no drift evaluation within {DRIFT_TIMEOUT:.0f}s "
-                                 f"(see {self.logs / 'operator.log'})")
-                continue
-            self.console.say(f"      {name}: DriftDetected={drift.get('status')} ({drift.get('reason')}): "
-                             f"{drift.get('message')}")
+            self.console.say(f"      $ kubectl patch md {name} --type merge -p '{json.dumps(patch)}'")
+            self.emulator.kubectl("patch", "md", name, "--type", "merge", "-p", json.dumps(patch))
+        policy = self.repo / "examples" / "03-retrain-policy" / "retrain-on-drift.yaml"
+        self.console.say(f"      $ kubectl apply -f {policy.relative_to(self.repo)}")
+        self.console.say("      " + self.emulator.kubectl("apply", "-f", str(policy)).stdout.strip())
+
+    def send_reference_traffic(self) -> None:
+        self._send_population(shift=0.0, count=300, seed=101)
+        self._wait_drift("False")
+
+    def send_shifted_traffic(self) -> None:
+        self._send_population(shift=1.0, count=600, seed=202)
+        self._wait_drift("True")
         self.console.block("kubectl get md", self.emulator.kubectl("get", "md").stdout)
-        columns = ("NAME:.metadata.name,VERSION:.status.model.version,"
-                   "DRIFT:.status.conditions[?(@.type=='DriftDetected')].status,"
-                   "REASON:.status.conditions[?(@.type=='DriftDetected')].reason,"
-                   "SCORE:.status.drift.score,SAMPLES:.status.drift.samples,WINDOW:.status.drift.window")
-        self.console.block("kubectl get md -o custom-columns=NAME,VERSION,DRIFT,REASON,SCORE,SAMPLES,WINDOW",
-                           self.emulator.kubectl("get", "md", "-o", f"custom-columns={columns}").stdout)
+
+    def wait_retrained(self) -> None:
+        policy = "triage-on-drift"
+        status = self._wait_until(lambda: (self._get("retrainpolicy", policy) or {}).get("status", {}).get("lastJob"),
+                                  f"RetrainPolicy {policy} to finish a Job", RETRAIN_TIMEOUT)
+        if status.get("result") != "Succeeded":
+            raise SandboxError(f"the retraining Job {status.get('name')} failed: {status.get('reason')}")
+        self.new_version = str(status.get("modelVersion"))
+        self.console.say(f"      Job {status['name']} succeeded and registered {MODEL_NAME} version {self.new_version}")
+        self.console.block("kubectl get retrainpolicies,jobs",
+                           self.emulator.kubectl("get", "retrainpolicies,jobs").stdout)
+
+    def wait_rolled_out(self) -> None:
+        for name in self.deployments:
+            def rolled_out(name: str = name) -> dict[str, Any] | None:
+                md = self._get("modeldeployment", name) or {}
+                status = md.get("status") or {}
+                done = (status.get("model") or {}).get("version") == self.new_version and \
+                    status.get("phase") == "Ready" and "previousModel" not in status
+                return md if done else None
+
+            self._wait_until(rolled_out, f"{name} to serve version {self.new_version}", DEPLOY_TIMEOUT)
+            events = self.emulator.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}",
+                                           "--sort-by", ".metadata.creationTimestamp").stdout
+            self.console.block(f"kubectl get events --field-selector involvedObject.name={name}", events)
+        self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
+
+    def _send_population(self, *, shift: float, count: int, seed: int) -> None:
+        script = self.repo / "examples" / "training" / "train.py"
+        records = json.loads(subprocess.run(
+            [sys.executable, str(script), "--emit-records", str(count), "--shift", str(shift), "--seed", str(seed)],
+            capture_output=True, text=True, check=True, timeout=120, stdin=subprocess.DEVNULL).stdout)
+        for name in self.deployments:
+            url = (self._get("modeldeployment", name) or {})["status"]["url"]
+            headers = {"Authorization": f"Bearer {DEMO_KEYS['clinician']}"}
+            with httpx.Client(base_url=url, timeout=60) as client:
+                for start in range(0, len(records), 100):
+                    chunk = records[start:start + 100]
+                    body = {"requests": [{"patient_id": f"DEMO-{seed}-{start + i}", "clinical_data": record}
+                                         for i, record in enumerate(chunk)]}
+                    self._expect(client.post("/batch_predict", headers=headers, json=body), 200,
+                                 "POST /batch_predict")
+            self.console.say(f"      {count} predictions (population shift {shift}) sent to {name} via "
+                             "POST /batch_predict")
+
+    def _wait_drift(self, expected: str) -> None:
+        for name in self.deployments:
+            def drift(name: str = name) -> dict[str, Any] | None:
+                md = self._get("modeldeployment", name) or {}
+                condition = next((c for c in (md.get("status") or {}).get("conditions") or []
+                                  if c.get("type") == "DriftDetected"), None)
+                return condition if condition and condition.get("status") == expected else None
+
+            def last_verdict(name: str = name) -> str:
+                status = (self._get("modeldeployment", name) or {}).get("status") or {}
+                return json.dumps(status.get("drift"))
+
+            try:
+                condition = self._wait_until(drift, f"{name} to report DriftDetected={expected}", DRIFT_TIMEOUT)
+            except SandboxError as exc:
+                raise SandboxError(f"{exc}\nlast drift status: {last_verdict()}") from None
+            self.console.say(f"      {name}: DriftDetected={expected} ({condition.get('reason')}): "
+                             f"{condition.get('message')}")
+
+    def _wait_until(self, probe: Callable[[], dict[str, Any] | None], what: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.operator is not None and self.operator.poll() is not None:
+                raise SandboxError(f"the operator exited with code {self.operator.returncode}:\n"
+                                   f"{procs.log_tail(self.logs / 'operator.log')}")
+            found = probe()
+            if found:
+                return found
+            time.sleep(0.5)
+        raise SandboxError(f"timed out after {timeout:.0f}s waiting for {what}.\n"
+                           f"operator log tail:\n{procs.log_tail(self.logs / 'operator.log')}")
 
     def _expect(self, response: httpx.Response, status: int, what: str) -> None:
         if response.status_code != status:
