@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -231,6 +232,10 @@ class Sandbox:
             self.console.say(f"      {name}: {model['name']} version {model['version']} "
                              f"({model.get('uri', '')}), InferenceService {md['status']['inferenceService']}, "
                              f"phase {md['status'].get('phase', '?')}, url {md['status'].get('url')}")
+            # Prometheus' increase() cannot count what a series held at its first scrape, so traffic sent
+            # before Prometheus has found the new predictor would be invisible to drift evaluation.
+            self._wait_until(functools.partial(self._scraped, name), f"Prometheus to scrape {name}", DEPLOY_TIMEOUT)
+            self.console.say(f"      Prometheus is scraping {name}'s runtime")
 
     def show(self) -> None:
         self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
@@ -320,6 +325,15 @@ class Sandbox:
                                            "--sort-by", ".metadata.creationTimestamp").stdout
             self.console.block(f"kubectl get events --field-selector involvedObject.name={name}", events)
         self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
+
+    def _scraped(self, name: str) -> dict[str, Any] | None:
+        query = f'up{{inferenceservice="{name}"}} == 1'
+        try:
+            response = httpx.get(f"{self.prometheus.url}/api/v1/query", params={"query": query}, timeout=5)
+            result = response.json()["data"]["result"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+        return {"up": result} if result else None
 
     def _send_population(self, *, shift: float, count: int, seed: int) -> None:
         script = self.repo / "examples" / "training" / "train.py"
