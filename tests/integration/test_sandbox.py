@@ -66,6 +66,9 @@ def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
     assert "DriftDetected=False (NoDrift)" in out
     assert "DriftDetected=True (DriftDetected)" in out
     assert re.search(r"Job triage-on-drift-\S+ succeeded and registered triage-classifier version 2", out)
+    listing = out.split("$ kubectl get retrainpolicies,jobs\n", 1)[1].split("done in", 1)[0]
+    jobs = [line.split() for line in listing.splitlines() if line.startswith("job.batch/")]
+    assert len(jobs) == 1 and jobs[0][1] == "Complete"  # one trigger, one Job, however long drift persisted
     final = table_after(out.rsplit("[14/14]", 1)[1], "kubectl get medserve")
     assert ["modeldeployment.medserve.io/triage", "triage-classifier", "2", "Ready", "True"] in \
         [row[:5] for row in final[1:]]
