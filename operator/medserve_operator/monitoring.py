@@ -27,24 +27,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy as np
 import pydantic
-from medserve_runtime.modelspec import (
-    REFERENCE_PROFILE_FILE,
-    CategoricalProfile,
-    NumericProfile,
-    ReferenceProfile,
-)
 
-from medserve_operator import drift
 from medserve_operator.api import MonitoringSpec, parse_duration
 from medserve_operator.prometheus import PrometheusClient, PrometheusError, VectorSample, label_matcher
 from medserve_operator.registry import ResolvedModel
+
+if TYPE_CHECKING:
+    # numpy, scipy and the profile format load when drift is first evaluated, not with the operator: an
+    # operator that is never asked to evaluate drift stays small.
+    from medserve_runtime.modelspec import CategoricalProfile, NumericProfile, ReferenceProfile
+
+    from medserve_operator import drift
+
+    FeatureProfile = NumericProfile | CategoricalProfile
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ handful would flip the deployment to Degraded on noise."""
 ARTIFACT_FOLDER = "model"
 """Where the training job logs a version's files inside its run (examples/training: ARTIFACT_PATH)."""
 
-FeatureProfile = NumericProfile | CategoricalProfile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +131,8 @@ class ProfileStore:
         cached = self._profiles.get(key)
         if cached is not None:
             return cached
+        from medserve_runtime import modelspec
+
         what = f"the reference profile of {model.name} version {model.version}"
         for url, params in artifact_locations(self.base_url, model):
             try:
@@ -142,22 +145,24 @@ class ProfileStore:
             if response.status_code >= 400:
                 raise ProfileError(f"MLflow answered {response.status_code} while fetching {what}")
             try:
-                profile = ReferenceProfile.model_validate_json(response.content)
+                profile = modelspec.ReferenceProfile.model_validate_json(response.content)
             except pydantic.ValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
                 where = ".".join(str(p) for p in first["loc"]) or "(root)"
-                raise InvalidProfile(f"{what} is not a valid {REFERENCE_PROFILE_FILE}: {where}: {first['msg']}") \
+                raise InvalidProfile(f"{what} is not a valid {modelspec.REFERENCE_PROFILE_FILE}: {where}: "
+                                     f"{first['msg']}") \
                     from exc
             self._profiles[key] = profile
             return profile
-        raise ProfileError(f"{what} was not found in MLflow ({REFERENCE_PROFILE_FILE} beside source "
+        raise ProfileError(f"{what} was not found in MLflow ({modelspec.REFERENCE_PROFILE_FILE} beside source "
                            f"{model.source or '(none)'}, run {model.run_id or '(none)'})")
 
 
 def artifact_locations(base_url: str, model: ResolvedModel) -> list[tuple[str, dict[str, str]]]:
     """The (url, query params) pairs to try, in order, for a version's reference profile."""
+    from medserve_runtime.modelspec import REFERENCE_PROFILE_FILE as file
+
     base_url = base_url.rstrip("/")
-    file = REFERENCE_PROFILE_FILE
     found: list[tuple[str, dict[str, str]]] = []
     source = model.source or ""
     parsed = urllib.parse.urlparse(source)
@@ -206,6 +211,8 @@ def feedback_query(*, deployment: str, namespace: str, version: str, window: str
 
 def select_features(profile: ReferenceProfile, names: Sequence[str]) -> list[FeatureProfile]:
     """The profile features to judge: all when `names` is empty, else those named (each must exist)."""
+    from medserve_operator import drift
+
     if not names:
         return list(profile.features)
     known = {f.name: f for f in profile.features}
@@ -223,6 +230,10 @@ def window_counts(features: Sequence[FeatureProfile], buckets: Sequence[VectorSa
     Raises DriftDataError (naming the feature) when the buckets do not fit the profile, e.g. a histogram
     exported with another version's edges.
     """
+    from medserve_runtime.modelspec import NumericProfile
+
+    from medserve_operator import drift
+
     cumulative: dict[str, dict[str, float]] = {}
     for sample in buckets:
         feature, le = sample.labels.get("feature"), sample.labels.get("le")
@@ -253,6 +264,8 @@ def accuracy_from(samples: Sequence[VectorSample]) -> Accuracy:
 def judge_window(profile: ReferenceProfile, spec: MonitoringSpec, buckets: Sequence[VectorSample],
                  categories: Sequence[VectorSample]) -> drift.DriftResult:
     """The drift decision for one window's query results against `profile` (pure)."""
+    from medserve_operator import drift
+
     d = spec.drift
     features = select_features(profile, d.features)
     counts = window_counts(features, buckets, categories)
@@ -331,7 +344,7 @@ class Monitor:
             return {"drift_problem": _problem(exc)}
         try:
             return {"drift": judge_window(profile, spec, buckets, categories)}
-        except (drift.DriftDataError, ValueError) as exc:
+        except ValueError as exc:  # drift.DriftDataError among them
             return {"drift_problem": Problem("InvalidDriftData", str(exc))}
 
 
@@ -349,4 +362,4 @@ def _regex_escape(value: str) -> str:
 
 def finite(value: float | None) -> float | None:
     """A float fit for JSON status (NaN and infinities become None)."""
-    return float(value) if value is not None and bool(np.isfinite(value)) else None
+    return float(value) if value is not None and math.isfinite(value) else None
