@@ -625,7 +625,7 @@ class MetricSpec(ApiModel):
         min_length=1,
         max_length=4096,
         description="PromQL query giving the metric per arm, required when source is promql; may use the "
-        "{arm_version} and {arm_model} placeholders.",
+        "{arm_version} and {arm_model} template fields, filled in per arm.",
     )
     kind: Literal["proportion", "mean"] = Field(
         default="proportion", description="Whether the metric is a proportion (0..1 outcomes) or a mean."
