@@ -343,8 +343,10 @@ def _monitoring_conditions(status: dict[str, Any], conds: list[dict[str, Any]], 
     result = evaluation.drift
     if result is not None:
         drift_status: dict[str, Any] = {
-            "statistic": result.statistic, "score": _rounded(monitoring.finite(result.score), 4),
-            "pValue": _rounded(monitoring.finite(result.p_value), 6, significant=True), "driftedFeatures": list(result.drifted_features),
+            "statistic": result.statistic,
+            "score": _rounded(monitoring.finite(result.score), 4),
+            "pValue": _rounded(monitoring.finite(result.p_value), 6, significant=True),
+            "driftedFeatures": list(result.drifted_features),
             "window": evaluation.window, "evaluatedAt": evaluation.evaluated_at, "samples": result.samples}
         status["drift"] = {k: v for k, v in drift_status.items() if v is not None}
         drift_condition: dict[str, tuple[conditions.ConditionStatus, str]] = {
