@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -267,20 +266,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        kube = KubeClient.from_environment(str(args.kubeconfig))
-        logger.info("Job stand-in watching %s", args.kubeconfig)
-        try:
-            await JobStandin(kube, args.workdir, args.cwd.resolve(), mlflow_uri=args.mlflow_uri,
-                             backoff_base=args.backoff_seconds).run(stop)
-        finally:
-            await kube.aclose()
-
-    asyncio.run(serve())
+    procs.run_controller(args.kubeconfig, f"Job stand-in watching {args.kubeconfig}",
+                         lambda kube: JobStandin(kube, args.workdir, args.cwd.resolve(), mlflow_uri=args.mlflow_uri,
+                                                backoff_base=args.backoff_seconds))
     return 0
 
 

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -241,19 +240,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        kube = KubeClient.from_environment(str(args.kubeconfig))
-        logger.info("KServe stand-in watching %s", args.kubeconfig)
-        try:
-            await Standin(kube, args.workdir, mlflow_uri=args.mlflow_uri).run(stop)
-        finally:
-            await kube.aclose()
-
-    asyncio.run(serve())
+    procs.run_controller(args.kubeconfig, f"KServe stand-in watching {args.kubeconfig}",
+                         lambda kube: Standin(kube, args.workdir, mlflow_uri=args.mlflow_uri))
     return 0
 
 

@@ -7,6 +7,7 @@ child also stops whatever it spawned (MLflow's server forks uvicorn workers).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -16,8 +17,12 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
 
 import httpx
+
+from medserve_operator.kube import KubeClient
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +126,107 @@ def http_ok(url: str, *, timeout: float = 2.0) -> bool:
         return httpx.get(url, timeout=timeout).is_success
     except httpx.HTTPError:
         return False
+
+
+class LoopbackServer:
+    """A server process on 127.0.0.1 with a health URL: `with Server(workdir) as s: s.url`.
+
+    Subclasses name the server, its command and its health path, and may prepare files or an
+    environment in `prepare()`. `port=None` picks a free port; a restart (`stop()` then `start()`) keeps
+    the port and whatever the server keeps in `workdir`.
+    """
+
+    name = "server"
+    health_path = "/"
+    default_log = "server.log"
+
+    def __init__(self, workdir: Path, *, port: int | None = None, log_path: Path | None = None,
+                 startup_timeout: float = 120.0) -> None:
+        # 120 s: a first MLflow start migrates a fresh SQLite database, slow on a busy machine.
+        self.workdir = Path(workdir).resolve()
+        self.port = port or free_port()
+        self.log_path = log_path or self.workdir / self.default_log
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self) -> list[str]:
+        raise TypeError(f"{type(self).__name__} must define command()")
+
+    def prepare(self) -> Mapping[str, str] | None:
+        """Write what the server needs before it starts; return its environment (None: inherit ours)."""
+        return None
+
+    def start(self) -> Self:
+        """Start the server and block until it is healthy; raises ProcessStartError with the log tail."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> Self:
+        """Start the process without waiting (call `wait_ready` later), so a caller can start other things."""
+        if self.running:
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = self.prepare()
+        logger.info("starting %s on %s (log %s)", self.name, self.url, self.log_path)
+        self._proc = spawn(self.command(), log_path=self.log_path, env=env, cwd=self.workdir)
+        return self
+
+    def wait_ready(self) -> Self:
+        """Block until the health URL answers; on failure stop the process and raise ProcessStartError."""
+        if self._proc is None:
+            raise RuntimeError(f"{type(self).__name__}.wait_ready() before launch()")
+        try:
+            wait_until(lambda: http_ok(f"{self.url}{self.health_path}"), proc=self._proc, log_path=self.log_path,
+                       what=f"{self.name} on port {self.port}", timeout=self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); what it keeps in `workdir` stays."""
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class Controller(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+def run_controller(kubeconfig: Path, banner: str, make: Callable[[KubeClient], Controller]) -> None:
+    """Run a sandbox stand-in controller against the emulator until SIGTERM or SIGINT.
+
+    `banner` is logged once the client exists; the sandbox waits for that line before going on.
+    """
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        kube = KubeClient.from_environment(str(kubeconfig))
+        logger.info("%s", banner)
+        try:
+            await make(kube).run(stop)
+        finally:
+            await kube.aclose()
+
+    asyncio.run(serve())

@@ -13,19 +13,13 @@ its data, which is how a test takes Prometheus down and brings it back.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-import subprocess
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
 from medserve_operator.sandbox import procs
 
-logger = logging.getLogger(__name__)
-
-STARTUP_TIMEOUT = 60.0
 TARGETS_FILE = "targets.json"
 SCRAPE_INTERVAL = "1s"
 JOB_NAME = "medserve-runtime"
@@ -67,23 +61,15 @@ def write_targets(path: Path, targets: list[tuple[str, dict[str, str]]]) -> None
     tmp.replace(path)  # a rename: Prometheus never reads a half-written file
 
 
-class PrometheusServer:
+class PrometheusServer(procs.LoopbackServer):
     """`with PrometheusServer(workdir) as prom: prom.url` — a running server, stopped on exit.
 
     `port=None` picks a free port; a restart (`stop()` then `start()`) keeps the port and the data.
     """
 
-    def __init__(self, workdir: Path, *, port: int | None = None, log_path: Path | None = None,
-                 startup_timeout: float = STARTUP_TIMEOUT) -> None:
-        self.workdir = Path(workdir).resolve()
-        self.port = port or procs.free_port()
-        self.log_path = log_path or self.workdir / "prometheus.log"
-        self.startup_timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    name = "Prometheus"
+    health_path = "/-/ready"
+    default_log = "prometheus.log"
 
     @property
     def targets_file(self) -> Path:
@@ -92,14 +78,6 @@ class PrometheusServer:
     @property
     def config_file(self) -> Path:
         return self.workdir / "prometheus.yml"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
         return [
@@ -111,43 +89,8 @@ class PrometheusServer:
             "--log.level=warn",
         ]
 
-    def start(self) -> PrometheusServer:
-        """Start the server and block until `/-/ready` answers; raises ProcessStartError with the log tail."""
-        return self.launch().wait_ready()
-
-    def launch(self) -> PrometheusServer:
-        """Start the process without waiting (call `wait_ready` later)."""
-        if self.running:
-            return self
-        command = self.command()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def prepare(self) -> None:
         self.config_file.write_text(yaml.safe_dump(render_config(self.targets_file), sort_keys=False))
         if not self.targets_file.exists():
             write_targets(self.targets_file, [])
-        logger.info("starting Prometheus on %s (log %s)", self.url, self.log_path)
-        self._proc = procs.spawn(command, log_path=self.log_path, cwd=self.workdir)
-        return self
-
-    def wait_ready(self) -> PrometheusServer:
-        if self._proc is None:
-            raise RuntimeError("PrometheusServer.wait_ready() before launch()")
-        try:
-            procs.wait_until(lambda: procs.http_ok(f"{self.url}/-/ready"), proc=self._proc, log_path=self.log_path,
-                             what=f"Prometheus on port {self.port}", timeout=self.startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL); its data stays in `workdir`."""
-        if self._proc is not None:
-            procs.stop(self._proc)
-            self._proc = None
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        return None
