@@ -13,7 +13,6 @@ answers); accuracy below `monitoring.alerts.minAccuracy` is, through Degraded.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -25,6 +24,7 @@ from medserve_operator import GROUP, VERSION, conditions, monitoring, render
 from medserve_operator.api import ModelDeploymentSpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import ApiError, KubeClient, merge_patch
+from medserve_operator.memory import ObjectMemory
 from medserve_operator.monitoring import Evaluation, Monitor
 from medserve_operator.registry import MlflowRegistry, ModelNotFound, RegistryError, ResolvedModel
 
@@ -44,21 +44,14 @@ class Runtime:
     registry: MlflowRegistry
     monitor: Monitor | None = None
     """Drift and accuracy from Prometheus; None when no Prometheus is configured."""
-    locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    memory: ObjectMemory = dataclasses.field(default_factory=ObjectMemory)
     last_resolution: dict[str, float] = dataclasses.field(default_factory=dict)
     last_evaluation: dict[str, float] = dataclasses.field(default_factory=dict)
-    statuses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """The status this process last wrote, per uid. The operator is the only writer of a ModelDeployment's
-    status, so this is never older than the status in a body handed over by a timer or a watch event."""
-
-    def lock(self, uid: str) -> asyncio.Lock:
-        return self.locks.setdefault(uid, asyncio.Lock())
 
     def forget(self, uid: str) -> None:
-        self.locks.pop(uid, None)
+        self.memory.forget(uid)
         self.last_resolution.pop(uid, None)
         self.last_evaluation.pop(uid, None)
-        self.statuses.pop(uid, None)
 
 
 @dataclasses.dataclass
@@ -85,10 +78,10 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     outcome = Outcome()
-    async with rt.lock(uid):
+    async with rt.memory.lock(uid):
         # A body handed over by a timer may predate our last status write; decisions (is a canary running?
         # which version is pinned?) are made on the status as last written.
-        status = dict(rt.statuses.get(uid) or body.get("status") or {})
+        status = rt.memory.status(uid, body)
         try:
             spec = parse_spec("ModelDeployment", dict(body.get("spec") or {}))
             assert isinstance(spec, ModelDeploymentSpec)
@@ -412,7 +405,7 @@ async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], current: 
         patch["drift"] = merge_patch(current["drift"], patch["drift"])
     await rt.kube.patch(MD_API, MD_PLURAL, meta["namespace"], meta["name"],
                         {"status": patch}, subresource="status")
-    rt.statuses[meta["uid"]] = new
+    rt.memory.remember(meta["uid"], new)
     outcome.events.extend(conditions.transitions(current.get("conditions"), new.get("conditions")))
 
 

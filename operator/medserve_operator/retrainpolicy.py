@@ -26,7 +26,6 @@ reconciler then rolls it out as a canary); `manual` only records it (Event `NewV
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import logging
@@ -41,6 +40,7 @@ from medserve_operator import GROUP, VERSION, conditions, render
 from medserve_operator.api import RetrainPolicySpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import ApiError, KubeClient, merge_patch
+from medserve_operator.memory import ObjectMemory
 from medserve_operator.prometheus import PrometheusError
 from medserve_operator.registry import MlflowRegistry, RegistryError
 
@@ -117,16 +117,7 @@ class Runtime:
     registry: MlflowRegistry
     query_value: QueryValue | None
     """None when no Prometheus is configured: the performance and query triggers cannot be evaluated."""
-    locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
-    statuses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """The status this process last wrote, per uid (the operator is the only writer of a policy's status)."""
-
-    def lock(self, uid: str) -> asyncio.Lock:
-        return self.locks.setdefault(uid, asyncio.Lock())
-
-    def forget(self, uid: str) -> None:
-        self.locks.pop(uid, None)
-        self.statuses.pop(uid, None)
+    memory: ObjectMemory = dataclasses.field(default_factory=ObjectMemory)
 
 
 @dataclasses.dataclass
@@ -155,8 +146,8 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: Logge
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     outcome = Outcome(now=datetime.datetime.now(datetime.UTC).replace(microsecond=0))
-    async with rt.lock(uid):
-        status = dict(rt.statuses.get(uid) or body.get("status") or {})
+    async with rt.memory.lock(uid):
+        status = rt.memory.status(uid, body)
         try:
             spec = parse_spec("RetrainPolicy", dict(body.get("spec") or {}))
             assert isinstance(spec, RetrainPolicySpec)
@@ -495,7 +486,7 @@ async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], current: 
         return
     await rt.kube.patch(MEDSERVE_API, RTP_PLURAL, meta["namespace"], meta["name"],
                         {"status": merge_patch(current, new)}, subresource="status")
-    rt.statuses[meta["uid"]] = new
+    rt.memory.remember(meta["uid"], new)
 
     def only(conds: Any) -> list[dict[str, Any]]:
         return [c for c in conds or [] if c.get("type") in TRIGGER_CONDITIONS]
@@ -522,7 +513,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.delete(*resource, optional=True, registry=registry)
     async def rtp_deleted(uid: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.retrain.forget(uid)
+        memo.retrain.memory.forget(uid)
 
     @kopf.on.event("batch", "v1", "jobs", registry=registry,
                    labels={"app.kubernetes.io/managed-by": "medserve", render.RETRAIN_POLICY_LABEL: kopf.PRESENT})

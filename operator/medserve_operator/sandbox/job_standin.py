@@ -24,9 +24,7 @@ talking to a stand-in.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -38,8 +36,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from medserve_operator.conditions import now_rfc3339
 from medserve_operator.kube import ApiError, KubeClient
@@ -75,14 +71,7 @@ class JobStandin:
         self.backoff_base = backoff_base
         self.attempts: dict[str, Attempt] = {}  # by Job uid
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sync()
-            except (ApiError, httpx.HTTPError) as exc:
-                logger.warning("sync failed, retrying: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+    async def close(self) -> None:
         for attempt in self.attempts.values():
             if attempt.proc is not None:
                 procs.stop(attempt.proc)

@@ -20,9 +20,7 @@ revision's `127.0.0.1:PORT` with the labels a Kubernetes scrape would add (`name
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -67,14 +65,7 @@ class Standin:
         self.targets_path = workdir / "prometheus" / TARGETS_FILE
         self._targets: list[tuple[str, dict[str, str]]] | None = None
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sync()
-            except (ApiError, httpx.HTTPError) as exc:
-                logger.warning("sync failed, retrying: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+    async def close(self) -> None:
         for revisions in self.revisions.values():
             for revision in revisions:
                 procs.stop(revision.proc)

@@ -22,7 +22,7 @@ from typing import Protocol, Self
 
 import httpx
 
-from medserve_operator.kube import KubeClient
+from medserve_operator.kube import ApiError, KubeClient
 
 logger = logging.getLogger(__name__)
 
@@ -209,13 +209,19 @@ class LoopbackServer:
 
 
 class Controller(Protocol):
-    async def run(self, stop: asyncio.Event) -> None: ...
+    """A sandbox stand-in: `sync()` brings the local processes in line with the API, `close()` stops them."""
+
+    async def sync(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
-def run_controller(kubeconfig: Path, banner: str, make: Callable[[KubeClient], Controller]) -> None:
-    """Run a sandbox stand-in controller against the emulator until SIGTERM or SIGINT.
+def run_controller(kubeconfig: Path, banner: str, make: Callable[[KubeClient], Controller],
+                   *, interval: float = 0.5) -> None:
+    """Run a sandbox stand-in against the emulator, syncing every `interval` s, until SIGTERM or SIGINT.
 
-    `banner` is logged once the client exists; the sandbox waits for that line before going on.
+    `banner` is logged once the client exists; the sandbox waits for that line before going on. A sync
+    that fails on the API is logged and tried again at the next tick.
     """
     async def serve() -> None:
         stop = asyncio.Event()
@@ -223,10 +229,18 @@ def run_controller(kubeconfig: Path, banner: str, make: Callable[[KubeClient], C
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         kube = KubeClient.from_environment(str(kubeconfig))
+        controller = make(kube)
         logger.info("%s", banner)
         try:
-            await make(kube).run(stop)
+            while not stop.is_set():
+                try:
+                    await controller.sync()
+                except (ApiError, httpx.HTTPError) as exc:
+                    logger.warning("sync failed, retrying: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
         finally:
+            await controller.close()
             await kube.aclose()
 
     asyncio.run(serve())
