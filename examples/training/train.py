@@ -160,9 +160,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="population shift: 0 = reference population, 1 = clearly drifted (default: 0)")
     p.add_argument("--emit-records", type=int, default=0, metavar="N",
                    help="print N records of the (shifted) population as a JSON list and exit: traffic for demos")
+    p.add_argument("--with-labels", action="store_true",
+                   help="with --emit-records: print {clinical_data, label} pairs, the label being the ground truth")
     args = p.parse_args(argv)
     if args.emit_records > 0:
-        print(json.dumps(generate(args.emit_records, seed=args.seed, shift=args.shift)[0]))
+        records, y = generate(args.emit_records, seed=args.seed, shift=args.shift)
+        if args.with_labels:
+            print(json.dumps([{"clinical_data": r, "label": LABELS[int(k)]} for r, k in zip(records, y, strict=True)]))
+        else:
+            print(json.dumps(records))
         return 0
     if args.samples < 50:
         p.error("--samples must be at least 50")

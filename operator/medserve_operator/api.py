@@ -672,7 +672,8 @@ class ConclusionSpec(ApiModel):
     """What happens when the test concludes."""
 
     promote: bool = Field(
-        default=False, description="Pin the control to the treatment's model version when the treatment wins."
+        default=False, description="Promote a winning treatment: move the control's MLflow alias to the "
+        "treatment's model version, or pin a control without an alias to it."
     )
 
 
@@ -722,6 +723,13 @@ class Estimates(ApiModel):
     )
 
 
+class ArmVersions(ApiModel):
+    """The model version each arm served when the test started: the data compared is theirs."""
+
+    control: str = Field(description="Model version of the control.")
+    treatment: str = Field(description="Model version of the treatment.")
+
+
 class ABTestStatus(ApiModel):
     """The observed state of an ABTest."""
 
@@ -731,6 +739,7 @@ class ABTestStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0, description="Last metadata.generation acted on.")
     url: str | None = Field(default=None, description="URL of the split endpoint.")
     inference_graph: str | None = Field(default=None, description="Name of the KServe InferenceGraph.")
+    model_versions: ArmVersions | None = Field(default=None, description="Model versions compared.")
     samples: ArmSamples | None = Field(default=None, description="Samples per arm.")
     estimates: Estimates | None = Field(default=None, description="Metric estimates.")
     always_valid_p_value: float | None = Field(
@@ -740,6 +749,7 @@ class ABTestStatus(ApiModel):
         default=None, description="The decision, once concluded."
     )
     started_at: Timestamp | None = Field(default=None, description="When traffic was first split.")
+    evaluated_at: Timestamp | None = Field(default=None, description="When the test was last evaluated.")
     concluded_at: Timestamp | None = Field(default=None, description="When the test concluded.")
     conditions: Conditions = Field(default_factory=list, description="Current conditions.")
 
@@ -906,6 +916,16 @@ class JobResult(ApiModel):
     finished_at: Timestamp | None = Field(default=None, description="When it finished.")
 
 
+class ABTestRecord(ApiModel):
+    """The ABTest that decides whether a retrained version is promoted (promotion strategy abtest)."""
+
+    name: str = Field(description="The ABTest.")
+    challenger: str = Field(description="The ModelDeployment serving the new version during the test.")
+    model_version: str = Field(description="The retrained model version under test.")
+    decision: str | None = Field(default=None, description="The ABTest's decision, once concluded.")
+    promoted: bool | None = Field(default=None, description="Whether the version was promoted, once decided.")
+
+
 class RetrainPolicyStatus(ApiModel):
     """The observed state of a RetrainPolicy."""
 
@@ -913,6 +933,7 @@ class RetrainPolicyStatus(ApiModel):
     last_triggered: TriggerRecord | None = Field(default=None, description="Last trigger.")
     active_job: ActiveJob | None = Field(default=None, description="Running job, if any.")
     last_job: JobResult | None = Field(default=None, description="Last finished job.")
+    ab_test: ABTestRecord | None = Field(default=None, description="ABTest of the last retrained version.")
     next_schedule_time: Timestamp | None = Field(default=None, description="Next scheduled run.")
     conditions: Conditions = Field(default_factory=list, description="Current conditions.")
 

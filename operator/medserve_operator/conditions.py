@@ -25,7 +25,20 @@ class Condition(TypedDict):
 
 def now_rfc3339() -> str:
     """The current time as Kubernetes writes it: UTC, second precision, a trailing Z."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.datetime.now(datetime.UTC))
+
+
+def rfc3339(when: datetime.datetime) -> str:
+    """`when` as Kubernetes writes times: UTC, second precision, a trailing Z."""
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime.datetime | None:
+    """A Kubernetes timestamp (RFC 3339) as an aware datetime; None when absent or malformed."""
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 def find(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:

@@ -127,8 +127,14 @@ class KubeClient:
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch turning `old` into `new` at the top level (removed keys become null)."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    """The smallest JSON merge patch (RFC 7386) turning `old` into `new`: nested objects are patched key by
+    key, removed keys become null, anything else that changed is replaced whole (lists included)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if key in old and before == value:
+            continue
+        patch[key] = merge_patch(before, value) if isinstance(before, dict) and isinstance(value, dict) else value
     patch.update({k: None for k in old if k not in new})
     return patch
 

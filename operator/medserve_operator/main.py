@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from medserve_operator import modeldeployment, retrainpolicy
+from medserve_operator import abtest, modeldeployment, retrainpolicy
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import KubeClient
 from medserve_operator.monitoring import Monitor, ProfileStore
@@ -49,6 +49,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             config=config, kube=memo.runtime.kube, registry=memo.runtime.registry,
             query_value=prometheus.value if prometheus is not None else None,
         )
+        memo.abtest = abtest.Runtime(config=config, kube=memo.runtime.kube, registry=memo.runtime.registry,
+                                     prometheus=prometheus)
         logger.info("medserve operator started: registry %s, prometheus %s, resync every %ss",
                     config.mlflow_uri, config.prometheus_url or "(none: drift is not evaluated)",
                     config.resync_seconds)
@@ -69,6 +71,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     modeldeployment.register(registry, config)
     retrainpolicy.register(registry, config)
+    abtest.register(registry, config)
     return registry
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
+
+from medserve_operator import conditions
+from medserve_operator.kube import KubeClient, merge_patch
 
 
 @dataclasses.dataclass
@@ -27,6 +30,23 @@ class ObjectMemory:
 
     def remember(self, uid: str, status: dict[str, Any]) -> None:
         self.statuses[uid] = status
+
+    async def write_status(self, kube: KubeClient, api_version: str, plural: str, body: Mapping[str, Any],
+                           current: dict[str, Any], new: dict[str, Any], *, events: list[tuple[str, str, str]],
+                           announce: Collection[str] | None = None) -> None:
+        """Patch the object's status from `current` to `new` (nothing when they are equal), remember `new`, and
+        add an Event to `events` for each condition that changed (of the types in `announce`; None: all)."""
+        if new == current:
+            return
+        meta = body["metadata"]
+        await kube.patch(api_version, plural, meta["namespace"], meta["name"], {"status": merge_patch(current, new)},
+                         subresource="status")
+        self.remember(meta["uid"], new)
+
+        def shown(conds: Any) -> list[dict[str, Any]]:
+            return [c for c in conds or [] if announce is None or c.get("type") in announce]
+
+        events.extend(conditions.transitions(shown(current.get("conditions")), shown(new.get("conditions"))))
 
     def forget(self, uid: str) -> None:
         self.locks.pop(uid, None)

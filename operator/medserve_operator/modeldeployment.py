@@ -23,7 +23,7 @@ import kopf
 from medserve_operator import GROUP, VERSION, conditions, monitoring, render
 from medserve_operator.api import ModelDeploymentSpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
-from medserve_operator.kube import ApiError, KubeClient, merge_patch
+from medserve_operator.kube import ApiError, KubeClient
 from medserve_operator.memory import ObjectMemory
 from medserve_operator.monitoring import Evaluation, Monitor
 from medserve_operator.registry import MlflowRegistry, ModelNotFound, RegistryError, ResolvedModel
@@ -396,17 +396,7 @@ async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], current: 
                         outcome: Outcome) -> None:
     meta = body["metadata"]
     new = compute_status(current, outcome, name=meta["name"], generation=int(meta.get("generation", 1)))
-    if new == current:
-        return
-    patch = merge_patch(current, new)
-    if isinstance(patch.get("drift"), dict) and isinstance(current.get("drift"), dict):
-        # A merge patch merges nested objects: a figure the new evaluation lacks (no score without data)
-        # must be nulled explicitly, or the old one would stay.
-        patch["drift"] = merge_patch(current["drift"], patch["drift"])
-    await rt.kube.patch(MD_API, MD_PLURAL, meta["namespace"], meta["name"],
-                        {"status": patch}, subresource="status")
-    rt.memory.remember(meta["uid"], new)
-    outcome.events.extend(conditions.transitions(current.get("conditions"), new.get("conditions")))
+    await rt.memory.write_status(rt.kube, MD_API, MD_PLURAL, body, current, new, events=outcome.events)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

@@ -1,4 +1,4 @@
-"""The MLflow model registry, as the operator sees it: resolve a model version or alias.
+"""The MLflow model registry, as the operator sees it: resolve a model version or alias, move an alias.
 
 Talks to MLflow's REST API with httpx rather than importing `mlflow` — the operator stays small
 (one import of mlflow costs more memory than the whole operator). Versions are immutable in MLflow,
@@ -122,10 +122,21 @@ class MlflowRegistry:
         versions = [self._parse({"model_version": mv}, alias=None) for mv in data.get("model_versions", [])]
         return sorted(versions, key=lambda mv: int(mv.version), reverse=True)
 
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `alias` of model `name` at `version` (how an ABTest promotes a winner to an aliased control)."""
+        await self._request("POST", "registered-models/alias", {"name": name, "alias": alias, "version": version},
+                            what=f"version {version} of model {name!r}")
+
     async def _get(self, endpoint: str, params: dict[str, str], *, what: str) -> dict[str, Any]:
+        return await self._request("GET", endpoint, params, what=what)
+
+    async def _request(self, method: str, endpoint: str, params: dict[str, str], *, what: str) -> dict[str, Any]:
         url = f"{self.base_url}/api/2.0/mlflow/{endpoint}"
         try:
-            response = await self._client.get(url, params=params)
+            if method == "GET":
+                response = await self._client.get(url, params=params)
+            else:
+                response = await self._client.request(method, url, json=params)
         except httpx.HTTPError as exc:
             raise RegistryUnavailable(f"MLflow at {self.base_url} is unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500:
@@ -141,7 +152,7 @@ class MlflowRegistry:
             raise ModelNotFound(f"{what} is not in the MLflow registry")
         if response.status_code >= 400:
             raise RegistryUnavailable(
-                f"MLflow rejected the lookup of {what}: {response.status_code} {body.get('error_code', '')}"
+                f"MLflow rejected the request for {what}: {response.status_code} {body.get('error_code', '')}"
             )
         return body
 

@@ -187,6 +187,50 @@ def _contains(actual: Any, desired: Any) -> bool:
     return bool(actual == desired)
 
 
+# --- A/B tests: KServe v1alpha1 InferenceGraph ------------------------------------------------------------
+
+ABTEST_LABEL = "medserve.io/abtest"
+
+
+def render_inference_graph(*, name: str, namespace: str, uid: str, control_service: str,
+                           treatment_service: str | None, treatment_percent: int) -> dict[str, Any]:
+    """A KServe InferenceGraph whose root Splitter sends `treatment_percent` of the requests to the
+    treatment's InferenceService and the rest to the control's, owned by the ABTest `name`.
+
+    `treatment_service=None` routes everything to the control (a concluded test keeps its endpoint).
+    """
+    steps: list[dict[str, Any]] = [{"name": "control", "serviceName": control_service,
+                                    "weight": 100 if treatment_service is None else 100 - treatment_percent}]
+    if treatment_service is not None:
+        steps.append({"name": "treatment", "serviceName": treatment_service, "weight": treatment_percent})
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "InferenceGraph",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, "app.kubernetes.io/name": "medserve-abtest", "app.kubernetes.io/instance": name,
+                       ABTEST_LABEL: name},
+            "annotations": {},
+            "ownerReferences": [owner_reference(kind="ABTest", name=name, uid=uid)],
+        },
+        "spec": {"nodes": {"root": {"routerType": "Splitter", "steps": steps}}},
+    }
+
+
+def owned_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
+    """Whether `actual` lacks what the operator owns in `desired`: its labels, annotations, owner and spec
+    (as a subset, since the API server may add defaults)."""
+    meta = actual.get("metadata", {})
+    for field in ("labels", "annotations"):
+        have = meta.get(field) or {}
+        if any(have.get(k) != v for k, v in desired["metadata"][field].items()):
+            return True
+    if desired["metadata"]["ownerReferences"] != meta.get("ownerReferences"):
+        return True
+    return not _contains(actual.get("spec") or {}, desired["spec"])
+
+
 # --- retraining: batch/v1 CronJob and Job ------------------------------------------------------------
 
 RETRAIN_POLICY_LABEL = "medserve.io/retrain-policy"
@@ -329,14 +373,7 @@ def cronjob_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
     The template hash catches fields removed from the policy (a subset check cannot see those), the subset
     check catches edits made to the CronJob by hand; defaults the API server adds are ignored.
     """
-    meta = actual.get("metadata", {})
-    for field in ("labels", "annotations"):
-        have = meta.get(field) or {}
-        if any(have.get(k) != v for k, v in desired["metadata"][field].items()):
-            return True
-    if desired["metadata"]["ownerReferences"] != meta.get("ownerReferences"):
-        return True
-    return not _contains(actual.get("spec") or {}, desired["spec"])
+    return owned_differs(desired, actual)
 
 
 def _spec_hash(spec: dict[str, Any]) -> str:

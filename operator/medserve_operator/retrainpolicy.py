@@ -21,7 +21,14 @@ Prometheus is configured; without it those triggers are reported as not evaluate
 
 Promotion of a new version: `direct` pins the ModelDeployment's `spec.model` to it (the ModelDeployment
 reconciler then rolls it out as a canary); `manual` only records it (Event `NewVersionAvailable`);
-`abtest` records it and sets `Promoted=False reason=AwaitingABTest`, for the ABTest controller to pick up.
+`abtest` closes the loop through an A/B test: it creates a challenger ModelDeployment on the new version
+(the champion's spec, pinned to it) and an ABTest champion vs challenger from `promotion.abTest` with
+`onConclusion.promote`, both owned by the policy, and records them in `status.abTest`
+(`Promoted=False reason=ABTestRunning`). When the ABTest has concluded and acted, the policy records the
+outcome — `Promoted=True reason=ABTestWon` (the ABTest moved the champion to the new version), or
+`Promoted=False reason=ABTestLost`/`ABTestInconclusive` with the ABTest's statistics — and removes the
+challenger. The concluded ABTest stays as the record (its graph sends all traffic to the champion). While
+an ABTest runs, no trigger starts another Job.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ import kopf
 from croniter import croniter
 
 from medserve_operator import GROUP, VERSION, conditions, render
-from medserve_operator.api import RetrainPolicySpec, SpecError, parse_duration, parse_spec
+from medserve_operator.abtest import RETRY_PROMOTION
+from medserve_operator.api import MAX_NAME_LENGTH, RetrainPolicySpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
-from medserve_operator.kube import ApiError, KubeClient, merge_patch
+from medserve_operator.kube import ApiError, KubeClient
 from medserve_operator.memory import ObjectMemory
 from medserve_operator.prometheus import PrometheusError
 from medserve_operator.registry import MlflowRegistry, RegistryError
@@ -47,8 +55,10 @@ from medserve_operator.registry import MlflowRegistry, RegistryError
 MEDSERVE_API = f"{GROUP}/{VERSION}"
 RTP_PLURAL = "retrainpolicies"
 MD_PLURAL = "modeldeployments"
+AB_PLURAL = "abtests"
 BATCH_API = "batch/v1"
 JOB_NAME_TAG = "medserve.io/job-name"
+CHALLENGER_OF_LABEL = "medserve.io/challenger-of"
 TRIGGER_CONDITIONS = ("Scheduled", "TriggersReady", "Ready")
 """Conditions whose transitions become Events; Retraining, CoolingDown and Promoted get Events of their own
 that say more (which Job, which version)."""
@@ -71,20 +81,7 @@ def next_schedule_time(schedule: str, time_zone: str | None, now: datetime.datet
     """When the CronJob next runs, as RFC 3339 UTC (pure); the schedule is read in `time_zone` (UTC if None)."""
     zone: datetime.tzinfo = zoneinfo.ZoneInfo(time_zone) if time_zone else datetime.UTC
     following = croniter(schedule, now.astimezone(zone)).get_next(datetime.datetime)
-    return rfc3339(following)
-
-
-def rfc3339(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    return conditions.rfc3339(following)
 
 
 def job_name(policy: str, reason: str, now: datetime.datetime) -> str:
@@ -138,6 +135,8 @@ class Outcome:
     """The TriggersReady condition (status, reason, message), when this reconciliation knows it."""
     job_error: str | None = None
     promoted: tuple[conditions.ConditionStatus, str, str] | None = None
+    ab_test: dict[str, Any] | None = None
+    """status.abTest, when this reconciliation started an ABTest or recorded its outcome."""
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
@@ -164,11 +163,12 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: Logge
                                               label_selector=f"{render.RETRAIN_POLICY_LABEL}={name}")
                 if not j["metadata"].get("deletionTimestamp")]
         active = [j for j in jobs if job_finish(j) is None]
-        await _record_finished(rt, spec, deployment, jobs, status, outcome, logger)
+        await _record_finished(rt, body, spec, deployment, jobs, status, outcome, logger)
+        ab_running = await _follow_abtest(rt, namespace, outcome.ab_test or status.get("abTest"), outcome)
         if active:
             newest = max(active, key=lambda j: str(j["metadata"].get("creationTimestamp", "")))
             _note_active(newest, status, outcome)
-        else:
+        elif not ab_running:
             await _evaluate_triggers(rt, body, spec, deployment, model_name, status, outcome, logger)
 
         if spec.schedule is not None and deployment is not None:
@@ -189,7 +189,8 @@ def _had_schedule(status: Mapping[str, Any]) -> bool:
     return scheduled is None or scheduled.get("reason") != "NoSchedule"
 
 
-async def _record_finished(rt: Runtime, spec: RetrainPolicySpec, deployment: dict[str, Any] | None,
+async def _record_finished(rt: Runtime, body: kopf.Body | dict[str, Any], spec: RetrainPolicySpec,
+                           deployment: dict[str, Any] | None,
                            jobs: list[dict[str, Any]], status: dict[str, Any], outcome: Outcome,
                            logger: Logger) -> None:
     """Record the newest finished Job once: its result, the version it registered, and its promotion."""
@@ -227,11 +228,12 @@ async def _record_finished(rt: Runtime, spec: RetrainPolicySpec, deployment: dic
     outcome.last_job = record
     outcome.events.append(("Normal", "RetrainingSucceeded",
                            f"Job {name} registered version {version} of model {model_name}"))
-    await _promote(rt, spec, deployment, model_name, version, name, outcome)
+    await _promote(rt, body, spec, deployment, model_name, version, name, outcome)
 
 
-async def _promote(rt: Runtime, spec: RetrainPolicySpec, deployment: dict[str, Any] | None, model_name: str,
-                   version: str, job: str, outcome: Outcome) -> None:
+async def _promote(rt: Runtime, body: kopf.Body | dict[str, Any], spec: RetrainPolicySpec,
+                   deployment: dict[str, Any] | None, model_name: str, version: str, job: str,
+                   outcome: Outcome) -> None:
     strategy, target = spec.promotion.strategy, spec.model_deployment
     if strategy == "manual":
         outcome.promoted = ("False", "ManualPromotion",
@@ -240,16 +242,12 @@ async def _promote(rt: Runtime, spec: RetrainPolicySpec, deployment: dict[str, A
         outcome.events.append(("Normal", "NewVersionAvailable",
                                f"Job {job} registered version {version} of {model_name}; promotion is manual"))
         return
-    if strategy == "abtest":
-        outcome.promoted = ("False", "AwaitingABTest",
-                            f"version {version} of {model_name} is to be compared with the current version in an "
-                            f"ABTest; the ABTest controller picks it up from status.lastJob")
-        outcome.events.append(("Normal", "NewVersionAvailable",
-                               f"Job {job} registered version {version} of {model_name}; awaiting an ABTest"))
-        return
     if deployment is None:
         outcome.promoted = ("False", "ModelDeploymentNotFound",
                             f"version {version} cannot be deployed: ModelDeployment {target} does not exist")
+        return
+    if strategy == "abtest":
+        await _start_abtest(rt, body, spec, deployment, model_name, version, outcome)
         return
     current = (deployment.get("spec") or {}).get("model") or {}
     if current.get("name") != model_name or current.get("version") != version or current.get("alias"):
@@ -261,6 +259,99 @@ async def _promote(rt: Runtime, spec: RetrainPolicySpec, deployment: dict[str, A
                         "canary)")
     outcome.events.append(("Normal", "Promoted", f"ModelDeployment {target} now deploys version {version} of "
                                                   f"{model_name} (from Job {job})"))
+
+
+def derived_name(base: str, suffix: str, limit: int) -> str:
+    """`base` + `suffix`, `base` cut so the whole fits in `limit` characters (pure)."""
+    return f"{base[:limit - len(suffix)].rstrip('-')}{suffix}"
+
+
+def render_challenger(*, policy: str, uid: str, deployment: dict[str, Any], model_name: str,
+                      version: str) -> dict[str, Any]:
+    """The challenger ModelDeployment: the champion's spec, pinned to the retrained `version` (pure)."""
+    champion = deployment["metadata"]["name"]
+    spec = dict(deployment.get("spec") or {})
+    spec["model"] = {"name": model_name, "version": version}
+    return {
+        "apiVersion": MEDSERVE_API, "kind": "ModelDeployment",
+        "metadata": {
+            "name": derived_name(champion, f"-v{version}", MAX_NAME_LENGTH["ModelDeployment"]),
+            "namespace": deployment["metadata"]["namespace"],
+            "labels": {**render.MANAGED_BY, render.RETRAIN_POLICY_LABEL: policy, CHALLENGER_OF_LABEL: champion},
+            "ownerReferences": [render.owner_reference(kind="RetrainPolicy", name=policy, uid=uid)],
+        },
+        "spec": spec,
+    }
+
+
+def render_abtest(*, policy: str, uid: str, namespace: str, spec: RetrainPolicySpec, challenger: str,
+                  version: str) -> dict[str, Any]:
+    """The ABTest champion vs challenger from `promotion.abTest`, promoting a winner (pure)."""
+    template = spec.promotion.ab_test.model_dump(by_alias=True, exclude_none=True)
+    return {
+        "apiVersion": MEDSERVE_API, "kind": "ABTest",
+        "metadata": {
+            "name": derived_name(policy, f"-v{version}", MAX_NAME_LENGTH["ABTest"]),
+            "namespace": namespace,
+            "labels": {**render.MANAGED_BY, render.RETRAIN_POLICY_LABEL: policy},
+            "ownerReferences": [render.owner_reference(kind="RetrainPolicy", name=policy, uid=uid)],
+        },
+        "spec": {"control": {"modelDeployment": spec.model_deployment}, "treatment": {"modelDeployment": challenger},
+                 **template, "onConclusion": {"promote": True}},
+    }
+
+
+async def _start_abtest(rt: Runtime, body: kopf.Body | dict[str, Any], spec: RetrainPolicySpec,
+                        deployment: dict[str, Any], model_name: str, version: str, outcome: Outcome) -> None:
+    meta = body["metadata"]
+    challenger = render_challenger(policy=meta["name"], uid=meta["uid"], deployment=deployment,
+                                   model_name=model_name, version=version)
+    name = challenger["metadata"]["name"]
+    test = render_abtest(policy=meta["name"], uid=meta["uid"], namespace=meta["namespace"], spec=spec,
+                         challenger=name, version=version)
+    try:
+        for plural, manifest in ((MD_PLURAL, challenger), (AB_PLURAL, test)):
+            try:
+                await rt.kube.create(MEDSERVE_API, plural, meta["namespace"], manifest)
+            except ApiError as exc:
+                if exc.status != 409:  # already there: an earlier reconciliation created it
+                    raise
+    except ApiError as exc:
+        outcome.promoted = ("False", "ABTestFailed", f"version {version} cannot be A/B tested: {exc}")
+        return
+    outcome.ab_test = {"name": test["metadata"]["name"], "challenger": name, "modelVersion": version}
+    outcome.promoted = ("False", "ABTestRunning",
+                        f"ABTest {test['metadata']['name']} compares version {version} of {model_name} "
+                        f"(ModelDeployment {name}) with {spec.model_deployment}")
+    outcome.events.append(("Normal", "ABTestStarted",
+                           f"created ModelDeployment {name} on version {version} and ABTest "
+                           f"{test['metadata']['name']} ({spec.model_deployment} vs {name})"))
+
+
+async def _follow_abtest(rt: Runtime, namespace: str, record: Mapping[str, Any] | None, outcome: Outcome) -> bool:
+    """Record the outcome of the policy's ABTest once it has concluded and acted; True while it runs."""
+    if not record or record.get("promoted") is not None:
+        return False
+    test = await rt.kube.get(MEDSERVE_API, AB_PLURAL, namespace, str(record["name"]))
+    test_status = (test or {}).get("status") or {}
+    acted = conditions.find(test_status.get("conditions"), "Promoted")
+    if test is not None and (acted is None or acted.get("reason") in RETRY_PROMOTION):
+        return True
+    version, decision = record.get("modelVersion"), test_status.get("decision")
+    if test is None:
+        won, reason, message = False, "ABTestDeleted", f"ABTest {record['name']} was deleted before it decided"
+    elif acted is not None and acted.get("status") == "True":
+        won, reason, message = True, "ABTestWon", f"version {version} won ABTest {record['name']}: {acted['message']}"
+    else:
+        concluded = conditions.find(test_status.get("conditions"), "Concluded") or {}
+        won, reason = False, "ABTestLost" if decision == "ControlBetter" else "ABTestInconclusive"
+        message = f"version {version} is not promoted: ABTest {record['name']} decided {concluded.get('message')}"
+    outcome.promoted = ("True" if won else "False", reason, message)
+    outcome.ab_test = {**record, "promoted": won, **({"decision": decision} if decision else {})}
+    outcome.events.append(("Normal", "Promoted" if won else "NotPromoted", message))
+    if await rt.kube.delete(MEDSERVE_API, MD_PLURAL, namespace, str(record["challenger"])):
+        outcome.events.append(("Normal", "ChallengerRemoved", f"ModelDeployment {record['challenger']} deleted"))
+    return False
 
 
 def _note_active(job: dict[str, Any], status: dict[str, Any], outcome: Outcome) -> None:
@@ -352,7 +443,7 @@ def in_cooldown(last_triggered: Mapping[str, Any] | None, cooldown: str, now: da
 
 
 def cooldown_until(last_triggered: Mapping[str, Any] | None, cooldown: str) -> datetime.datetime | None:
-    when = parse_time(str((last_triggered or {}).get("time") or ""))
+    when = conditions.parse_time(str((last_triggered or {}).get("time") or ""))
     return None if when is None else when + datetime.timedelta(seconds=parse_duration(cooldown))
 
 
@@ -370,7 +461,7 @@ async def _start_job(rt: Runtime, body: kopf.Body | dict[str, Any], spec: Retrai
         logger.warning("Cannot create Job %s: %s", name, exc)
         outcome.job_error = f"cannot create Job {name}: {exc}"
         return
-    started = str(created["metadata"].get("creationTimestamp") or rfc3339(outcome.now))
+    started = str(created["metadata"].get("creationTimestamp") or conditions.rfc3339(outcome.now))
     outcome.last_triggered = {"time": started, "reason": reason}
     outcome.active_job = {"name": name}
     outcome.active_reason = reason
@@ -404,7 +495,7 @@ async def _apply_cronjob(rt: Runtime, body: kopf.Body | dict[str, Any], spec: Re
 
 def compute_status(current: dict[str, Any], outcome: Outcome, *, generation: int) -> dict[str, Any]:
     """The new status from the current one and what this reconciliation found (pure)."""
-    now = rfc3339(outcome.now)
+    now = conditions.rfc3339(outcome.now)
     status = dict(current)
     status["observedGeneration"] = generation
     conds: list[dict[str, Any]] = list(status.get("conditions") or [])
@@ -464,12 +555,14 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, generation: int
 
     until = cooldown_until(status.get("lastTriggered"), spec.cooldown)
     if until is not None and outcome.now < until:
-        put("CoolingDown", "True", "Cooldown", f"no trigger starts a job before {rfc3339(until)}")
+        put("CoolingDown", "True", "Cooldown", f"no trigger starts a job before {conditions.rfc3339(until)}")
     else:
         put("CoolingDown", "False", "CooldownOver" if until is not None else "NeverTriggered",
             "a trigger may start a job")
     if outcome.promoted is not None:
         put("Promoted", *outcome.promoted)
+    if outcome.ab_test is not None:
+        status["abTest"] = outcome.ab_test
 
     required = ("Scheduled", "TriggersReady") if spec.schedule is not None else ("TriggersReady",)
     if spec.schedule is not None and outcome.triggers is not None and outcome.triggers[1] == "NoTriggers":
@@ -480,18 +573,9 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, generation: int
 
 async def _write_status(rt: Runtime, body: kopf.Body | dict[str, Any], current: dict[str, Any],
                         outcome: Outcome) -> None:
-    meta = body["metadata"]
-    new = compute_status(current, outcome, generation=int(meta.get("generation", 1)))
-    if new == current:
-        return
-    await rt.kube.patch(MEDSERVE_API, RTP_PLURAL, meta["namespace"], meta["name"],
-                        {"status": merge_patch(current, new)}, subresource="status")
-    rt.memory.remember(meta["uid"], new)
-
-    def only(conds: Any) -> list[dict[str, Any]]:
-        return [c for c in conds or [] if c.get("type") in TRIGGER_CONDITIONS]
-
-    outcome.events.extend(conditions.transitions(only(current.get("conditions")), only(new.get("conditions"))))
+    new = compute_status(current, outcome, generation=int(body["metadata"].get("generation", 1)))
+    await rt.memory.write_status(rt.kube, MEDSERVE_API, RTP_PLURAL, body, current, new, events=outcome.events,
+                                 announce=TRIGGER_CONDITIONS)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -517,7 +601,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.event("batch", "v1", "jobs", registry=registry,
                    labels={"app.kubernetes.io/managed-by": "medserve", render.RETRAIN_POLICY_LABEL: kopf.PRESENT})
-    async def job_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    @kopf.on.event(GROUP, VERSION, AB_PLURAL, registry=registry,
+                   labels={"app.kubernetes.io/managed-by": "medserve", render.RETRAIN_POLICY_LABEL: kopf.PRESENT})
+    async def child_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         # The label, not the owner: a Job the CronJob started is owned by the CronJob.
         rt: Runtime = memo.retrain
         policy = body.metadata.labels.get(render.RETRAIN_POLICY_LABEL)

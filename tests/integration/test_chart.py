@@ -91,8 +91,9 @@ def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
               for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
     crud = {"get", "list", "watch", "create", "update", "patch", "delete"}
     assert grants == {
-        ("medserve.io", "modeldeployments"): {"get", "list", "watch", "patch"},
-        ("medserve.io", "abtests"): {"get", "list", "watch", "patch"},
+        # A RetrainPolicy with promotion strategy abtest creates a challenger and an ABTest.
+        ("medserve.io", "modeldeployments"): {"get", "list", "watch", "patch", "create", "delete"},
+        ("medserve.io", "abtests"): {"get", "list", "watch", "patch", "create", "delete"},
         ("medserve.io", "retrainpolicies"): {"get", "list", "watch", "patch"},
         ("medserve.io", "modeldeployments/status"): {"get", "patch"},
         ("medserve.io", "abtests/status"): {"get", "patch"},

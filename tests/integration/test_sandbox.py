@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medserve_operator.sandbox.emulator import KUBECTL as DEFAULT_KUBECTL
 
-TIMEOUT = 280
+TIMEOUT = 480
 KUBECTL = shutil.which("kubectl") or DEFAULT_KUBECTL
 
 
@@ -62,17 +62,43 @@ def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
     assert "MRN-" not in audit
 
     # The loop closed: no drift on reference traffic, drift on the shifted population, a retraining Job
-    # that registered version 2, and version 2 rolled out to all traffic.
+    # that registered version 2, an A/B test of version 2 against the champion on ground-truth feedback
+    # through the splitter, version 2 promoted and rolled out to all traffic, the challenger removed.
     assert "DriftDetected=False (NoDrift)" in out
     assert "DriftDetected=True (DriftDetected)" in out
     assert re.search(r"Job triage-on-drift-\S+ succeeded and registered triage-classifier version 2", out)
     listing = out.split("$ kubectl get retrainpolicies,jobs\n", 1)[1].split("done in", 1)[0]
     jobs = [line.split() for line in listing.splitlines() if line.startswith("job.batch/")]
     assert len(jobs) == 1 and jobs[0][1] == "Complete"  # one trigger, one Job, however long drift persisted
-    final = table_after(out.rsplit("[14/14]", 1)[1], "kubectl get medserve")
+    assert "ABTest triage-on-drift-v2: triage (champion) vs triage-v2 (version 2)" in out
+    graph = out.split("$ kubectl get inferencegraph triage-on-drift-v2 -o yaml\n", 1)[1]
+    assert "routerType: Splitter" in graph and "serviceName: triage-v2" in graph
+    split = re.search(r"(\d+) predictions with their ground truth sent through the split \(control (\d+), "
+                      r"treatment (\d+)\)", out)
+    assert split and int(split[2]) > 0 and int(split[3]) > 0
+    decided = re.search(r"decision (\w+): accuracy ([\d.]+) \(version 2\) vs ([\d.]+) \(version 1\), always-valid "
+                        r"interval of the difference \[([-+][\d.]+), ([-+][\d.]+)\]", out)
+    assert decided and decided[1] == "TreatmentBetter", out[-3000:]
+    assert float(decided[4]) >= 0 and float(decided[2]) > float(decided[3])
+    assert "Promoted=True (ABTestWon)" in out and "alias champion of triage-classifier now points at version 2" in out
+    assert "the challenger triage-v2 is removed" in out
+    listing = out.rsplit("[17/18]", 1)[1].split("$ kubectl get medserve\n", 1)[1].split("done in", 1)[0]
+    final = [line.split() for line in listing.splitlines()]  # one table per kind: ABTests, MDs, policies
     assert ["modeldeployment.medserve.io/triage", "triage-classifier", "2", "Ready", "True"] in \
-        [row[:5] for row in final[1:]]
+        [row[:5] for row in final]
+    assert ["modeldeployment.medserve.io/triage-v2"] not in [row[:1] for row in final]
     assert "RolloutComplete" in out
+
+    # The timeline tells the story in order, and the report drew it.
+    timeline = out.split("$ the timeline (from the Events of the medserve objects)\n", 1)[1].split("\n\n", 1)[0]
+    story = ["DriftDetected", "RetrainingTriggered", "RetrainingSucceeded", "ABTestStarted", "ABTestConcluded",
+             "ChallengerRemoved", "RolloutComplete"]
+    firsts = [next(i for i, line in enumerate(timeline.splitlines()) if f" {reason}: " in line) for reason in story]
+    assert firsts == sorted(firsts), timeline
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert any(p["drifted"] for p in report["drift"]) and any(not p["drifted"] for p in report["drift"])
+    assert len(report["abtest"]) >= 3 and report["abtest"][-1]["low"] >= 0
 
     # Every process it started is gone, and no state claims otherwise.
     pids = [int(p) for p in re.findall(r"(?:operator|stand-in) pid (\d+)", out)]
@@ -88,12 +114,13 @@ def test_keep_leaves_it_running_until_stop(tmp_path: Path) -> None:
     assert f"export KUBECONFIG={kubeconfig}" in result.stdout
     state = json.loads((tmp_path / "sandbox.json").read_text())
     try:
-        assert set(state["pids"]) == {"operator", "kserve-standin", "job-standin", "prometheus", "mlflow", "emulator"}
+        assert set(state["pids"]) == {"operator", "kserve-standin", "job-standin", "graph-standin", "prometheus",
+                                      "mlflow", "emulator"}
         assert all(alive(pid) for pid in state["pids"].values())
         got = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "get", "md", "triage", "-o",
                               "jsonpath={.status.model.version}"], capture_output=True, text=True, timeout=60,
                              check=True)
-        assert got.stdout == "2"  # the demo ends after retraining promoted version 2
+        assert got.stdout == "2"  # the demo ends after the A/B test promoted version 2
 
         again = sandbox("--workdir", str(tmp_path))
         assert again.returncode == 1

@@ -78,3 +78,16 @@ def test_transitions_leave_ready_failures_to_the_sub_condition_and_waiting_is_no
     back = conditions.derive_ready(conditions.set_condition(new, "A", "True", "Ok", "", generation=2, now=T1),
                                    ["A"], generation=2, now=T1)
     assert ("Normal", "Ready", "Ready is True: all conditions are satisfied") in conditions.transitions(new, back)
+
+
+def test_merge_patch_is_minimal_and_nulls_nested_removals() -> None:
+    from medserve_operator.kube import merge_patch
+
+    old = {"phase": "Running", "estimates": {"control": 0.8, "difference": 0.1, "confidenceSequence": [0.0, 0.2]},
+           "url": "http://a"}
+    new = {"phase": "Running", "estimates": {"control": 0.81, "confidenceSequence": [0.01, 0.2]},
+           "samples": {"control": 3}}
+    assert merge_patch(old, new) == {"estimates": {"control": 0.81, "difference": None,
+                                                   "confidenceSequence": [0.01, 0.2]},
+                                     "samples": {"control": 3}, "url": None}
+    assert merge_patch(new, new) == {}

@@ -203,13 +203,15 @@ def test_compute_status_while_a_job_runs_and_after() -> None:
 
     finished = retrainpolicy.Outcome(now=now + datetime.timedelta(hours=7), spec=s,
                                      last_job={"name": "j1", "result": "Succeeded", "modelVersion": "4"},
-                                     promoted=("False", "AwaitingABTest", "the ABTest controller picks it up"))
+                                     promoted=("False", "ABTestRunning", "ABTest p-v4 compares version 4"),
+                                     ab_test={"name": "p-v4", "challenger": "m-v4", "modelVersion": "4"})
     after = retrainpolicy.compute_status(status, finished, generation=3)
     by_type = {c["type"]: c for c in after["conditions"]}
     assert "activeJob" not in after and after["lastJob"]["modelVersion"] == "4"
     assert by_type["Retraining"]["reason"] == "JobSucceeded"
     assert by_type["CoolingDown"]["status"] == "False"
-    assert (by_type["Promoted"]["status"], by_type["Promoted"]["reason"]) == ("False", "AwaitingABTest")
+    assert (by_type["Promoted"]["status"], by_type["Promoted"]["reason"]) == ("False", "ABTestRunning")
+    assert after["abTest"] == {"name": "p-v4", "challenger": "m-v4", "modelVersion": "4"}
 
 
 def test_compute_status_invalid_and_orphaned() -> None:

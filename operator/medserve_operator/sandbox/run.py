@@ -3,18 +3,21 @@
 It starts the Kubernetes API emulator (with crds/ installed), a real MLflow server and a real
 Prometheus (scraping every runtime process every second), trains and
 registers the example triage model (version 1, alias `champion`), starts the real operator against
-the emulator, a local stand-in for KServe's controller and the kubelet (each InferenceService runs
-as a medserve-runtime process) and one for the Job controller (each Job runs as a local process in the
-repository), applies examples/01-model-deployment/ with the real kubectl, waits
-until the ModelDeployment is Ready, sends it real clinical requests with the example API keys, and
-shows the responses, `/models` and the audit log. Then it stops everything, or with `--keep` leaves it
-running for you to explore (`medserve sandbox --stop` ends it).
+the emulator, local stand-ins for KServe's controller and the kubelet (each InferenceService runs
+as a medserve-runtime process), for KServe's InferenceGraph router (a weighted splitter) and for the Job
+controller (each Job runs as a local process in the repository), applies examples/01-model-deployment/
+with the real kubectl, waits until the ModelDeployment is Ready, sends it real clinical requests with the
+example API keys, and shows the responses, `/models` and the audit log. Then it runs the whole loop: drift
+on a shifted population, a retraining Job, an A/B test of the new version against the champion on
+ground-truth feedback, promotion of the winner; it prints the timeline from the Events and writes
+`report.png` (drift score over time, the A/B difference with its confidence sequence). Then it stops
+everything, or with `--keep` leaves it running for you to explore (`medserve sandbox --stop` ends it).
 
 All state lives under the work directory (default `.sandbox/`): `cluster/` (the kubeconfig),
 `mlflow/` (database and artifacts), `prometheus/` (its config, targets file and data), `predictors/`
 (each runtime process's files, its audit log among them), `jobs/` (one log per Job attempt), `logs/`
-(one log per process) and `sandbox.json` (the running processes, for `--stop`). Each run starts from a
-fresh cluster and registry.
+(one log per process), `report.png` (with its figures in `report.json`) and `sandbox.json` (the
+running processes, for `--stop`). Each run starts from a fresh cluster and registry.
 
 The steps are a plain list (`Sandbox.steps`) so that later features add theirs in order.
 """
@@ -22,7 +25,9 @@ The steps are a plain list (`Sandbox.steps`) so that later features add theirs i
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -43,6 +48,7 @@ from medserve_operator.sandbox import procs
 from medserve_operator.sandbox.emulator import EmulatorProcess
 from medserve_operator.sandbox.mlflow_server import MlflowServer
 from medserve_operator.sandbox.prometheus_server import PrometheusServer
+from medserve_operator.sandbox.report import Recorder, write_report
 
 MODEL_NAME = "triage-classifier"
 MODEL_ALIAS = "champion"
@@ -62,13 +68,22 @@ DEMO_PATIENTS = [
                      "vital_signs": {"heart_rate": 104, "systolic_bp": 162, "diastolic_bp": 95, "temperature": 37.0,
                                      "respiratory_rate": 20, "oxygen_saturation": 96}}),
 ]
-OPERATOR_RESYNC_SECONDS = "2"
+OPERATOR_RESYNC_SECONDS = "1"
 """Much shorter than the operator's default, so that drift and alias moves show up within the demo."""
 STATE_FILE = "sandbox.json"
 DRIFT_TIMEOUT = 90.0
 """Seconds to wait for a drift evaluation to reach the expected verdict."""
 RETRAIN_TIMEOUT = 240.0
 """Seconds to wait for the retraining Job to be created, to train and to register the new version."""
+SHIFT = 2.0
+"""The drifted population (train.py --shift); the example RetrainPolicy retrains on the same shift."""
+AB_RECORDS = 8000
+"""Most requests (each with its ground truth) sent through the A/B split before the test must have decided."""
+AB_RATE = 60
+"""Requests (each with its feedback) sent through the A/B split per second, at most."""
+AB_TIMEOUT = 180.0
+"""Seconds to wait for the ABTest to conclude once the traffic has been sent."""
+POLICY = "triage-on-drift"
 
 
 class SandboxError(Exception):
@@ -128,6 +143,9 @@ class Sandbox:
         self.operator: subprocess.Popen[bytes] | None = None
         self.standin: subprocess.Popen[bytes] | None = None
         self.job_standin: subprocess.Popen[bytes] | None = None
+        self.graph_standin: subprocess.Popen[bytes] | None = None
+        self.recorder: Recorder | None = None
+        self.abtest: dict[str, Any] = {}
         self.operator_health_port = procs.free_port()
         self.model: dict[str, Any] = {}
         self.deployments: list[str] = []
@@ -141,18 +159,26 @@ class Sandbox:
             ("Start the medserve operator against the emulator", self.start_operator),
             ("Start the local KServe stand-in (each InferenceService runs as a medserve-runtime process)",
              self.start_standin),
+            ("Start the local InferenceGraph stand-in (each ABTest's graph is a weighted splitter on its own port)",
+             self.start_graph_standin),
             ("Start the local Job stand-in (each Job runs as a local process in the repository)",
              self.start_job_standin),
             ("Apply examples/01-model-deployment/ with kubectl", self.apply_examples),
             ("Wait until the ModelDeployment is Ready (model resolved, runtime serving)", self.wait_deployed),
             ("Show what the operator made", self.show),
             ("Send real clinical requests with the example API keys", self.send_requests),
-            ("Close the loop: evaluate drift every 5 s and apply a RetrainPolicy that retrains on drift",
-             self.apply_retrain_policy),
+            ("Close the loop: evaluate drift every 5 s and apply a RetrainPolicy that retrains on drift and A/B "
+             "tests the new version", self.apply_retrain_policy),
             ("Send traffic from the reference population: no drift", self.send_reference_traffic),
             ("Shift the population: drift is detected", self.send_shifted_traffic),
             ("The RetrainPolicy retrains: a Job trains and registers a new version", self.wait_retrained),
-            ("The new version rolls out (canary first, then all traffic)", self.wait_rolled_out),
+            ("The RetrainPolicy starts an A/B test: a challenger on the new version against the champion",
+             self.wait_abtest_started),
+            ("Send the shifted population through the split with ground-truth feedback until the test decides",
+             self.run_abtest),
+            ("The winner is promoted: the champion alias moves, the new version rolls out, the challenger goes",
+             self.wait_rolled_out),
+            ("The timeline of the loop, and the report", self.report),
         ]
 
     # ------------------------------------------------------------------ steps
@@ -203,6 +229,14 @@ class Sandbox:
         procs.wait_until(lambda: "KServe stand-in watching" in log.read_text(errors="replace"), proc=self.standin,
                          log_path=log, what="KServe stand-in", timeout=60)
         self.console.say(f"      stand-in pid {self.standin.pid}, predictors under {self.workdir / 'predictors'}")
+
+    def start_graph_standin(self) -> None:
+        log = self.logs / "graph-standin.log"
+        self.graph_standin = procs.spawn([sys.executable, "-m", "medserve_operator.sandbox.graph_standin",
+                                          "--kubeconfig", str(self.emulator.kubeconfig)], log_path=log)
+        procs.wait_until(lambda: "InferenceGraph stand-in watching" in log.read_text(errors="replace"),
+                         proc=self.graph_standin, log_path=log, what="InferenceGraph stand-in", timeout=60)
+        self.console.say(f"      InferenceGraph stand-in pid {self.graph_standin.pid}")
 
     def start_job_standin(self) -> None:
         log = self.logs / "job-standin.log"
@@ -290,41 +324,136 @@ class Sandbox:
         policy = self.repo / "examples" / "03-retrain-policy" / "retrain-on-drift.yaml"
         self.console.say(f"      $ kubectl apply -f {policy.relative_to(self.repo)}")
         self.console.say("      " + self.emulator.kubectl("apply", "-f", str(policy)).stdout.strip())
+        self.recorder = Recorder(self._get_any, self.deployments[0])
+        self.recorder.start()
 
     def send_reference_traffic(self) -> None:
         self._send_population(shift=0.0, count=300, seed=101)
         self._wait_drift("False")
 
     def send_shifted_traffic(self) -> None:
-        self._send_population(shift=1.0, count=600, seed=202)
+        self._send_population(shift=SHIFT, count=600, seed=202)
         self._wait_drift("True")
+        self._mark("drift detected")
         self.console.block("kubectl get md", self.emulator.kubectl("get", "md").stdout)
 
     def wait_retrained(self) -> None:
-        policy = "triage-on-drift"
-        status = self._wait_until(lambda: (self._get("retrainpolicy", policy) or {}).get("status", {}).get("lastJob"),
-                                  f"RetrainPolicy {policy} to finish a Job", RETRAIN_TIMEOUT)
+        status = self._wait_until(lambda: (self._get("retrainpolicy", POLICY) or {}).get("status", {}).get("lastJob"),
+                                  f"RetrainPolicy {POLICY} to finish a Job", RETRAIN_TIMEOUT)
         if status.get("result") != "Succeeded":
             raise SandboxError(f"the retraining Job {status.get('name')} failed: {status.get('reason')}")
         self.new_version = str(status.get("modelVersion"))
+        self._mark(f"version {self.new_version} registered")
         self.console.say(f"      Job {status['name']} succeeded and registered {MODEL_NAME} version {self.new_version}")
         self.console.block("kubectl get retrainpolicies,jobs",
                            self.emulator.kubectl("get", "retrainpolicies,jobs").stdout)
 
-    def wait_rolled_out(self) -> None:
-        for name in self.deployments:
-            def rolled_out(name: str = name) -> dict[str, Any] | None:
-                md = self._get("modeldeployment", name) or {}
-                status = md.get("status") or {}
-                done = (status.get("model") or {}).get("version") == self.new_version and \
-                    status.get("phase") == "Ready" and "previousModel" not in status
-                return md if done else None
+    def wait_abtest_started(self) -> None:
+        record = self._wait_until(lambda: (self._get("retrainpolicy", POLICY) or {}).get("status", {}).get("abTest"),
+                                  f"RetrainPolicy {POLICY} to start an ABTest", DEPLOY_TIMEOUT)
+        name, challenger = record["name"], record["challenger"]
+        self.console.say(f"      ABTest {name}: {self.deployments[0]} (champion) vs {challenger} (version "
+                         f"{record['modelVersion']})")
+        self._wait_for(challenger)
+        self._wait_until(functools.partial(self._scraped, challenger), f"Prometheus to scrape {challenger}",
+                         DEPLOY_TIMEOUT)
+        self.abtest = self._wait_until(lambda: self._running(name), f"ABTest {name} to split traffic", DEPLOY_TIMEOUT)
+        self._mark("A/B test started")
+        self.console.say(f"      the split answers at {self.abtest['status']['url']} (InferenceGraph {name})")
+        self.console.block("kubectl get abtests,inferencegraphs,md",
+                           self.emulator.kubectl("get", "abtests,inferencegraphs,md").stdout)
+        self.console.block(f"kubectl get inferencegraph {name} -o yaml",
+                           self.emulator.kubectl("get", "inferencegraph", name, "-o", "yaml").stdout)
 
-            self._wait_until(rolled_out, f"{name} to serve version {self.new_version}", DEPLOY_TIMEOUT)
-            events = self.emulator.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}",
-                                           "--sort-by", ".metadata.creationTimestamp").stdout
-            self.console.block(f"kubectl get events --field-selector involvedObject.name={name}", events)
+    def run_abtest(self) -> None:
+        name, url = self.abtest["metadata"]["name"], self.abtest["status"]["url"]
+        script = self.repo / "examples" / "training" / "train.py"
+        labelled = json.loads(subprocess.run(
+            [sys.executable, str(script), "--emit-records", str(AB_RECORDS), "--shift", str(SHIFT), "--seed", "303",
+             "--with-labels"], capture_output=True, text=True, check=True, timeout=120,
+            stdin=subprocess.DEVNULL).stdout)
+        headers = {"Authorization": f"Bearer {DEMO_KEYS['clinician']}"}
+        arms: dict[str, int] = {}
+        sent, concluded = 0, None
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as client, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            def predict_and_feed_back(i: int) -> str:
+                response = client.post("/predict", json={"patient_id": f"AB-{i}",
+                                                         "clinical_data": labelled[i]["clinical_data"]})
+                self._expect(response, 200, "POST /predict through the split")
+                feedback = {"prediction_id": response.json()["prediction_id"], "outcome": labelled[i]["label"]}
+                self._expect(client.post("/feedback", json=feedback), 200, "POST /feedback through the split")
+                return str(response.headers.get("x-medserve-arm", "?"))
+
+            while sent < len(labelled) and concluded is None:
+                # Paced at about AB_RATE a second, so that the report shows the test's path look by look.
+                paced = time.monotonic() + 1.0
+                for arm in pool.map(predict_and_feed_back, range(sent, min(sent + AB_RATE, len(labelled)))):
+                    arms[arm] = arms.get(arm, 0) + 1
+                sent = min(sent + AB_RATE, len(labelled))
+                time.sleep(max(0.0, paced - time.monotonic()))
+                concluded = self._concluded(name)
+        self.console.say(f"      {sent} predictions with their ground truth sent through the split "
+                         f"({', '.join(f'{arm} {n}' for arm, n in sorted(arms.items()))})")
+        test = concluded or self._wait_until(lambda: self._concluded(name), f"ABTest {name} to conclude", AB_TIMEOUT)
+        self._mark("A/B test decided")
+        status = test["status"]
+        estimates = status.get("estimates") or {}
+        low, high = estimates.get("confidenceSequence") or (None, None)
+        self.console.say(f"      decision {status['decision']}: accuracy {estimates.get('treatment'):.3f} (version "
+                         f"{status['modelVersions']['treatment']}) vs {estimates.get('control'):.3f} (version "
+                         f"{status['modelVersions']['control']}), always-valid interval of the difference "
+                         f"[{low:+.3f}, {high:+.3f}], p = {status['alwaysValidPValue']:.2g}, after "
+                         f"{status['samples']['control']} + {status['samples']['treatment']} samples")
+        self.console.block("kubectl get abtests", self.emulator.kubectl("get", "abtests").stdout)
+
+    def wait_rolled_out(self) -> None:
+        name = self.deployments[0]
+
+        def rolled_out() -> dict[str, Any] | None:
+            status = (self._get("modeldeployment", name) or {}).get("status") or {}
+            done = (status.get("model") or {}).get("version") == self.new_version and \
+                status.get("phase") == "Ready" and "previousModel" not in status
+            return status if done else None
+
+        self._wait_until(rolled_out, f"{name} to serve version {self.new_version}", DEPLOY_TIMEOUT)
+        self._mark(f"version {self.new_version} promoted")
+        promoted = self._wait_until(lambda: self._condition("retrainpolicy", POLICY, "Promoted", "True"),
+                                    f"RetrainPolicy {POLICY} to record the promotion", DEPLOY_TIMEOUT)
+        self.console.say(f"      RetrainPolicy {POLICY}: Promoted=True ({promoted['reason']}): {promoted['message']}")
+        challenger = (self._get("retrainpolicy", POLICY) or {})["status"]["abTest"]["challenger"]
+        self._wait_until(lambda: {"gone": True} if self._get("modeldeployment", challenger) is None else None,
+                         f"the challenger {challenger} to be removed", DEPLOY_TIMEOUT)
+        self.console.say(f"      the challenger {challenger} is removed")
         self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
+
+    def report(self) -> None:
+        events = (self._get_any("events") or {}).get("items") or []
+        self.console.block("the timeline (from the Events of the medserve objects)", timeline(events))
+        if self.recorder is not None:
+            self.recorder.stop()
+            self.recorder.sample()
+            path = write_report(self.workdir / "report.png", self.recorder, threshold=0.1, mde=0.03,
+                                title="medserve sandbox: drift -> retrain -> A/B test -> promote")
+            self.console.say(f"\n      report: {path} ({len(self.recorder.drift)} drift evaluations, "
+                             f"{len(self.recorder.abtest)} A/B evaluations; figures in {path.with_suffix('.json')})")
+
+    def _running(self, name: str) -> dict[str, Any] | None:
+        test = self._get("abtest", name) or {}
+        return test if (test.get("status") or {}).get("phase") == "Running" and test["status"].get("url") else None
+
+    def _concluded(self, name: str) -> dict[str, Any] | None:
+        test = self._get("abtest", name) or {}
+        return test if (test.get("status") or {}).get("phase") == "Concluded" else None
+
+    def _condition(self, kind: str, name: str, type_: str, expected: str) -> dict[str, Any] | None:
+        conds = ((self._get(kind, name) or {}).get("status") or {}).get("conditions") or []
+        found = next((c for c in conds if c.get("type") == type_), None)
+        return found if found and found.get("status") == expected else None
+
+    def _mark(self, label: str) -> None:
+        if self.recorder is not None:
+            self.recorder.mark(label)
 
     def _scraped(self, name: str) -> dict[str, Any] | None:
         query = f'up{{inferenceservice="{name}"}} == 1'
@@ -392,7 +521,11 @@ class Sandbox:
     # ------------------------------------------------------------------ helpers
 
     def _get(self, kind: str, name: str) -> dict[str, Any] | None:
-        result = self.emulator.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json", check=False)
+        return self._get_any(f"{kind}/{name}")
+
+    def _get_any(self, what: str) -> dict[str, Any] | None:
+        """`kubectl get WHAT -o json` in the demo's namespace (one object, or a list), None if it fails."""
+        result = self.emulator.kubectl("get", what, "-n", NAMESPACE, "-o", "json", check=False)
         if result.returncode != 0:
             return None
         obj: dict[str, Any] = json.loads(result.stdout)
@@ -422,7 +555,8 @@ class Sandbox:
     def pids(self) -> dict[str, int]:
         found = {"operator": self.operator.pid if self.operator else None,
                  "kserve-standin": self.standin.pid if self.standin else None,
-                 "job-standin": self.job_standin.pid if self.job_standin else None, "mlflow": self.mlflow.pid,
+                 "job-standin": self.job_standin.pid if self.job_standin else None,
+                 "graph-standin": self.graph_standin.pid if self.graph_standin else None, "mlflow": self.mlflow.pid,
                  "prometheus": self.prometheus.pid,
                  "emulator": self.emulator.proc.pid if self.emulator.proc else None}
         return {name: pid for name, pid in found.items() if pid is not None}
@@ -447,6 +581,12 @@ class Sandbox:
             self.console.say("      stopping the Job stand-in and its jobs")
             procs.stop(self.job_standin, timeout=30)
             self.job_standin = None
+        if self.graph_standin is not None:
+            self.console.say("      stopping the InferenceGraph stand-in")
+            procs.stop(self.graph_standin)
+            self.graph_standin = None
+        if self.recorder is not None:
+            self.recorder.stop()
         if self.prometheus.pid is not None:
             self.console.say("      stopping Prometheus")
             self.prometheus.stop()
@@ -457,6 +597,26 @@ class Sandbox:
             self.console.say("      stopping the emulator")
             self.emulator.stop()
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+
+def timeline(events: list[dict[str, Any]]) -> str:
+    """One line per Event, oldest first, timed from the first: `+MM:SS Kind/name Reason: message` (pure)."""
+    def when(event: dict[str, Any]) -> str:
+        return str(event.get("eventTime") or event.get("firstTimestamp") or
+                   event.get("metadata", {}).get("creationTimestamp") or "")
+
+    ordered = sorted((e for e in events if when(e)), key=when)
+    if not ordered:
+        return "(no events)"
+    start = datetime.datetime.fromisoformat(when(ordered[0]).replace("Z", "+00:00"))
+    lines = []
+    for event in ordered:
+        seconds = int((datetime.datetime.fromisoformat(when(event).replace("Z", "+00:00")) - start).total_seconds())
+        target = event.get("involvedObject") or {}
+        message = " ".join(str(event.get("message", "")).split())
+        lines.append(f"+{seconds // 60:02d}:{seconds % 60:02d} {target.get('kind')}/{target.get('name')} "
+                     f"{event.get('reason')}: {message[:150]}{'...' if len(message) > 150 else ''}")
+    return "\n".join(lines)
 
 
 def prepare_workdir(workdir: Path) -> None:
@@ -498,7 +658,7 @@ def stop_kept(workdir: Path, console: Console) -> int:
         console.say(f"no sandbox is running in {workdir}")
         (workdir / STATE_FILE).unlink(missing_ok=True)
         return 0
-    for name in ("operator", "kserve-standin", "job-standin", "prometheus", "mlflow", "emulator"):
+    for name in ("operator", "kserve-standin", "job-standin", "graph-standin", "prometheus", "mlflow", "emulator"):
         pid = running.get(name)
         if pid is None:
             continue
