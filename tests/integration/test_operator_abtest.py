@@ -40,6 +40,7 @@ class FeedbackExporter:
 
     def __init__(self) -> None:
         self.rates: dict[tuple[str, str], float] = {}
+        self.latencies: dict[tuple[str, str], float] = {}
         self.counts: dict[tuple[str, str, str], int] = {}
         self.lock = threading.Lock()
         self.rng = random.Random(11)
@@ -72,6 +73,11 @@ class FeedbackExporter:
             for outcome in ("correct", "incorrect"):
                 self.counts.setdefault((model, version, outcome), 0)
 
+    def latency(self, model: str, version: str, seconds: float) -> None:
+        """Also serve a gauge `arm_latency_seconds` for the arm: `seconds`, give or take 10%."""
+        with self.lock:
+            self.latencies[(model, version)] = seconds
+
     def grow(self) -> None:
         while not self.stop.wait(0.2):
             with self.lock:
@@ -85,6 +91,9 @@ class FeedbackExporter:
             lines = ["# TYPE medserve_feedback_total counter"]
             lines += [f'medserve_feedback_total{{model="{m}",version="{v}",outcome="{o}"}} {n}'
                       for (m, v, o), n in sorted(self.counts.items())]
+            lines.append("# TYPE arm_latency_seconds gauge")
+            lines += [f'arm_latency_seconds{{model="{m}",version="{v}"}} {s * self.rng.uniform(0.9, 1.1):.6f}'
+                      for (m, v), s in sorted(self.latencies.items())]
         return "\n".join(lines) + "\n"
 
     def __enter__(self) -> FeedbackExporter:
@@ -345,3 +354,54 @@ def test_retrain_policy_abtest_strategy_keeps_the_champion_when_the_challenger_l
     wait_for(lambda: get_json(cluster, "modeldeployment", "ab-loop-v2") is None, what="the challenger removed")
     assert client.get_model_version_by_alias("ab-loop", "champion").version == "1"
     assert {"ABTestStarted", "NotPromoted", "ChallengerRemoved"} <= event_reasons(cluster, "ab-loop")
+
+
+def test_a_promql_mean_metric_decides_lower_is_better(
+        cluster: EmulatorProcess, ab_operator: OperatorProcess, mlflow_server: MlflowServer,
+        exporter: FeedbackExporter) -> None:
+    register(mlflow_server.url, "ab-lat")
+    apply_md(cluster, "ab-lat", {"name": "ab-lat", "version": "1"})
+    apply_md(cluster, "ab-lat-v2", {"name": "ab-lat", "version": "2"})
+    for name in ("ab-lat", "ab-lat-v2"):
+        serve(cluster, name)
+    exporter.latency("ab-lat", "1", 0.200)
+    exporter.latency("ab-lat-v2", "2", 0.120)
+    apply_abtest(cluster, "ab-lat", "ab-lat", "ab-lat-v2",
+                 metric={"name": "latency", "source": "promql", "kind": "mean", "higherIsBetter": False,
+                         "promql": 'max(arm_latency_seconds{model="{arm_model}",version="{arm_version}"})'},
+                 statistics={"interval": "1s", "minimumDetectableEffect": 0.02, "minSamplesPerArm": 8})
+    test = concluded(cluster, "ab-lat")
+    status = test["status"]
+    assert status["decision"] == "TreatmentBetter"  # lower latency is better
+    assert 0.1 < status["estimates"]["control"] < 0.3 and status["estimates"]["difference"] < 0
+    assert status["estimates"]["confidenceSequence"][1] < 0  # reported in the metric's own direction
+    assert min(status["samples"].values()) >= 8  # looks, one per interval
+
+
+def test_prometheus_down_is_a_condition_and_the_test_resumes(
+        cluster: EmulatorProcess, ab_operator: OperatorProcess, mlflow_server: MlflowServer,
+        exporter: FeedbackExporter, prometheus: PrometheusServer) -> None:
+    register(mlflow_server.url, "ab-outage")
+    apply_md(cluster, "ab-outage", {"name": "ab-outage", "version": "1"})
+    apply_md(cluster, "ab-outage-v2", {"name": "ab-outage", "version": "2"})
+    for name in ("ab-outage", "ab-outage-v2"):
+        serve(cluster, name)
+    exporter.arm("ab-outage", "1", 0.9)
+    exporter.arm("ab-outage-v2", "2", 0.9)
+    apply_abtest(cluster, "ab-outage", "ab-outage", "ab-outage-v2",
+                 statistics={"interval": "1s", "minSamplesPerArm": 50, "maxSamplesPerArm": 100000})
+    wait_for(lambda: condition(get(cluster, "abtest", "ab-outage"), "MetricsAvailable").get("status") == "True",
+             what="the first evaluation")
+    prometheus.stop()
+    try:
+        down = wait_for(lambda: (c := condition(get(cluster, "abtest", "ab-outage"), "MetricsAvailable"))
+                        .get("status") == "False" and c, what="MetricsAvailable=False")
+        assert down["reason"] == "PrometheusUnavailable" and "unreachable" in down["message"]
+        test = get(cluster, "abtest", "ab-outage")
+        assert test["status"]["phase"] == "Running" and condition(test, "Ready")["status"] == "False"
+        assert ab_operator.alive()
+    finally:
+        prometheus.start()
+    wait_for(lambda: condition(get(cluster, "abtest", "ab-outage"), "MetricsAvailable").get("status") == "True",
+             timeout=60, what="MetricsAvailable=True again")
+    assert "PrometheusUnavailable" in event_reasons(cluster, "ab-outage")

@@ -113,13 +113,13 @@ def write_report(path: Path, recorder: Recorder, *, threshold: float, mde: float
 
     if recorder.abtest:
         ns = [p.samples for p in recorder.abtest]
-        bottom.fill_between(ns, [p.low for p in recorder.abtest], [p.high for p in recorder.abtest], step="post",
+        bottom.fill_between(ns, [p.low for p in recorder.abtest], [p.high for p in recorder.abtest],
                             alpha=0.25, color="tab:blue", label="always-valid confidence sequence")
         bottom.plot(ns, [p.difference for p in recorder.abtest], "o-", ms=3, color="tab:blue",
                     label="difference (treatment - control)")
     bottom.axhline(0.0, color="black", lw=1)
-    for edge in (-mde, mde):
-        bottom.axhline(edge, color="0.6", ls=":", lw=1)
+    bottom.axhline(mde, color="0.6", ls=":", lw=1, label="± minimum detectable effect")
+    bottom.axhline(-mde, color="0.6", ls=":", lw=1)
     bottom.set(xlabel="samples per arm (smaller arm)", ylabel="accuracy difference",
                title="A/B test: retrained version vs champion; it stops once the band leaves 0")
     bottom.legend(loc="upper right", fontsize=8)

@@ -44,6 +44,7 @@ from typing import Any, TextIO
 import httpx
 import yaml
 
+from medserve_operator.api import ModelDeploymentSpec, RetrainPolicySpec, parse_spec
 from medserve_operator.sandbox import procs
 from medserve_operator.sandbox.emulator import EmulatorProcess
 from medserve_operator.sandbox.mlflow_server import MlflowServer
@@ -403,7 +404,7 @@ class Sandbox:
         self.console.say(f"      decision {status['decision']}: accuracy {estimates.get('treatment'):.3f} (version "
                          f"{status['modelVersions']['treatment']}) vs {estimates.get('control'):.3f} (version "
                          f"{status['modelVersions']['control']}), always-valid interval of the difference "
-                         f"[{low:+.3f}, {high:+.3f}], p = {status['alwaysValidPValue']:.2g}, after "
+                         f"[{low:+.3f}, {high:+.3f}], p = {status['alwaysValidPValue']:.3g}, after "
                          f"{status['samples']['control']} + {status['samples']['treatment']} samples")
         self.console.block("kubectl get abtests", self.emulator.kubectl("get", "abtests").stdout)
 
@@ -433,7 +434,13 @@ class Sandbox:
         if self.recorder is not None:
             self.recorder.stop()
             self.recorder.sample()
-            path = write_report(self.workdir / "report.png", self.recorder, threshold=0.1, mde=0.03,
+            # The lines drawn are the ones the operator judged by: the specs' own threshold and MDE.
+            md, rtp = self._get("modeldeployment", self.deployments[0]) or {}, self._get("retrainpolicy", POLICY) or {}
+            deployment, policy = parse_spec("ModelDeployment", md["spec"]), parse_spec("RetrainPolicy", rtp["spec"])
+            assert isinstance(deployment, ModelDeploymentSpec) and isinstance(policy, RetrainPolicySpec)
+            path = write_report(self.workdir / "report.png", self.recorder,
+                                threshold=deployment.monitoring.drift.threshold,
+                                mde=policy.promotion.ab_test.statistics.minimum_detectable_effect,
                                 title="medserve sandbox: drift -> retrain -> A/B test -> promote")
             self.console.say(f"\n      report: {path} ({len(self.recorder.drift)} drift evaluations, "
                              f"{len(self.recorder.abtest)} A/B evaluations; figures in {path.with_suffix('.json')})")
