@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from medserve_operator.sandbox.mlflow_server import MlflowServer
 from medserve_operator.sandbox.prometheus_server import TARGETS_FILE, PrometheusServer, write_targets
 from mlflow import MlflowClient
 
-pytestmark = pytest.mark.skipif(__import__("shutil").which("prometheus") is None,
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="the prometheus binary is not installed (apt-get install prometheus)")
 
 CONCLUDE = 90.0
