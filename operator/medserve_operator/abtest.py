@@ -61,6 +61,7 @@ RETRY_PROMOTION = ("PromotionFailed", "ModelDeploymentNotFound")
 """Promoted reasons after which promotion is tried again at the next reconciliation."""
 
 Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
+"""What the handlers are given to log with (kopf passes a LoggerAdapter)."""
 
 
 @dataclasses.dataclass
@@ -221,13 +222,7 @@ async def _apply_graph(rt: Runtime, body: kopf.Body | dict[str, Any], spec: ABTe
             outcome.graph = await rt.kube.create(IG_API, IG_PLURAL, namespace, desired)
             outcome.events.append(("Normal", "InferenceGraphCreated", f"InferenceGraph {name} created"))
         elif render.owned_differs(desired, current):
-            outcome.graph = await rt.kube.replace(IG_API, IG_PLURAL, namespace, {
-                **current,
-                "metadata": {**current["metadata"],
-                             "labels": {**(current["metadata"].get("labels") or {}), **desired["metadata"]["labels"]},
-                             "ownerReferences": desired["metadata"]["ownerReferences"]},
-                "spec": desired["spec"],
-            })
+            outcome.graph = await rt.kube.replace(IG_API, IG_PLURAL, namespace, render.updated(current, desired))
         else:
             outcome.graph = current
     except ApiError as exc:

@@ -216,16 +216,7 @@ async def _apply_inference_service(rt: Runtime, body: kopf.Body | dict[str, Any]
                 raise
     if not render.inference_service_differs(desired, current):
         return current
-    merged = {
-        **current,
-        "metadata": {**current["metadata"],
-                     "labels": {**(current["metadata"].get("labels") or {}), **desired["metadata"]["labels"]},
-                     "annotations": {**(current["metadata"].get("annotations") or {}),
-                                     **desired["metadata"]["annotations"]},
-                     "ownerReferences": desired["metadata"]["ownerReferences"]},
-        "spec": desired["spec"],
-    }
-    return await rt.kube.replace(ISVC_API, ISVC_PLURAL, namespace, merged)
+    return await rt.kube.replace(ISVC_API, ISVC_PLURAL, namespace, render.updated(current, desired))
 
 
 def _isvc_ready(isvc: dict[str, Any] | None) -> bool:

@@ -157,24 +157,40 @@ def render_inference_service(
     }
 
 
-def inference_service_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
-    """Whether applying `desired` would change `actual`.
+def owned_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
+    """Whether applying `desired` (a child the operator renders) would change `actual`.
 
-    Compares only what the operator owns: the spec (as a subset, since the API server may add defaults),
-    a canary setting that should be gone, our labels and annotations, and the owner reference.
+    Compares only what the operator owns: our labels and annotations, the owner reference, and the spec as a
+    subset (the API server adds defaults, which are ignored; a hand edit is put back). A field the spec no
+    longer has is caught where it matters: a CronJob carries its template hash as an annotation, and an
+    InferenceService's left-over canary setting is checked by `inference_service_differs`.
     """
-    spec = actual.get("spec") or {}
-    if not _contains(spec, desired["spec"]):
-        return True
-    if "canaryTrafficPercent" in spec.get("predictor", {}) and \
-            "canaryTrafficPercent" not in desired["spec"]["predictor"]:
-        return True
     meta = actual.get("metadata", {})
     for field in ("labels", "annotations"):
         have = meta.get(field) or {}
         if any(have.get(k) != v for k, v in desired["metadata"][field].items()):
             return True
-    return bool(desired["metadata"]["ownerReferences"] != meta.get("ownerReferences"))
+    if desired["metadata"]["ownerReferences"] != meta.get("ownerReferences"):
+        return True
+    return not _contains(actual.get("spec") or {}, desired["spec"])
+
+
+def inference_service_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
+    """`owned_differs`, and a canary setting that should be gone (a subset check cannot see a removal)."""
+    canary_left = "canaryTrafficPercent" in ((actual.get("spec") or {}).get("predictor") or {}) and \
+        "canaryTrafficPercent" not in desired["spec"]["predictor"]
+    return canary_left or owned_differs(desired, actual)
+
+
+def updated(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """`current` with what the operator owns replaced by `desired`'s: labels and annotations merged over the
+    ones others set, the owner reference and the spec replaced (what a PUT sends)."""
+    meta, want = current["metadata"], desired["metadata"]
+    return {**current,
+            "metadata": {**meta, "labels": {**(meta.get("labels") or {}), **want["labels"]},
+                         "annotations": {**(meta.get("annotations") or {}), **want["annotations"]},
+                         "ownerReferences": want["ownerReferences"]},
+            "spec": desired["spec"]}
 
 
 def _contains(actual: Any, desired: Any) -> bool:
@@ -216,19 +232,6 @@ def render_inference_graph(*, name: str, namespace: str, uid: str, control_servi
         },
         "spec": {"nodes": {"root": {"routerType": "Splitter", "steps": steps}}},
     }
-
-
-def owned_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
-    """Whether `actual` lacks what the operator owns in `desired`: its labels, annotations, owner and spec
-    (as a subset, since the API server may add defaults)."""
-    meta = actual.get("metadata", {})
-    for field in ("labels", "annotations"):
-        have = meta.get(field) or {}
-        if any(have.get(k) != v for k, v in desired["metadata"][field].items()):
-            return True
-    if desired["metadata"]["ownerReferences"] != meta.get("ownerReferences"):
-        return True
-    return not _contains(actual.get("spec") or {}, desired["spec"])
 
 
 # --- retraining: batch/v1 CronJob and Job ------------------------------------------------------------
@@ -365,15 +368,6 @@ def render_job(*, name: str, policy: str, namespace: str, uid: str, spec: Retrai
         },
         "spec": template["spec"],
     }
-
-
-def cronjob_differs(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
-    """Whether `actual` must be updated to `desired`.
-
-    The template hash catches fields removed from the policy (a subset check cannot see those), the subset
-    check catches edits made to the CronJob by hand; defaults the API server adds are ignored.
-    """
-    return owned_differs(desired, actual)
 
 
 def _spec_hash(spec: dict[str, Any]) -> str:

@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import kopf
 from croniter import croniter
 
 from medserve_operator import GROUP, VERSION, conditions, render
-from medserve_operator.abtest import RETRY_PROMOTION
+from medserve_operator.abtest import RETRY_PROMOTION, Logger
 from medserve_operator.api import MAX_NAME_LENGTH, RetrainPolicySpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import ApiError, KubeClient
@@ -66,7 +65,6 @@ that say more (which Job, which version)."""
 QueryValue = Callable[[str], Awaitable[float | None]]
 """Evaluates a PromQL instant query to one number (None: no data); raises PrometheusError when it cannot."""
 
-Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 
 def feedback_queries(deployment: str, window: str) -> tuple[str, str]:
@@ -479,16 +477,8 @@ async def _apply_cronjob(rt: Runtime, body: kopf.Body | dict[str, Any], spec: Re
         if current is None:
             await rt.kube.create(BATCH_API, "cronjobs", namespace, desired)
             outcome.events.append(("Normal", "CronJobCreated", f"CronJob {name} created: {spec.schedule!r}"))
-        elif render.cronjob_differs(desired, current):
-            await rt.kube.replace(BATCH_API, "cronjobs", namespace, {
-                **current,
-                "metadata": {**current["metadata"],
-                             "labels": {**(current["metadata"].get("labels") or {}), **desired["metadata"]["labels"]},
-                             "annotations": {**(current["metadata"].get("annotations") or {}),
-                                             **desired["metadata"]["annotations"]},
-                             "ownerReferences": desired["metadata"]["ownerReferences"]},
-                "spec": desired["spec"],
-            })
+        elif render.owned_differs(desired, current):
+            await rt.kube.replace(BATCH_API, "cronjobs", namespace, render.updated(current, desired))
     except ApiError as exc:
         outcome.cronjob_error = f"CronJob {name} could not be applied: {exc}"
 

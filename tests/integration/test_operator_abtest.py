@@ -170,6 +170,17 @@ def serve(cluster: EmulatorProcess, name: str) -> None:
         {"status": {"url": f"http://127.0.0.1:9/{name}", "conditions": [{"type": "Ready", "status": "True"}]}}))
 
 
+def two_arms(cluster: EmulatorProcess, mlflow_url: str, name: str, control: dict[str, str]) -> MlflowClient:
+    """Model `name` (versions 1 and 2), ModelDeployment `name` on `control` and `name`-v2 on version 2, both
+    served."""
+    client = register(mlflow_url, name)
+    apply_md(cluster, name, {"name": name, **control})
+    apply_md(cluster, f"{name}-v2", {"name": name, "version": "2"})
+    for deployment in (name, f"{name}-v2"):
+        serve(cluster, deployment)
+    return client
+
+
 def apply_abtest(cluster: EmulatorProcess, name: str, control: str, treatment: str, **spec: Any) -> None:
     apply(cluster, {"apiVersion": "medserve.io/v1alpha1", "kind": "ABTest",
                     "metadata": {"name": name, "namespace": "default"},
@@ -201,11 +212,7 @@ def concluded(cluster: EmulatorProcess, name: str) -> dict[str, Any]:
 
 def test_better_treatment_wins_and_the_alias_moves(cluster: EmulatorProcess, ab_operator: OperatorProcess,
                                                     mlflow_server: MlflowServer, exporter: FeedbackExporter) -> None:
-    client = register(mlflow_server.url, "ab-win")
-    apply_md(cluster, "ab-win", {"name": "ab-win", "alias": "champion"})
-    apply_md(cluster, "ab-win-v2", {"name": "ab-win", "version": "2"})
-    for name in ("ab-win", "ab-win-v2"):
-        serve(cluster, name)
+    client = two_arms(cluster, mlflow_server.url, "ab-win", {"alias": "champion"})
     exporter.arm("ab-win", "1", 0.80)
     exporter.arm("ab-win-v2", "2", 0.95)
     apply_abtest(cluster, "ab-win", "ab-win", "ab-win-v2")
@@ -249,11 +256,7 @@ def test_better_treatment_wins_and_the_alias_moves(cluster: EmulatorProcess, ab_
 def test_worse_treatment_loses_and_a_pinned_control_stays(
         cluster: EmulatorProcess, ab_operator: OperatorProcess, mlflow_server: MlflowServer,
         exporter: FeedbackExporter) -> None:
-    register(mlflow_server.url, "ab-lose")
-    apply_md(cluster, "ab-lose", {"name": "ab-lose", "version": "1"})
-    apply_md(cluster, "ab-lose-v2", {"name": "ab-lose", "version": "2"})
-    for name in ("ab-lose", "ab-lose-v2"):
-        serve(cluster, name)
+    two_arms(cluster, mlflow_server.url, "ab-lose", {"version": "1"})
     exporter.arm("ab-lose", "1", 0.95)
     exporter.arm("ab-lose-v2", "2", 0.75)
     apply_abtest(cluster, "ab-lose", "ab-lose", "ab-lose-v2")
@@ -360,11 +363,7 @@ def test_retrain_policy_abtest_strategy_keeps_the_champion_when_the_challenger_l
 def test_a_promql_mean_metric_decides_lower_is_better(
         cluster: EmulatorProcess, ab_operator: OperatorProcess, mlflow_server: MlflowServer,
         exporter: FeedbackExporter) -> None:
-    register(mlflow_server.url, "ab-lat")
-    apply_md(cluster, "ab-lat", {"name": "ab-lat", "version": "1"})
-    apply_md(cluster, "ab-lat-v2", {"name": "ab-lat", "version": "2"})
-    for name in ("ab-lat", "ab-lat-v2"):
-        serve(cluster, name)
+    two_arms(cluster, mlflow_server.url, "ab-lat", {"version": "1"})
     exporter.latency("ab-lat", "1", 0.200)
     exporter.latency("ab-lat-v2", "2", 0.120)
     apply_abtest(cluster, "ab-lat", "ab-lat", "ab-lat-v2",
@@ -382,11 +381,7 @@ def test_a_promql_mean_metric_decides_lower_is_better(
 def test_prometheus_down_is_a_condition_and_the_test_resumes(
         cluster: EmulatorProcess, ab_operator: OperatorProcess, mlflow_server: MlflowServer,
         exporter: FeedbackExporter, prometheus: PrometheusServer) -> None:
-    register(mlflow_server.url, "ab-outage")
-    apply_md(cluster, "ab-outage", {"name": "ab-outage", "version": "1"})
-    apply_md(cluster, "ab-outage-v2", {"name": "ab-outage", "version": "2"})
-    for name in ("ab-outage", "ab-outage-v2"):
-        serve(cluster, name)
+    two_arms(cluster, mlflow_server.url, "ab-outage", {"version": "1"})
     exporter.arm("ab-outage", "1", 0.9)
     exporter.arm("ab-outage-v2", "2", 0.9)
     apply_abtest(cluster, "ab-outage", "ab-outage", "ab-outage-v2",

@@ -130,15 +130,15 @@ def test_longest_names_fit() -> None:
                                          mlflow_uri="http://m"), old=None, field_validation="Strict")
 
 
-def test_cronjob_differs() -> None:
+def test_cronjob_owned_differs() -> None:
     desired = cronjob()
     actual = {**desired, "spec": {**desired["spec"], "successfulJobsHistoryLimit": 3, "extraDefault": 1}}
-    assert not render.cronjob_differs(desired, actual)
-    assert render.cronjob_differs(cronjob(suspend=True), desired)
+    assert not render.owned_differs(desired, actual)
+    assert render.owned_differs(cronjob(suspend=True), desired)
     without_zone = cronjob(spec(timeZone=None))
-    assert render.cronjob_differs(without_zone, desired)  # a removed field shows in the template hash
+    assert render.owned_differs(without_zone, desired)  # a removed field shows in the template hash
     edited = {**desired, "spec": {**desired["spec"], "schedule": "* * * * *"}}
-    assert render.cronjob_differs(desired, edited)  # a hand edit is put back
+    assert render.owned_differs(desired, edited)  # a hand edit is put back
 
 
 def test_render_cronjob_needs_a_schedule() -> None:
