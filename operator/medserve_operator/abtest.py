@@ -36,11 +36,11 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import kopf
 
-from medserve_operator import GROUP, VERSION, conditions, render, sequential
+from medserve_operator import GROUP, VERSION, conditions, render
 from medserve_operator.api import ABTestSpec, SpecError, parse_duration, parse_spec
 from medserve_operator.config import OperatorConfig
 from medserve_operator.kube import ApiError, KubeClient
@@ -48,6 +48,9 @@ from medserve_operator.memory import ObjectMemory
 from medserve_operator.monitoring import feedback_query
 from medserve_operator.prometheus import PrometheusClient, PrometheusError
 from medserve_operator.registry import MlflowRegistry, RegistryError
+
+if TYPE_CHECKING:  # numpy comes with the statistics: loaded at the first evaluation, not at start-up
+    from medserve_operator import sequential
 
 MEDSERVE_API = f"{GROUP}/{VERSION}"
 AB_PLURAL = "abtests"
@@ -240,6 +243,8 @@ async def _evaluate(rt: Runtime, namespace: str, spec: ABTestSpec, status: dict[
         outcome.metrics = ("False", "PrometheusNotConfigured",
                            "the test cannot be evaluated: the operator has no Prometheus (set MEDSERVE_PROMETHEUS_URL)")
         return
+    from medserve_operator import sequential
+
     started = conditions.parse_time(started_at) or outcome.now
     window = max(1, int((outcome.now - started).total_seconds()))
     final = window >= parse_duration(spec.max_duration)
@@ -309,6 +314,8 @@ def summary(spec: ABTestSpec, result: sequential.Evaluation, started_at: str, no
 async def arm_data(prometheus: PrometheusClient, spec: ABTestSpec, *, namespace: str, role: str, deployment: str,
                    version: str, window: int) -> sequential.ArmData:
     """One arm's sufficient statistics over the last `window` seconds, from Prometheus."""
+    from medserve_operator import sequential
+
     metric = spec.metric
     if metric.source == "feedback":
         if metric.kind != "proportion" or metric.name != "accuracy":

@@ -187,3 +187,15 @@ def test_status_figures_round_outwards_so_the_next_look_stays_valid() -> None:
     exact = sequential.Evaluation(400, 410, 0.8, 0.9, 0.1, (-0.0168, 0.0168), 0.0168, "Inconclusive", False)
     assert abtest.status_figures(exact)["alwaysValidPValue"] == 0.0168  # no spurious step up
     assert abtest.status_figures(exact)["estimates"]["confidenceSequence"] == [-0.0168, 0.0168]
+
+
+def test_the_operator_starts_without_numpy() -> None:
+    """numpy and scipy cost the operator ~20 MiB; they load with the first drift or A/B evaluation, not before."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from medserve_operator import main; from medserve_operator.config import OperatorConfig; "
+            "main.build_registry(OperatorConfig.from_env({})); "
+            "print(sorted(m for m in ('numpy', 'scipy', 'torch', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
