@@ -47,7 +47,7 @@ typecheck: $(STAMP) ## mypy --strict over medserve_operator and medserve_runtime
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest tests/unit tests/integration tests/e2e
+	$(BIN)/pytest tests
 
 crds: $(STAMP) ## regenerate crds/*.yaml (and the chart's copy) from the API models
 	$(BIN)/medserve crds

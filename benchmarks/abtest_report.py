@@ -22,8 +22,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI and the sandbox have no display
 import matplotlib.pyplot as plt
 import numpy as np
-from medserve_operator import abtestsim
-from medserve_operator.sequential import Design
+from medserve_operator.stats import abtestsim
+from medserve_operator.stats.sequential import Design
 
 HERE = Path(__file__).resolve().parent
 

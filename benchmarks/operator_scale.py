@@ -36,8 +36,8 @@ def baseline_operator() -> None:
 
     import kopf
     from medserve_operator.api import ModelDeploymentSpec, parse_spec
-    from medserve_operator.kube import KubeClient
-    from medserve_operator.render import render_inference_service
+    from medserve_operator.clients.kube import KubeClient
+    from medserve_operator.controllers.render import render_inference_service
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = kopf.OperatorRegistry()
@@ -119,8 +119,8 @@ async def apply_and_wait(server: str, n: int, timeout: float) -> float:
 
 
 def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float) -> tuple[float, float]:
-    from medserve_operator.sandbox import procs
-    from medserve_operator.sandbox.emulator import EmulatorProcess
+    from medserve_sandbox import procs
+    from medserve_sandbox.emulator import EmulatorProcess
 
     crds = sorted((REPO / "crds").glob("*.yaml"))
     with EmulatorProcess(workdir / kind, crd_paths=crds, log_path=workdir / f"{kind}-emulator.log") as cluster:
@@ -154,7 +154,7 @@ def main() -> int:
         baseline_operator()
         return 0
 
-    from medserve_operator.sandbox.mlflow_server import MlflowServer
+    from medserve_sandbox.mlflow_server import MlflowServer
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory(prefix="medserve-bench-") as tmp, MlflowServer(Path(tmp) / "mlflow") as mlflow:

@@ -75,7 +75,7 @@ def prepare_model(out: Path, hidden: list[int] | None) -> Path:
         sys.path.insert(0, str(TRAINING))
         import torch
         import trainlib  # type: ignore[import-not-found]  # examples/training, put on sys.path above
-        from medserve_runtime.modelspec import load_feature_spec, load_reference_profile
+        from medserve_contract.modelspec import load_feature_spec, load_reference_profile
 
         spec = load_feature_spec(out)
         torch.manual_seed(0)
@@ -101,14 +101,14 @@ def raw_forward_ms(model_dir: Path, row: list[float], *, calls: int = 2000) -> f
 
 
 def free_port() -> int:
-    from medserve_operator.sandbox.procs import free_port as pick
+    from medserve_sandbox.procs import free_port as pick
 
     return pick()
 
 
 @contextlib.contextmanager
 def server(cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    from medserve_operator.sandbox import procs
+    from medserve_sandbox import procs
 
     proc = procs.spawn(cmd, log_path=log, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
@@ -171,7 +171,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import train  # type: ignore[import-not-found]  # examples/training, on sys.path
 
     model_dir = args.model_dir or prepare_model(work / "model", args.hidden)
-    from medserve_runtime.modelspec import load_feature_spec
+    from medserve_contract.modelspec import load_feature_spec
 
     spec = load_feature_spec(model_dir)
     record = train.generate(1, seed=3)[0][0]

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test tier: the repository's paths and emulated clusters on loopback.
+"""Fixtures shared by every test tier: the repository's paths, emulated clusters on loopback, and the
+integration fixtures (a real MLflow server, the emulated Kubernetes API with crds/, the real operator).
 
 `emulator_factory` starts real `medserve emulator` processes (see sandbox/emulator.py) and stops them
 at the end of the test module; `widget_crd` is a small CustomResourceDefinition with printer columns,
@@ -13,10 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from medserve_operator.sandbox.emulator import EmulatorProcess
+from kit import OperatorProcess
+from medserve_sandbox.emulator import EmulatorProcess
+from medserve_sandbox.mlflow_server import MlflowServer
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_CRDS = sorted((REPO / "crds").glob("*.yaml"))
+
 KUBECTL = Path(shutil.which("kubectl") or "/usr/bin/kubectl")
 
 WIDGET_CRD = """\
@@ -87,3 +91,26 @@ def emulator_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emula
     yield start
     for emulator in started:
         emulator.stop()
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    with EmulatorProcess(workdir, crd_paths=PROJECT_CRDS, log_path=workdir / "emulator.log") as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: EmulatorProcess, mlflow_server: MlflowServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster.kubeconfig, mlflow_server.url, tmp_path_factory.mktemp("op") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import trainlib
-from medserve_runtime.modelspec import (
+from medserve_contract.modelspec import (
     CategoricalFeature,
     FeatureSpec,
     MultiHotFeature,

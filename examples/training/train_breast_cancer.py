@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import trainlib
-from medserve_runtime.modelspec import FeatureSpec, NumericFeature, build_reference_profile
+from medserve_contract.modelspec import FeatureSpec, NumericFeature, build_reference_profile
 from sklearn.datasets import load_breast_cancer
 
 MODEL_NAME = "breast-cancer-classifier"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from medserve_runtime.modelspec import (
+from medserve_contract.modelspec import (
     FeatureSpec,
     MultiHotFeature,
     NumericFeature,

@@ -27,8 +27,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-
-from medserve_runtime.modelspec import (
+from medserve_contract.modelspec import (
     FEATURE_SPEC_FILE,
     MODEL_FILE,
     REFERENCE_PROFILE_FILE,

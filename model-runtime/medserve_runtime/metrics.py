@@ -30,11 +30,10 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
+from medserve_contract.modelspec import NumericProfile, Raw, ReferenceProfile
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from medserve_runtime.modelspec import NumericProfile, Raw, ReferenceProfile
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

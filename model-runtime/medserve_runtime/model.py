@@ -28,13 +28,13 @@ import numpy.typing as npt
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from medserve_contract.modelspec import FeatureError, Raw
 
 from medserve_runtime import loader
 from medserve_runtime.batching import Arrivals, BatcherClosed, MicroBatcher
 from medserve_runtime.context import current_note
 from medserve_runtime.loader import Device, ModelBundle, Optimization
 from medserve_runtime.metrics import RuntimeMetrics
-from medserve_runtime.modelspec import FeatureError, Raw
 from medserve_runtime.stats import PredictionLog, PredictionRecord, VersionStats
 
 logger = logging.getLogger(__name__)

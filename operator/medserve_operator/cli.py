@@ -10,13 +10,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "crds": ("medserve_operator.crdgen", "write crds/*.yaml (and the chart's copy) from the API models"),
-    "validate": ("medserve_operator.validate", "check manifests offline against the API models"),
+    "crds": ("medserve_operator.tools.crdgen", "write crds/*.yaml (and the chart's copy) from the API models"),
+    "validate": ("medserve_operator.tools.validate", "check manifests offline against the API models"),
     "operator": ("medserve_operator.main", "run the operator (kopf) against the current kubeconfig"),
-    "emulator": ("medserve_operator.sandbox.emulator", "run the Kubernetes API emulator on loopback"),
-    "sandbox": ("medserve_operator.sandbox.run", "run the whole system on loopback (the demo)"),
-    "drift": ("medserve_operator.driftsim", "drift tools: `medserve drift simulate` checks the alarm rule"),
-    "abtest": ("medserve_operator.abtestsim",
+    "emulator": ("medserve_sandbox.emulator", "run the Kubernetes API emulator on loopback"),
+    "sandbox": ("medserve_sandbox.run", "run the whole system on loopback (the demo)"),
+    "drift": ("medserve_operator.stats.driftsim", "drift tools: `medserve drift simulate` checks the alarm rule"),
+    "abtest": ("medserve_operator.stats.abtestsim",
                "A/B statistics: `medserve abtest simulate` measures error rates, power, stopping time"),
     "audit": ("medserve_runtime.audit", "audit log tools: `medserve audit verify FILE` checks a hash chain"),
 }

@@ -13,12 +13,12 @@ from typing import Any
 
 import kopf
 
-from medserve_operator import abtest, modeldeployment, retrainpolicy
+from medserve_operator.clients.kube import KubeClient
+from medserve_operator.clients.mlflow import MlflowRegistry
+from medserve_operator.clients.prometheus import PrometheusClient
 from medserve_operator.config import OperatorConfig
-from medserve_operator.kube import KubeClient
-from medserve_operator.monitoring import Monitor, ProfileStore
-from medserve_operator.prometheus import PrometheusClient
-from medserve_operator.registry import MlflowRegistry
+from medserve_operator.controllers import abtest, modeldeployment, retrainpolicy
+from medserve_operator.controllers.monitoring import Monitor, ProfileStore
 
 logger = logging.getLogger("medserve.operator")
 

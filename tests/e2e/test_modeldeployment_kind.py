@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from medserve_operator.sandbox import procs
-from medserve_operator.sandbox.mlflow_server import MlflowServer
-from medserve_operator.sandbox.schemas import find_kserve_crds_dir
+from medserve_sandbox import procs
+from medserve_sandbox.mlflow_server import MlflowServer
+from medserve_sandbox.schemas import find_kserve_crds_dir
 
 pytestmark = pytest.mark.kind
 

@@ -1,0 +1,1 @@
+"""contract/medserve_contract"""

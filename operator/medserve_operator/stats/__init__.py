@@ -1,0 +1,1 @@
+"""operator/medserve_operator/stats"""

@@ -1,0 +1,117 @@
+"""The Helm chart (charts/medserve): `helm lint`, `helm template`, and every rendered object is valid Kubernetes.
+
+Runs the real `helm` binary (on PATH, or the one `make helm` / `.ci/install-tools` put into .venv/bin);
+skipped with the reason when there is none.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "charts" / "medserve"
+KUBERNETES_VERSION = "1.32.0"
+HELM = shutil.which("helm") or shutil.which("helm", path=str(Path(sys.executable).parent))
+
+pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary on PATH or in .venv/bin (run `make helm`)")
+
+
+def helm(*args: str) -> str:
+    assert HELM is not None
+    result = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def render(*values: str) -> list[dict[str, Any]]:
+    sets = [arg for value in values for arg in ("--set", value)]
+    out = helm("template", "medserve", str(CHART), "--namespace", "medserve-system", "--include-crds", *sets)
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_helm_lint() -> None:
+    out = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize("values", [
+    (),
+    ("operator.watchNamespaces={clinical,research}", "operator.logLevel=debug", "runtime.image=example/rt:1",
+     "mlflow.runtimeTrackingUri=http://mlflow:5000", "serviceAccount.create=false", "serviceAccount.name=ops"),
+], ids=["defaults", "every-option"])
+def test_every_rendered_object_is_valid(values: tuple[str, ...]) -> None:
+    objects = render(*values)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds.count("CustomResourceDefinition") == 3
+    assert {"Deployment", "ClusterRole", "ClusterRoleBinding"} <= set(kinds)
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {exc.path}: {exc.message}")
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    for crd in sorted((REPO / "crds").glob("*.yaml")):
+        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"run `make crds`: {crd.name} differs"
+
+
+def test_operator_pod_is_restricted() -> None:
+    (deployment,) = by_kind(render(), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MEDSERVE_MLFLOW_URI"].startswith("http")
+    assert env["MEDSERVE_RESYNC_SECONDS"] == "30"
+    assert pod["serviceAccountName"] == "medserve"
+
+
+def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
+    (role,) = by_kind(render(), "ClusterRole")
+    grants = {(group, resource): set(rule["verbs"])
+              for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    crud = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    assert grants == {
+        # A RetrainPolicy with promotion strategy abtest creates a challenger and an ABTest.
+        ("medserve.io", "modeldeployments"): {"get", "list", "watch", "patch", "create", "delete"},
+        ("medserve.io", "abtests"): {"get", "list", "watch", "patch", "create", "delete"},
+        ("medserve.io", "retrainpolicies"): {"get", "list", "watch", "patch"},
+        ("medserve.io", "modeldeployments/status"): {"get", "patch"},
+        ("medserve.io", "abtests/status"): {"get", "patch"},
+        ("medserve.io", "retrainpolicies/status"): {"get", "patch"},
+        ("serving.kserve.io", "inferenceservices"): crud,
+        ("serving.kserve.io", "inferencegraphs"): crud,
+        ("batch", "jobs"): crud,
+        ("batch", "cronjobs"): crud,
+        ("", "events"): {"create", "patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("", "namespaces"): {"list", "watch"},
+    }
+    (binding,) = by_kind(render(), "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "medserve", "namespace": "medserve-system"}]
+
+
+def test_watch_namespaces_become_arguments() -> None:
+    (deployment,) = by_kind(render("operator.watchNamespaces={clinical,research}"), "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=clinical" in args and "--namespace=research" in args
