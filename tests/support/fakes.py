@@ -99,8 +99,10 @@ class FakeKube:
     - list: the namespace's objects of a resource matching an equality-based label selector;
     - create: 409 AlreadyExists when the name is taken; sets uid, resourceVersion, generation 1 and
       creationTimestamp; drops `status` (set only through the status subresource);
-    - replace (PUT): 404 NotFound when missing; 409 Conflict when `metadata.resourceVersion` is given and
-      stale; keeps uid and creationTimestamp and the stored status (PUT on the main resource ignores it);
+    - replace (PUT): 404 NotFound when missing; 409 Conflict when `metadata.resourceVersion` is stale;
+      without one, 422 Invalid for a custom resource (its strategy's AllowUnconditionalUpdate is false),
+      an unconditional update for a built-in kind (Jobs, CronJobs); keeps uid, creationTimestamp and the
+      stored status (PUT on the main resource ignores it);
     - patch: an RFC 7386 JSON merge patch; `subresource="status"` changes only status, the main resource
       everything but status; 404 NotFound when missing;
     - delete: False on 404; with `cascade` (the default) the objects whose ownerReferences name the
@@ -109,6 +111,8 @@ class FakeKube:
       resourceVersion bumps on every write that changes the object.
     Every call of a writing verb is counted in `writes` (`create`, `replace`, `patch`, `patch/status`,
     `delete`), whether or not it succeeded, as an API server's audit log would count requests.
+    `before_write(verb, plural, name)`, when set, runs before each write is applied: a test plays a
+    concurrent writer there (KServe reporting status between the operator's read and its PUT).
     """
 
     def __init__(self, *, cascade: bool = True, clock: Callable[[], datetime.datetime] = _utcnow) -> None:
@@ -118,6 +122,7 @@ class FakeKube:
         """(verb, plural, name) of every write, in order."""
         self.cascade = cascade
         self.clock = clock
+        self.before_write: Callable[[str, str, str], None] | None = None
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
 
@@ -155,6 +160,10 @@ class FakeKube:
         self._count("replace", plural, name)
         stored = self._stored(api_version, plural, namespace, name)
         wanted = body["metadata"].get("resourceVersion")
+        if wanted is None and "." in api_version.split("/")[0]:
+            raise ApiError(422, "Invalid", f'{plural}.{api_version.split("/")[0]} "{name}" is invalid: '
+                                           "metadata.resourceVersion: Invalid value: 0x0: must be specified for "
+                                           "an update")
         if wanted is not None and wanted != stored["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": the object has '
                                             "been modified; please apply your changes to the latest version and "
@@ -235,6 +244,8 @@ class FakeKube:
     def _count(self, verb: str, plural: str, name: str) -> None:
         self.writes[verb] += 1
         self.log.append((verb, plural, name))
+        if self.before_write is not None:
+            self.before_write(verb, plural, name)
 
     def _stored(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
         stored = self.objects.get((api_version, plural, namespace, name))

@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
-from fakes import Clock, Events, FakeKube, FakeRegistry, kopf_events
-from medserve_operator.clients.kube import KubeClient
+from fakes import Clock, Events, FakeKube, FakePrometheus, FakeRegistry, kopf_events
+from medserve_operator.clients.kube import ApiError, KubeClient
 from medserve_operator.clients.mlflow import MlflowRegistry
+from medserve_operator.clients.prometheus import PrometheusClient
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.modeldeployment import Runtime, reconcile
+from medserve_operator.controllers.monitoring import Monitor, ProfileStore
 
 MD_API, MD = "medserve.io/v1alpha1", "modeldeployments"
 ISVC_API, ISVC = "serving.kserve.io/v1beta1", "inferenceservices"
@@ -284,3 +286,58 @@ async def test_isvc_failure_is_reported_not_ready(world: World, events: Events) 
     ready = world.condition("InferenceServiceReady")
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", "RevisionFailed", "container exited")
     assert world.status()["phase"] == "Deploying"
+
+
+async def test_a_status_report_racing_the_update_is_not_lost(world: World, events: Events) -> None:
+    """KServe writes the InferenceService's status between the operator's read and its PUT: the PUT is a 409
+    (kopf retries the handler), and the retry applies the change on the new resourceVersion."""
+    await serving(world, events)
+    world.registry.add_version(MODEL)
+    world.apply(model={"name": MODEL, "version": "2"})
+
+    def kserve_writes_first(verb: str, plural: str, name: str) -> None:
+        if (verb, plural) == ("replace", ISVC):
+            world.kube.before_write = None
+            world.kserve_reports()
+
+    world.kube.before_write = kserve_writes_first
+    with pytest.raises(ApiError) as caught:
+        await world.reconcile()
+    assert caught.value.status == 409
+    assert world.isvc()["metadata"]["labels"]["medserve.io/model-version"] == "1"
+    await world.reconcile()
+    assert world.isvc()["metadata"]["labels"]["medserve.io/model-version"] == "2"
+    assert world.status()["previousModel"]["version"] == "1"
+
+
+async def test_low_accuracy_from_prometheus_degrades_the_deployment(world: World, events: Events,
+                                                                    clock: Clock) -> None:
+    """The real Monitor over FakePrometheus (accuracy only: no reference profile is fetched)."""
+    prometheus = FakePrometheus()
+    profiles = ProfileStore("http://mlflow.fake")
+    world.rt.monitor = Monitor(cast(PrometheusClient, prometheus), profiles)
+    world.registry.add_version(MODEL)
+    world.apply(model={"name": MODEL, "version": "1"},
+                monitoring={"interval": "1m", "drift": {"enabled": False}, "alerts": {"minAccuracy": 0.8}})
+    await world.reconcile()
+    world.kserve_reports()
+    prometheus.feedback(deployment="triage", version="1", correct=60, incorrect=40)
+    await world.reconcile(periodic=True)
+    degraded = world.condition("Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "LowAccuracy")
+    assert world.status()["phase"] == "Degraded"
+    assert world.condition("Ready")["status"] == "False"
+
+    prometheus.down = True
+    clock.advance(61)
+    await world.reconcile(periodic=True)
+    degraded = world.condition("Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("Unknown", "PrometheusUnavailable")
+
+    prometheus.down = False
+    prometheus.feedback(deployment="triage", version="1", correct=95, incorrect=5)
+    clock.advance(61)
+    await world.reconcile(periodic=True)
+    assert world.condition("Degraded")["reason"] == "AccuracyOK"
+    assert world.status()["phase"] == "Ready"
+    await profiles.aclose()
