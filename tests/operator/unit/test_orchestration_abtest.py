@@ -12,15 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from fakes import Clock, Events, FakeKube, FakePrometheus, FakeRegistry, kopf_events
-from medserve_operator.clients.kube import KubeClient
-from medserve_operator.clients.mlflow import MlflowRegistry
-from medserve_operator.clients.prometheus import PrometheusClient
+from medserve_operator.clients.kube import ApiError
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.abtest import Runtime, reconcile
+
+if TYPE_CHECKING:  # only to type the fakes as the clients they stand in for
+    from medserve_operator.clients.kube import KubeClient
+    from medserve_operator.clients.mlflow import MlflowRegistry
+    from medserve_operator.clients.prometheus import PrometheusClient
 
 API = "medserve.io/v1alpha1"
 IG_API, IG = "serving.kserve.io/v1alpha1", "inferencegraphs"
@@ -52,8 +55,8 @@ class World:
             self.registry.add_version(MODEL)
         self.registry.move_alias(MODEL, "champion", "1")
         self.rt = Runtime(config=OperatorConfig(mlflow_uri="http://mlflow.fake", runtime_mlflow_uri="http://mlflow"),
-                          kube=cast(KubeClient, self.kube), registry=cast(MlflowRegistry, self.registry),
-                          prometheus=cast(PrometheusClient, self.prometheus) if prometheus else None)
+                          kube=cast("KubeClient", self.kube), registry=cast("MlflowRegistry", self.registry),
+                          prometheus=cast("PrometheusClient", self.prometheus) if prometheus else None)
 
     def arm(self, name: str, *, version: str | None, model: dict[str, Any] | None = None,
             service: bool = True) -> None:
@@ -274,3 +277,57 @@ async def test_invalid_spec_fails_without_child_writes(world: World, events: Eve
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert world.status()["phase"] == "Failed"
     assert world.kube.writes == {"patch/status": 1}
+
+
+async def test_an_arm_changing_version_pauses_the_test(world: World, events: Events, clock: Clock) -> None:
+    await running(world, events)
+    world.feedback((40, 10), (45, 5))
+    await world.reconcile()
+    world.arm("triage-v2", version="3")  # its ModelDeployment moved on to another version
+    clock.advance(61)
+    asked = len(world.prometheus.queries)
+    await world.reconcile()
+    arms = world.condition("ArmsReady")
+    assert (arms["status"], arms["reason"]) == ("False", "VersionChanged")
+    assert len(world.prometheus.queries) == asked
+    assert world.status()["modelVersions"] == {"control": "1", "treatment": "2"}
+    assert world.condition("Ready")["status"] == "False"
+
+
+async def test_max_duration_ends_the_test_with_a_final_look(world: World, events: Events) -> None:
+    """The reconciler reads the wall clock for the test's age: the test's start is seeded two hours back and
+    the operator restarted (it then reads the status from the object)."""
+    await running(world, events, maxDuration="1h")
+    world.feedback((40, 10), (45, 5))
+    await world.reconcile()
+    status = world.status()
+    world.kube.set_status(API, "abtests", NS, "ab", {**status, "startedAt": "2000-01-01T00:00:00Z"})
+    world.rt = Runtime(config=world.rt.config, kube=world.rt.kube, registry=world.rt.registry,
+                       prometheus=world.rt.prometheus)
+    await world.reconcile()
+    status = world.status()
+    assert status["phase"] == "Concluded"
+    assert "maxDuration ran out" in world.condition("Concluded")["message"]
+    assert world.graph_steps() == [("triage", 100)]
+    assert status["decision"] == "Inconclusive"  # 50 samples per arm, below minSamplesPerArm
+    assert world.condition("Promoted")["reason"] == "ControlKept"
+
+
+async def test_a_graph_write_that_fails_is_reported_and_retried(world: World, events: Events) -> None:
+    world.arm("triage", version="1")
+    world.arm("triage-v2", version="2")
+    world.abtest()
+
+    def refuse(verb: str, plural: str, name: str) -> None:
+        if (verb, plural) == ("create", IG):
+            raise ApiError(403, "Forbidden", 'inferencegraphs.serving.kserve.io is forbidden: User "operator" '
+                                            "cannot create resource")
+
+    world.kube.before_write = refuse
+    await world.reconcile()
+    graph = world.condition("GraphReady")
+    assert (graph["status"], graph["reason"]) == ("False", "InferenceGraphFailed")
+    assert "Forbidden" in graph["message"]
+    world.kube.before_write = None
+    await world.reconcile()
+    assert world.graph_steps() == [("triage", 70), ("triage-v2", 30)]

@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from fakes import Clock, Events, FakeKube, FakePrometheus, FakeRegistry, kopf_events
-from medserve_operator.clients.kube import ApiError, KubeClient
-from medserve_operator.clients.mlflow import MlflowRegistry
-from medserve_operator.clients.prometheus import PrometheusClient
+from medserve_operator.clients.kube import ApiError
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.modeldeployment import Runtime, reconcile
-from medserve_operator.controllers.monitoring import Monitor, ProfileStore
+
+if TYPE_CHECKING:  # only to type the fakes as the clients they stand in for
+    from medserve_operator.clients.kube import KubeClient
+    from medserve_operator.clients.mlflow import MlflowRegistry
+    from medserve_operator.clients.prometheus import PrometheusClient
 
 MD_API, MD = "medserve.io/v1alpha1", "modeldeployments"
 ISVC_API, ISVC = "serving.kserve.io/v1beta1", "inferenceservices"
@@ -52,7 +54,7 @@ class World:
     def restart(self) -> Runtime:
         """A fresh Runtime: the operator after a restart (no memory of what it wrote)."""
         self.rt = Runtime(config=OperatorConfig(mlflow_uri="http://mlflow.fake", runtime_mlflow_uri="http://mlflow:5000"),
-                          kube=cast(KubeClient, self.kube), registry=cast(MlflowRegistry, self.registry))
+                          kube=cast("KubeClient", self.kube), registry=cast("MlflowRegistry", self.registry))
         return self.rt
 
     def apply(self, name: str = "triage", **spec: Any) -> None:
@@ -313,9 +315,11 @@ async def test_a_status_report_racing_the_update_is_not_lost(world: World, event
 async def test_low_accuracy_from_prometheus_degrades_the_deployment(world: World, events: Events,
                                                                     clock: Clock) -> None:
     """The real Monitor over FakePrometheus (accuracy only: no reference profile is fetched)."""
+    from medserve_operator.controllers.monitoring import Monitor, ProfileStore
+
     prometheus = FakePrometheus()
     profiles = ProfileStore("http://mlflow.fake")
-    world.rt.monitor = Monitor(cast(PrometheusClient, prometheus), profiles)
+    world.rt.monitor = Monitor(cast("PrometheusClient", prometheus), profiles)
     world.registry.add_version(MODEL)
     world.apply(model={"name": MODEL, "version": "1"},
                 monitoring={"interval": "1m", "drift": {"enabled": False}, "alerts": {"minAccuracy": 0.8}})

@@ -17,14 +17,16 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from fakes import Events, FakeKube, FakePrometheus, FakeRegistry, kopf_events
-from medserve_operator.clients.kube import KubeClient
-from medserve_operator.clients.mlflow import MlflowRegistry
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.retrainpolicy import Runtime, reconcile
+
+if TYPE_CHECKING:  # only to type the fakes as the clients they stand in for
+    from medserve_operator.clients.kube import KubeClient
+    from medserve_operator.clients.mlflow import MlflowRegistry
 
 API = "medserve.io/v1alpha1"
 BATCH = "batch/v1"
@@ -62,7 +64,7 @@ class World:
     def restart(self, *, prometheus: bool = True) -> Runtime:
         """A fresh Runtime: the operator after a restart (it reads the status from the object)."""
         self.rt = Runtime(config=OperatorConfig(mlflow_uri="http://mlflow.fake", runtime_mlflow_uri="http://mlflow"),
-                          kube=cast(KubeClient, self.kube), registry=cast(MlflowRegistry, self.registry),
+                          kube=cast("KubeClient", self.kube), registry=cast("MlflowRegistry", self.registry),
                           query_value=self.prometheus.query_value if prometheus else None)
         return self.rt
 
@@ -381,3 +383,20 @@ async def test_invalid_spec_fails_without_child_writes(world: World, events: Eve
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert world.kube.writes == {"patch/status": 1}
     assert world.jobs() == []
+
+
+async def test_a_job_that_registered_no_version_is_recorded(world: World, events: Events) -> None:
+    world.policy(strategy="direct")
+    world.deployment()
+    await world.reconcile()
+    [job] = world.jobs()
+    world.finish(job, succeeded=True)
+    events.drain()
+    await world.reconcile()
+    record = world.status()["lastJob"]
+    assert record["result"] == "Succeeded" and "modelVersion" not in record
+    assert JOB_NAME_TAG in record["reason"]
+    assert "Promoted" not in {c["type"] for c in world.status()["conditions"]}
+    assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == \
+        {"name": MODEL, "alias": "champion"}
+    assert [e.type for e in events.drain() if e.reason == "NoVersionRegistered"] == ["Warning"]
