@@ -29,6 +29,8 @@ from typing import Any
 
 import kopf
 from kopf._core.engines import posting
+from medserve_contract import metrics
+from medserve_contract.promql import string_literal
 from medserve_operator.clients.kube import ApiError
 from medserve_operator.clients.mlflow import ModelNotFound, ModelNotReady, RegistryUnavailable, ResolvedModel
 from medserve_operator.clients.prometheus import (
@@ -36,7 +38,6 @@ from medserve_operator.clients.prometheus import (
     PrometheusUnavailable,
     VectorSample,
     instant_value,
-    label_matcher,
 )
 
 Key = tuple[str, str, str | None, str]
@@ -388,9 +389,10 @@ class FakePrometheus:
 
     def feedback(self, *, deployment: str, version: str, correct: float, incorrect: float) -> None:
         """The runtime's feedback counters of one served version, as `sum by (outcome) (increase(...))` gives."""
-        self.answer(("medserve_feedback_total", f"model={label_matcher(deployment)}",
-                     f"version={label_matcher(version)}"),
-                    [VectorSample({"outcome": "correct"}, correct), VectorSample({"outcome": "incorrect"}, incorrect)])
+        self.answer((metrics.FEEDBACK_TOTAL, f"{metrics.MODEL_LABEL}={string_literal(deployment)}",
+                     f"{metrics.VERSION_LABEL}={string_literal(version)}"),
+                    [VectorSample({metrics.OUTCOME_LABEL: metrics.OUTCOME_CORRECT}, correct),
+                     VectorSample({metrics.OUTCOME_LABEL: metrics.OUTCOME_INCORRECT}, incorrect)])
 
     async def aclose(self) -> None:
         return None
