@@ -26,7 +26,6 @@ services. Nothing here is a production proxy: bodies are buffered whole, and not
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -34,12 +33,11 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 from aiohttp import web
-from medserve_operator.clients.kube import ApiError, KubeClient
+from medserve_operator.clients.kube import KubeClient
 from medserve_operator.kit.conditions import now_rfc3339
 from multidict import CIMultiDict
 
@@ -348,24 +346,14 @@ class GraphStandin:
         }
         if status == {k: old.get(k) for k in status}:
             return
-        meta = graph["metadata"]
-        try:
-            await self.kube.patch(GRAPH_API, GRAPH_PLURAL, meta["namespace"], meta["name"], {"status": status},
-                                  subresource="status")
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        await procs.patch_status(self.kube, GRAPH_API, GRAPH_PLURAL, graph, status)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medserve_sandbox.graph_standin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kubeconfig", required=True, type=Path)
+    parser = procs.controller_parser("medserve_sandbox.graph_standin", __doc__)
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the random draw that picks each request's step (tests: reproducible splits)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     procs.run_controller(args.kubeconfig, f"InferenceGraph stand-in watching {args.kubeconfig}",
                          lambda kube: GraphStandin(kube, seed=args.seed))

@@ -23,7 +23,6 @@ talking to a stand-in.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import datetime
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medserve_operator.clients.kube import ApiError, KubeClient
+from medserve_operator.clients.kube import KubeClient
 from medserve_operator.kit.conditions import now_rfc3339
 
 from medserve_sandbox import procs
@@ -212,13 +211,7 @@ class JobStandin:
     async def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         if status == (job.get("status") or {}):
             return
-        meta = job["metadata"]
-        try:
-            await self.kube.patch(BATCH_API, JOBS, meta["namespace"], meta["name"], {"status": status},
-                                  subresource="status")
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        await procs.patch_status(self.kube, BATCH_API, JOBS, job, status)
 
 
 def _condition(type_: str, reason: str, message: str) -> dict[str, Any]:
@@ -242,9 +235,7 @@ def _parse_time(value: Any) -> float | None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medserve_sandbox.job_standin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kubeconfig", required=True, type=Path)
+    parser = procs.controller_parser("medserve_sandbox.job_standin", __doc__)
     parser.add_argument("--workdir", required=True, type=Path, help="where each Job's log is kept (jobs/)")
     parser.add_argument("--cwd", type=Path, default=Path.cwd(),
                         help="working directory of the Jobs' processes (default: the current directory)")
@@ -253,8 +244,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backoff-seconds", type=float, default=BACKOFF_BASE_SECONDS,
                         help="first retry delay after a failed attempt (default: %(default)s, as Kubernetes)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     procs.run_controller(args.kubeconfig, f"Job stand-in watching {args.kubeconfig}",
                          lambda kube: JobStandin(kube, args.workdir, args.cwd.resolve(), mlflow_uri=args.mlflow_uri,

@@ -19,7 +19,6 @@ revision's `127.0.0.1:PORT` with the labels a Kubernetes scrape would add (`name
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from medserve_operator.clients.kube import ApiError, KubeClient
+from medserve_operator.clients.kube import KubeClient
 from medserve_operator.kit.conditions import now_rfc3339
 
 from medserve_sandbox import procs
@@ -212,24 +211,14 @@ class Standin:
                                                   "traffic": traffic}}
         if status == {k: old.get(k) for k in status} and set(old) <= set(status):
             return
-        meta = isvc["metadata"]
-        try:
-            await self.kube.patch(ISVC_API, ISVC_PLURAL, meta["namespace"], meta["name"], {"status": status},
-                                  subresource="status")
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        await procs.patch_status(self.kube, ISVC_API, ISVC_PLURAL, isvc, status)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medserve_sandbox.kserve_standin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kubeconfig", required=True, type=Path)
+    parser = procs.controller_parser("medserve_sandbox.kserve_standin", __doc__)
     parser.add_argument("--workdir", required=True, type=Path, help="where predictor processes keep their files")
     parser.add_argument("--mlflow-uri", default=None, help="MLflow URL for the predictors (overrides the pod env)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     procs.run_controller(args.kubeconfig, f"KServe stand-in watching {args.kubeconfig}",
                          lambda kube: Standin(kube, args.workdir, mlflow_uri=args.mlflow_uri))

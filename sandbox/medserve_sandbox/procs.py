@@ -7,6 +7,7 @@ child also stops whatever it spawned (MLflow's server forks uvicorn workers).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import httpx
 from medserve_operator.clients.kube import ApiError, KubeClient
@@ -220,8 +221,11 @@ def run_controller(kubeconfig: Path, banner: str, make: Callable[[KubeClient], C
     """Run a sandbox stand-in against the emulator, syncing every `interval` s, until SIGTERM or SIGINT.
 
     `banner` is logged once the client exists; the sandbox waits for that line before going on. A sync
-    that fails on the API is logged and tried again at the next tick.
+    that fails on the API is logged and tried again at the next tick. Logging goes to stderr at INFO.
     """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -243,3 +247,21 @@ def run_controller(kubeconfig: Path, banner: str, make: Callable[[KubeClient], C
             await kube.aclose()
 
     asyncio.run(serve())
+
+
+def controller_parser(module: str, description: str | None) -> argparse.ArgumentParser:
+    """The command line every stand-in starts with: `python -m MODULE --kubeconfig PATH ...`."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kubeconfig", required=True, type=Path)
+    return parser
+
+
+async def patch_status(kube: KubeClient, api: str, plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
+    """Write `status` through the object's status subresource; an object deleted meanwhile is no error."""
+    meta = obj["metadata"]
+    try:
+        await kube.patch(api, plural, meta["namespace"], meta["name"], {"status": status}, subresource="status")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise

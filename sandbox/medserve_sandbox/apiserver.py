@@ -1,0 +1,388 @@
+"""The HTTP face of the emulator: an aiohttp handler that routes each request to discovery or the store.
+
+Paths are parsed here (`/api/v1/...`, `/apis/G/V/...`), query parameters and bodies (JSON, YAML and
+the protobuf that kubectl sends for a few kinds) are decoded, and the store's results and errors are
+answered as the real API server does: objects, Lists, server-side Tables, `Status` errors, `Warning`
+headers, and watch streams with BOOKMARKs and heartbeats. Discovery documents are in discovery.py,
+the semantics of the objects in store.py; emulator.py starts it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp.web
+import attrs
+import yaml
+from kmock import KubernetesEmulator
+
+from medserve_sandbox import discovery, protobuf
+from medserve_sandbox.resources import (
+    ResourceType,
+    api_group,
+)
+from medserve_sandbox.selectors import SelectorError, compile_filter, field_selector_name
+from medserve_sandbox.store import (
+    ApiError,
+    Obj,
+    Store,
+    Watcher,
+    WatchEvent,
+    bad_request,
+)
+
+logger = logging.getLogger(__name__)
+
+WATCH_HEARTBEAT_SECONDS = 20.0
+PATCH_TYPES = {
+    "application/merge-patch+json": "merge",
+    "application/json-patch+json": "json",
+    "application/strategic-merge-patch+json": "strategic",
+}
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0",
+    "gitCommit": "medserve-emulator",
+    "gitTreeState": "clean",
+    "buildDate": "2024-12-11T00:00:00Z",
+    "goVersion": "go1.23.3",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+
+@dataclass(frozen=True)
+class ResourcePath:
+    group: str
+    version: str
+    namespace: str | None
+    plural: str
+    name: str | None
+    subresource: str | None
+
+
+def parse_resource_path(path: str) -> ResourcePath | None:
+    """Split `/api/v1/...` and `/apis/G/V/...` into their parts; None for any other path."""
+    segments = [segment for segment in path.split("/") if segment]
+    if len(segments) >= 3 and segments[0] == "api":
+        group, version, rest = "", segments[1], segments[2:]
+    elif len(segments) >= 4 and segments[0] == "apis":
+        group, version, rest = segments[1], segments[2], segments[3:]
+    else:
+        return None
+    namespace: str | None = None
+    # /api/v1/namespaces/NAME/status is the namespace's own subresource, not a resource inside it.
+    namespace_subresource = group == "" and len(rest) == 3 and rest[2] in {"status", "finalize"}
+    if rest[0] == "namespaces" and len(rest) >= 3 and not namespace_subresource:
+        namespace, rest = rest[1], rest[2:]
+    return ResourcePath(
+        group=group,
+        version=version,
+        namespace=namespace,
+        plural=rest[0],
+        name=rest[1] if len(rest) > 1 else None,
+        subresource="/".join(rest[2:]) or None,
+    )
+
+
+def _json_response(body: Any, *, status: int = 200, content_type: str = "application/json",
+                   warnings: Iterable[str] = ()) -> aiohttp.web.Response:
+    response = aiohttp.web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=status)
+    response.headers["Content-Type"] = content_type
+    for warning in warnings:
+        text = warning.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+        response.headers.add("Warning", f'299 - "{text}"')
+    return response
+
+
+def _wants_table(request: aiohttp.web.BaseRequest) -> bool:
+    return "as=Table" in request.headers.get("Accept", "")
+
+@attrs.define(kw_only=True)
+class ApiServer(KubernetesEmulator):
+    """The HTTP face of the emulator: routes requests to discovery, OpenAPI and the store."""
+
+    store: Store
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock's own entry point records every request and parses paths with its K8s parser;
+        # a long-running emulator needs neither, so requests are routed here directly.
+        try:
+            return await self._route(raw)
+        except ApiError as exc:
+            if exc.code >= 500:
+                logger.error("%s %s: %s", raw.method, raw.path_qs, exc.message)
+            return _json_response(exc.status_body(), status=exc.code)
+        except SelectorError as exc:
+            return _json_response(bad_request(str(exc)).status_body(), status=400)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("%s %s failed", raw.method, raw.path_qs)
+            error = ApiError(500, "InternalError", f"the emulator failed on this request: {exc!r}")
+            return _json_response(error.status_body(), status=500)
+
+    async def _route(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        path = raw.path.rstrip("/") or "/"
+        resource_path = parse_resource_path(path)
+        if resource_path is not None:
+            return await self._serve_resource(raw, resource_path)
+        if raw.method != "GET":
+            raise ApiError(405, "MethodNotAllowed", f"{raw.method} is not supported on {path}")
+        if path == "/version":
+            return _json_response(SERVER_VERSION)
+        if path in {"/healthz", "/readyz", "/livez"}:
+            return aiohttp.web.Response(text="ok", content_type="text/plain")
+        if path == "/api":
+            return _json_response({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"},
+                ],
+            })
+        if path == "/apis":
+            return _json_response(discovery.group_list(self.store))
+        if path == "/openapi/v3":
+            return _json_response(discovery.openapi_index(self.store))
+        if path.startswith("/openapi/v3/"):
+            return _json_response(discovery.openapi_group_version(self.store, path.removeprefix("/openapi/v3/")))
+        segments = path.strip("/").split("/")
+        if segments[0] == "api" and len(segments) == 2:
+            return _json_response(discovery.resource_list(self.store, "", segments[1]))
+        if segments[0] == "apis" and len(segments) == 2:
+            versions = discovery.group_versions(self.store).get(segments[1])
+            if not versions:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return _json_response(api_group(segments[1], versions))
+        if segments[0] == "apis" and len(segments) == 3:
+            return _json_response(discovery.resource_list(self.store, segments[1], segments[2]))
+        if path == "/":
+            return _json_response({"paths": sorted(discovery.root_paths(self.store))})
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    # ---------------------------------------------------------------- resources
+
+    async def _serve_resource(self, raw: aiohttp.web.BaseRequest, where: ResourcePath) -> aiohttp.web.StreamResponse:
+        store = self.store
+        rtype = store.lookup(where.group, where.version, where.plural)
+        version = where.version
+        if where.namespace is not None and not rtype.namespaced:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        namespace = where.namespace if rtype.namespaced else None
+        query = raw.query
+        dry_run = "All" in query.getall("dryRun", [])
+        method = raw.method
+        if method == "GET":
+            if query.get("watch") in {"true", "1"}:
+                return await self._watch_stream(raw, rtype, version, namespace, where.name)
+            predicate = compile_filter(query.get("labelSelector"), query.get("fieldSelector"))
+            if where.name is not None:
+                if where.subresource not in (None, "status"):
+                    raise ApiError(404, "NotFound", "the server could not find the requested resource")
+                obj = self._present(rtype, version, store.get(rtype, namespace, where.name))
+                if _wants_table(raw):
+                    return self._table(rtype, version, [obj], store.rv)
+                return _json_response(obj)
+            items, rv = store.list_objects(rtype, namespace, predicate, field_selector_name(query.get("fieldSelector")))
+            items = [self._present(rtype, version, obj) for obj in items]
+            if _wants_table(raw):
+                return self._table(rtype, version, items, store.rv)
+            return _json_response({
+                "apiVersion": rtype.api_version(version), "kind": f"{rtype.kind}List",
+                "metadata": {"resourceVersion": rv}, "items": items,
+            })
+        body = await self._read_body(raw)
+        field_validation = query.get("fieldValidation", "Warn")
+        if field_validation not in {"Strict", "Warn", "Ignore"}:
+            raise bad_request(f"fieldValidation {field_validation!r} must be one of Strict, Warn, Ignore")
+        if method == "POST":
+            if where.name is not None:
+                raise ApiError(405, "MethodNotAllowed", "POST is only allowed on a collection")
+            result = store.create(rtype, version, namespace, body, dry_run=dry_run,
+                                  field_validation=field_validation)
+            return _json_response(self._present(rtype, version, result.obj), status=201, warnings=result.warnings)
+        if method == "DELETE":
+            options = body if isinstance(body, dict) else {}
+            propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
+            if propagation is None and options.get("orphanDependents") is not None:
+                propagation = "Orphan" if options["orphanDependents"] else "Background"
+            dry_run = dry_run or "All" in (options.get("dryRun") or [])
+            if where.name is None:
+                predicate = compile_filter(query.get("labelSelector"), query.get("fieldSelector"))
+                deleted = store.delete_collection(rtype, namespace, predicate, propagation=propagation,
+                                                  dry_run=dry_run)
+                return _json_response({
+                    "apiVersion": rtype.api_version(version), "kind": f"{rtype.kind}List",
+                    "metadata": {"resourceVersion": str(store.rv)},
+                    "items": [self._present(rtype, version, obj) for obj in deleted],
+                })
+            obj = store.delete(rtype, namespace, where.name, propagation=propagation,
+                               preconditions=options.get("preconditions"), dry_run=dry_run)
+            return _json_response(self._present(rtype, version, obj))
+        if where.name is None:
+            raise ApiError(405, "MethodNotAllowed", f"{method} needs an object name")
+        if method == "PUT":
+            result = store.update(rtype, version, namespace, where.name, body, subresource=where.subresource,
+                                  dry_run=dry_run, field_validation=field_validation)
+        elif method == "PATCH":
+            content_type = raw.content_type
+            if content_type.startswith("application/apply-patch"):
+                raise ApiError(415, "UnsupportedMediaType",
+                               "server-side apply is not supported by the medserve emulator: use "
+                               "`kubectl apply` without --server-side")
+            patch_type = PATCH_TYPES.get(content_type)
+            if patch_type is None:
+                raise ApiError(415, "UnsupportedMediaType", f"unsupported patch content type {content_type!r}")
+            result = store.patch(rtype, version, namespace, where.name, patch_type, body,
+                                 subresource=where.subresource, dry_run=dry_run, field_validation=field_validation)
+        else:
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
+        return _json_response(self._present(rtype, version, result.obj), warnings=result.warnings)
+
+    @staticmethod
+    async def _read_body(raw: aiohttp.web.BaseRequest) -> Any:
+        data = await raw.read()
+        if not data:
+            return None
+        if raw.content_type == "application/vnd.kubernetes.protobuf":
+            try:
+                return protobuf.decode(data)
+            except protobuf.UnsupportedKind as exc:
+                raise ApiError(415, "UnsupportedMediaType",
+                               f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret and "
+                               f"ServiceAccount, not {exc}: write it as YAML and use `kubectl apply -f`") from exc
+            except protobuf.ProtobufError as exc:
+                raise bad_request(f"the request body is not valid Kubernetes protobuf: {exc}") from exc
+        declared = "Content-Type" in raw.headers
+        if declared and "json" not in raw.content_type and "yaml" not in raw.content_type:
+            raise ApiError(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format ({raw.content_type}) - accepted "
+                           f"media types include: application/json, application/yaml")
+        try:
+            if "yaml" in raw.content_type and not raw.content_type.startswith("application/apply-patch"):
+                return yaml.safe_load(data)
+            return json.loads(data)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise bad_request(f"the request body is not valid JSON: {exc}") from exc
+
+    @staticmethod
+    def _present(rtype: ResourceType, version: str, obj: Obj) -> Obj:
+        """The object as served at `version` (multi-version CRDs are served without conversion)."""
+        api_version = rtype.api_version(version)
+        return obj if obj.get("apiVersion") == api_version else dict(obj, apiVersion=api_version)
+
+    @staticmethod
+    def _render_table(rtype: ResourceType, version: str, items: list[Obj], rv: int) -> Obj:
+        from medserve_sandbox.schemas import render_table
+
+        table = render_table(items, printer_columns=rtype.versions[version].printer_columns, kind=rtype.kind)
+        table.setdefault("metadata", {})["resourceVersion"] = str(rv)
+        return table
+
+    def _table(self, rtype: ResourceType, version: str, items: list[Obj], rv: int) -> aiohttp.web.Response:
+        return _json_response(self._render_table(rtype, version, items, rv),
+                              content_type="application/json;as=Table;v=v1;g=meta.k8s.io")
+
+    # ---------------------------------------------------------------- watch
+
+    def _encode_event(self, event_type: str, event: WatchEvent, rtype: ResourceType, version: str,
+                      as_table: bool = False) -> bytes:
+        obj = event.obj
+        if as_table:
+            # `kubectl get -w` asks for Table events: one row per event, as the real server sends.
+            encoded = json.dumps(self._render_table(rtype, version, [self._present(rtype, version, obj)],
+                                                    event.rv), separators=(",", ":")).encode()
+        elif obj.get("apiVersion") == rtype.api_version(version):
+            if event.encoded is None:
+                event.encoded = json.dumps(obj, separators=(",", ":")).encode()
+            encoded = event.encoded
+        else:
+            encoded = json.dumps(self._present(rtype, version, obj), separators=(",", ":")).encode()
+        return b'{"type":"' + event_type.encode() + b'","object":' + encoded + b"}\n"
+
+    def _bookmark(self, rtype: ResourceType, version: str, *, initial_end: bool = False) -> bytes:
+        metadata: Obj = {"resourceVersion": str(self.store.rv)}
+        if initial_end:
+            metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
+        obj = {"kind": rtype.kind, "apiVersion": rtype.api_version(version), "metadata": metadata}
+        return json.dumps({"type": "BOOKMARK", "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+    async def _watch_stream(self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, version: str,
+                           namespace: str | None, name: str | None) -> aiohttp.web.StreamResponse:
+        query = raw.query
+        predicate = compile_filter(query.get("labelSelector"), query.get("fieldSelector"))
+        bookmarks = query.get("allowWatchBookmarks") == "true"
+        send_initial = query.get("sendInitialEvents") == "true"
+        since = None if send_initial else query.get("resourceVersion")
+        timeout: float | None = None
+        if query.get("timeoutSeconds"):
+            try:
+                timeout = float(query["timeoutSeconds"])
+            except ValueError as exc:
+                raise bad_request(f"timeoutSeconds {query['timeoutSeconds']!r} is not a number") from exc
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            watcher, backlog = self.store.watch(rtype, namespace, name, predicate, since)
+        except ApiError as exc:
+            if exc.code != 410:
+                raise
+            # Like the real server: the stream opens, then says why it ends (clients re-list on 410).
+            await response.prepare(raw)
+            await response.write(json.dumps({"type": "ERROR", "object": exc.status_body()}).encode() + b"\n")
+            await response.write_eof()
+            return response
+        try:
+            await response.prepare(raw)
+            as_table = _wants_table(raw)
+            chunk = b"".join(self._encode_event(t, event, rtype, version, as_table) for t, event in backlog)
+            if send_initial:
+                chunk += self._bookmark(rtype, version, initial_end=True)
+            if chunk:
+                await response.write(chunk)
+            await self._stream_events(raw, response, watcher, rtype, version, timeout=timeout, bookmarks=bookmarks,
+                                      as_table=as_table)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client went away
+        finally:
+            self.store.unwatch(watcher)
+        return response
+
+    async def _stream_events(self, raw: aiohttp.web.BaseRequest, response: aiohttp.web.StreamResponse,
+                             watcher: Watcher, rtype: ResourceType, version: str, *,
+                             timeout: float | None, bookmarks: bool, as_table: bool) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            wait = WATCH_HEARTBEAT_SECONDS if deadline is None else min(WATCH_HEARTBEAT_SECONDS,
+                                                                         deadline - loop.time())
+            if wait <= 0:
+                return
+            try:
+                item = await asyncio.wait_for(watcher.queue.get(), wait)
+            except TimeoutError:
+                if raw.transport is None or raw.transport.is_closing():
+                    return
+                if bookmarks and (deadline is None or deadline > loop.time()):
+                    await response.write(self._bookmark(rtype, version))
+                continue
+            if item is None:
+                return
+            # Send everything already queued in one write: far fewer syscalls under load.
+            chunks = [self._encode_event(item[0], item[1], rtype, version, as_table)]
+            while not watcher.queue.empty():
+                queued = watcher.queue.get_nowait()
+                if queued is None:
+                    await response.write(b"".join(chunks))
+                    return
+                chunks.append(self._encode_event(queued[0], queued[1], rtype, version, as_table))
+            await response.write(b"".join(chunks))
+
