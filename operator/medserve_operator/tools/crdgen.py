@@ -104,13 +104,22 @@ def _schema_for_type(annotation: Any) -> dict[str, Any]:
     raise SchemaError(f"no structural schema for {annotation!r}")
 
 
-def _default_for(field: FieldInfo) -> tuple[bool, Any]:
-    """The CRD default of a field, if it has one: explicit defaults as is; sub-objects as {}."""
+def _default_for(field: FieldInfo, schema: Mapping[str, Any]) -> tuple[bool, Any]:
+    """The CRD default of a field, if it has one: explicit defaults as is; a sub-object as the object
+    its nested defaults build from {}.
+
+    Not `default: {}`: kube-apiserver validates a default literally when the CRD is written, without
+    first applying the nested defaults inside it (apiextensions-apiserver
+    pkg/apiserver/schema/defaulting/validation.go, `validate`: the default goes to
+    `ValidateCustomResource` and `cel.NewValidator(...).Validate` as it is), so a CEL rule such as
+    `self.minReplicas <= self.maxReplicas` fails on `{}` with "no such key" and the CRD is refused.
+    The fully defaulted object is what the server would have built from `{}` at admission anyway, so
+    objects come out the same, and the model's rule stays as the model states it.
+    """
     if field.default_factory is not None:
         factory = field.default_factory
         if isinstance(factory, type) and issubclass(factory, BaseModel):
-            # The API server applies the nested defaults inside the {} it inserts.
-            return True, {}
+            return True, apply_schema_defaults(schema, {})
         return False, None
     if field.default is PydanticUndefined or field.default is None:
         return False, None
@@ -129,7 +138,7 @@ def _schema_for_field(owner: type[BaseModel], name: str, field: FieldInfo) -> di
     if isinstance(field.json_schema_extra, dict):
         schema.update(copy.deepcopy(field.json_schema_extra))
     schema["description"] = field.description
-    has_default, default = _default_for(field)
+    has_default, default = _default_for(field, schema)
     if has_default:
         schema["default"] = default
     return schema
@@ -181,7 +190,11 @@ def root_schema(kind: type[api.ModelDeployment] | type[api.ABTest] | type[api.Re
         "type": "string",
         "description": "Kind is a string value representing the REST resource this object represents.",
     }
-    properties["metadata"] = {"type": "object", "description": "Standard object metadata."}
+    # At the root, metadata may say nothing but its type (or restrict name/generateName): the server
+    # refuses even a description, "must not specify anything other than name and generateName, but
+    # metadata is implicitly specified" (apiextensions-apiserver pkg/apiserver/schema/validation.go,
+    # validateStructuralMetadataInvariants).
+    properties["metadata"] = {"type": "object"}
     return schema
 
 

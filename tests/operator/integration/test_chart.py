@@ -89,21 +89,23 @@ def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
     (role,) = by_kind(render(), "ClusterRole")
     grants = {(group, resource): set(rule["verbs"])
               for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
-    crud = {"get", "list", "watch", "create", "update", "patch", "delete"}
     assert grants == {
         # A RetrainPolicy with promotion strategy abtest creates a challenger and an ABTest.
         ("medserve.io", "modeldeployments"): {"get", "list", "watch", "patch", "create", "delete"},
-        ("medserve.io", "abtests"): {"get", "list", "watch", "patch", "create", "delete"},
+        ("medserve.io", "abtests"): {"get", "list", "watch", "patch", "create"},
         ("medserve.io", "retrainpolicies"): {"get", "list", "watch", "patch"},
-        ("medserve.io", "modeldeployments/status"): {"get", "patch"},
-        ("medserve.io", "abtests/status"): {"get", "patch"},
-        ("medserve.io", "retrainpolicies/status"): {"get", "patch"},
-        ("serving.kserve.io", "inferenceservices"): crud,
-        ("serving.kserve.io", "inferencegraphs"): crud,
-        ("batch", "jobs"): crud,
-        ("batch", "cronjobs"): crud,
-        ("", "events"): {"create", "patch"},
-        ("events.k8s.io", "events"): {"create", "patch"},
+        ("medserve.io", "modeldeployments/status"): {"patch"},
+        ("medserve.io", "abtests/status"): {"patch"},
+        ("medserve.io", "retrainpolicies/status"): {"patch"},
+        # blockOwnerDeletion under OwnerReferencesPermissionEnforcement.
+        ("medserve.io", "modeldeployments/finalizers"): {"update"},
+        ("medserve.io", "abtests/finalizers"): {"update"},
+        ("medserve.io", "retrainpolicies/finalizers"): {"update"},
+        ("serving.kserve.io", "inferenceservices"): {"get", "list", "watch", "create", "update"},
+        ("serving.kserve.io", "inferencegraphs"): {"get", "list", "watch", "create", "update"},
+        ("batch", "jobs"): {"list", "watch", "create"},
+        ("batch", "cronjobs"): {"get", "create", "update", "delete"},
+        ("", "events"): {"create"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("", "namespaces"): {"list", "watch"},
     }
