@@ -69,36 +69,30 @@ class NumericFeature(_FeatureBase):
         return 1
 
 
-class CategoricalFeature(_FeatureBase):
+class _VocabularyFeature(_FeatureBase):
+    type: Literal["categorical", "multi_hot"]
+    vocabulary: list[Category] = Field(min_length=1, description="The allowed values, in column order.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> _VocabularyFeature:
+        check_unique(self.vocabulary, f"feature {self.name}: vocabulary")
+        return self
+
+    @property
+    def width(self) -> int:
+        return len(self.vocabulary)
+
+
+class CategoricalFeature(_VocabularyFeature):
     """One-hot over `vocabulary`. A missing optional value encodes as all zeros."""
 
     type: Literal["categorical"] = "categorical"
-    vocabulary: list[Category] = Field(min_length=1, description="The allowed values, in column order.")
-
-    @model_validator(mode="after")
-    def _unique(self) -> CategoricalFeature:
-        check_unique(self.vocabulary, f"feature {self.name}: vocabulary")
-        return self
-
-    @property
-    def width(self) -> int:
-        return len(self.vocabulary)
 
 
-class MultiHotFeature(_FeatureBase):
+class MultiHotFeature(_VocabularyFeature):
     """A list of strings from `vocabulary`, one 0/1 column per entry. Missing optional = empty list."""
 
     type: Literal["multi_hot"] = "multi_hot"
-    vocabulary: list[Category] = Field(min_length=1, description="The allowed values, in column order.")
-
-    @model_validator(mode="after")
-    def _unique(self) -> MultiHotFeature:
-        check_unique(self.vocabulary, f"feature {self.name}: vocabulary")
-        return self
-
-    @property
-    def width(self) -> int:
-        return len(self.vocabulary)
 
 
 Feature = Annotated[NumericFeature | CategoricalFeature | MultiHotFeature, Field(discriminator="type")]

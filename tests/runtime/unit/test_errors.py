@@ -9,34 +9,20 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from medserve_runtime import routes
-from medserve_runtime.api import ClinicalApi
 from medserve_runtime.context import RequestNote, close_note, open_note
-from medserve_runtime.errors import ClinicalError, add_exception_handlers
-from medserve_runtime.metrics import RuntimeMetrics
-from medserve_runtime.model import ClinicalModel
-from medserve_runtime.phi import PhiHasher
-from medserve_runtime.stats import PredictionLog, VersionStats
+from medserve_runtime.errors import ClinicalError
 
 NOTES: list[RequestNote] = []
 
 
 @pytest.fixture(scope="module")
-def client() -> TestClient:
-    metrics, stats, predictions = RuntimeMetrics("triage"), VersionStats(), PredictionLog(10)
-    model = ClinicalModel("triage", "/nonexistent", device="cpu", optimization="none", max_batch_size=4,
-                          max_latency_ms=1.0, metrics=metrics, stats=stats, predictions=predictions)
-    app = FastAPI()
-    routes.register(app, ClinicalApi(model, hasher=PhiHasher(b"k"), metrics=metrics, stats=stats,
-                                     predictions=predictions))
-    add_exception_handlers(app)
-
+def client(clinical_app: FastAPI) -> TestClient:
     async def noting(scope: Any, receive: Any, send: Any) -> None:
         # What the gate does around every protected request: open the note handlers write to.
         note, token = open_note()
         NOTES.append(note)
         try:
-            await app(scope, receive, send)
+            await clinical_app(scope, receive, send)
         finally:
             close_note(token)
 

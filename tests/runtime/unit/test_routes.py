@@ -14,12 +14,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 from medserve_runtime import routes
-from medserve_runtime.api import ClinicalApi
-from medserve_runtime.metrics import RuntimeMetrics
-from medserve_runtime.model import ClinicalModel
-from medserve_runtime.phi import PhiHasher
 from medserve_runtime.routes import ANY_KEY, OTHER, classify
-from medserve_runtime.stats import PredictionLog, VersionStats
 
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -46,17 +41,6 @@ def kserve_app() -> FastAPI:
     server = RESTServer("kserve.model_server:app", DataPlane(repo), ModelRepositoryExtension(repo), http_port=0)
     app = FastAPI()
     server._register_endpoints(app)
-    return app
-
-
-@pytest.fixture(scope="module")
-def clinical_app() -> FastAPI:
-    metrics, stats, predictions = RuntimeMetrics("triage"), VersionStats(), PredictionLog(10)
-    model = ClinicalModel("triage", "/nonexistent", device="cpu", optimization="none", max_batch_size=4,
-                          max_latency_ms=1.0, metrics=metrics, stats=stats, predictions=predictions)
-    app = FastAPI()
-    routes.register(app, ClinicalApi(model, hasher=PhiHasher(b"k"), metrics=metrics, stats=stats,
-                                     predictions=predictions))
     return app
 
 
