@@ -4,11 +4,13 @@ The routes are added to KServe's own FastAPI application (`kserve.model_server.a
 `kserve.ModelServer.start()` adds the V1/V2 routes to it, so that one server on one port answers
 both, and so that `/metrics` here (the runtime's registry followed by KServe's default one) takes
 precedence over KServe's. Authentication, rate limits, body size and the audit record are the
-gate's job (gate.py); handlers validate, answer, and note what the audit record needs.
+gate's job (gate.py), which routes exist and what they need is the route table's (routes.py), and
+every rejection is an error type of errors.py, answered in one place; handlers validate, answer or
+raise, and note what the audit record needs.
 
 Handlers read the raw body and validate it with pydantic themselves rather than through FastAPI's
-body parameters: one pass from bytes to model, and every rejection in the same error shape
-(schemas.error_body) with the offending field's path, never the offending value.
+body parameters: one pass from bytes to model, and every rejection a ClinicalError naming the
+offending field's path, never the offending value.
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import Request, Response
 from kserve.errors import ModelNotReady
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from medserve_runtime import loader
 from medserve_runtime.context import current_note
+from medserve_runtime.errors import ClinicalError, DuplicateFeedback, LoadFailed, UnknownPrediction, json_response
 from medserve_runtime.insights import clinical_insights, confidence_level
 from medserve_runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from medserve_runtime.model import Classified, ClinicalModel, InvalidRecord, VersionUnavailable
+from medserve_runtime.model import Classified, ClinicalModel
 from medserve_runtime.phi import PhiHasher
 from medserve_runtime.schemas import (
     BatchPredictRequest,
@@ -37,23 +39,11 @@ from medserve_runtime.schemas import (
     PredictRequest,
     PredictResponse,
     ReloadRequest,
-    error_body,
     first_error,
 )
-from medserve_runtime.stats import AlreadyScored, PredictionLog, VersionStats
+from medserve_runtime.stats import PredictionLog, VersionStats
 
 logger = logging.getLogger(__name__)
-
-
-def json_response(body: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
-
-
-def error(status: int, field: str | None, message: str, code: str = "invalid") -> Response:
-    """A rejection naming the field: {"error": "<field>: <message>", "field": field, "code": code}."""
-    current_note().outcome = code
-    text = f"{field}: {message}" if field else message
-    return json_response(error_body(text, field, code), status_code=status)
 
 
 class ClinicalApi:
@@ -66,56 +56,31 @@ class ClinicalApi:
         self.predictions = predictions
         self.started = time.monotonic()
 
-    def register(self, app: FastAPI) -> None:
-        for path, handler, method in (
-            ("/predict", self.predict, "POST"),
-            ("/batch_predict", self.batch_predict, "POST"),
-            ("/feedback", self.feedback, "POST"),
-            ("/health", self.health, "GET"),
-            ("/models", self.models, "GET"),
-            ("/models/reload/{model_name}", self.reload, "POST"),
-            ("/metrics", self.prometheus, "GET"),
-        ):
-            app.add_api_route(path, handler, methods=[method], response_model=None, include_in_schema=True)
-
     # --- prediction ------------------------------------------------------------------------------
 
     async def predict(self, request: Request) -> Response:
         parsed = await _parse(request, PredictRequest)
-        if isinstance(parsed, Response):
-            return parsed
         note = current_note()
         note.patient_hash = self.hasher.remember(parsed.patient_id)
         note.extra["priority"] = parsed.priority
-        try:
-            result = await self.model.classify([parsed.clinical_data], version=parsed.model_version,
-                                               urgent=parsed.priority != "routine")
-        except InvalidRecord as exc:
-            return error(422, _join("clinical_data", exc.path), exc.message)
-        except VersionUnavailable as exc:
-            return error(404, "model_version", exc.message, "version_unavailable")
+        result = await self.model.classify([parsed.clinical_data], version=parsed.model_version,
+                                           urgent=parsed.priority != "routine", field="clinical_data")
         return json_response(self._response(parsed, result, 0, note.started, _now()))
 
     async def batch_predict(self, request: Request) -> Response:
         parsed = await _parse(request, BatchPredictRequest)
-        if isinstance(parsed, Response):
-            return parsed
         version = parsed.model_version
         for i, item in enumerate(parsed.requests):
             if item.model_version is not None and version is not None and item.model_version != version:
-                return error(422, f"requests[{i}].model_version", "differs from the batch's model_version")
+                raise ClinicalError(f"requests[{i}].model_version", "differs from the batch's model_version")
             version = version or item.model_version
         note = current_note()
         note.patient_hash = ",".join(self.hasher.remember(item.patient_id) for item in parsed.requests)
         urgent = any(item.priority != "routine" for item in parsed.requests)
         note.extra["records"] = len(parsed.requests)
-        try:
-            result = await self.model.classify([item.clinical_data for item in parsed.requests],
-                                               version=version, urgent=urgent)
-        except InvalidRecord as exc:
-            return error(422, _join(f"requests[{exc.index}].clinical_data", exc.path), exc.message)
-        except VersionUnavailable as exc:
-            return error(404, "model_version", exc.message, "version_unavailable")
+        result = await self.model.classify([item.clinical_data for item in parsed.requests],
+                                           version=version, urgent=urgent,
+                                           field="requests[{index}].clinical_data")
         note.extra["prediction_ids"] = ",".join(result.prediction_ids)
         timestamp = _now()
         predictions = [self._response(item, result, i, note.started, timestamp)
@@ -152,24 +117,18 @@ class ClinicalApi:
 
     async def feedback(self, request: Request) -> Response:
         parsed = await _parse(request, FeedbackRequest)
-        if isinstance(parsed, Response):
-            return parsed
         note = current_note()
         note.prediction_id = parsed.prediction_id
-        try:
-            record = self.predictions.get(parsed.prediction_id)
-        except KeyError:
-            return error(404, "prediction_id", "no such prediction here (unknown, or older than the last "
-                         f"{self.predictions.capacity} predictions)", "unknown_prediction")
+        record = self.predictions.find(parsed.prediction_id)
+        if record is None:
+            raise UnknownPrediction("prediction_id", "no such prediction here (unknown, or older than the "
+                                    f"last {self.predictions.capacity} predictions)")
         note.model_version = record.version
         labels = self.model.labels_of(record.version)
         if parsed.outcome not in labels:
-            return error(422, "outcome", f"must be one of the model's labels: {', '.join(labels)}")
-        try:
-            self.predictions.mark_scored(parsed.prediction_id)
-        except AlreadyScored:
-            return error(409, "prediction_id", "feedback for this prediction was already recorded",
-                         "duplicate_feedback")
+            raise ClinicalError("outcome", f"must be one of the model's labels: {', '.join(labels)}")
+        if not self.predictions.mark_scored(parsed.prediction_id):
+            raise DuplicateFeedback("prediction_id", "feedback for this prediction was already recorded")
         correct = parsed.outcome == record.label
         self.metrics.observe_feedback(record.version, correct)
         self.stats.record_feedback(record.version, correct=correct)
@@ -206,26 +165,25 @@ class ClinicalApi:
 
     async def reload(self, model_name: str, request: Request) -> Response:
         if model_name != self.model.name:
-            return error(404, "model_name", f"this server serves {self.model.name!r}", "unknown_model")
+            raise ClinicalError("model_name", f"this server serves {self.model.name!r}", status=404,
+                                code="unknown_model")
         parsed = await _parse(request, ReloadRequest)
-        if isinstance(parsed, Response):
-            return parsed
         if (parsed.model_uri is None) == (parsed.version is None):
-            return error(422, "model_uri", "give exactly one of model_uri and version")
+            raise ClinicalError("model_uri", "give exactly one of model_uri and version")
         field = "model_uri" if parsed.model_uri is not None else "version"
         if parsed.model_uri is not None:
             source = parsed.model_uri
         elif loader.is_registry_uri(self.model.source):
             source = f"models:/{self.model.serving.bundle.name}/{parsed.version}"
         else:
-            return error(422, "version", "this server loads a model directory, not a registry version: "
-                         "give model_uri")
+            raise ClinicalError("version", "this server loads a model directory, not a registry version: "
+                                "give model_uri")
         started = time.monotonic()
         try:
             previous, bundle = await self.model.reload(source)
         except loader.ModelLoadError as exc:
-            logger.warning("reload of %s from %s failed: %s", self.model.name, source, exc)
-            return error(422, field, str(exc), "load_failed")
+            # The field depends on which of the two the request gave; the message names the file.
+            raise LoadFailed(field, str(exc)) from exc
         current_note().model_version = bundle.version
         return json_response({"model": self.model.name, "previous_version": previous,
                               "version": bundle.version, "source": bundle.source,
@@ -239,19 +197,15 @@ class ClinicalApi:
 M = TypeVar("M", bound=BaseModel)
 
 
-async def _parse(request: Request, schema: type[M]) -> M | Response:
+async def _parse(request: Request, schema: type[M]) -> M:
     body = await request.body()
     try:
         return schema.model_validate_json(body)
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "json_invalid":
-            return error(400, "body", "is not valid JSON", "invalid_json")
+            raise ClinicalError("body", "is not valid JSON", status=400, code="invalid_json") from None
         field, message = first_error(exc)
-        return error(422, field, message)
-
-
-def _join(prefix: str, path: str) -> str:
-    return f"{prefix}.{path}" if path else prefix
+        raise ClinicalError(field, message) from None
 
 
 def _ms_since(started: float) -> float:

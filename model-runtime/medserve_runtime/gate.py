@@ -1,17 +1,16 @@
 """The gate: an ASGI middleware in front of every route (clinical API and KServe V1/V2 alike).
 
-Per request, in this order: classify the route; for protected routes check the API key (401/403),
-the declared body size (413), the key's rate limit (429 + Retry-After) and, for inference, readiness
-(503); then read the body with the size limit enforced on the bytes actually received (413 for a
-chunked body that lies or declares nothing), and hand it to the app. Afterwards, whatever happened
-(including a crash in the app), write exactly one audit record and observe the request's latency.
+Per request, in this order: classify the route (routes.classify, the one route table); for
+protected routes check the API key (401/403), the declared body size (413), the key's rate limit
+(429 + Retry-After) and, for inference, readiness (503); then read the body with the size limit
+enforced on the bytes actually received (413 for a chunked body that lies or declares nothing), and
+hand it to the app. Afterwards, whatever happened (including a crash in the app), write exactly one
+audit record and observe the request's latency.
 
-Open routes, neither authenticated nor audited, are the ones probes and scrapers call and that carry
-no patient data: `/`, `/health`, `/metrics`, `/v2`, `/v2/health/*`, and the KServe model listing,
-readiness and metadata routes. Every other route needs a key: inference `predict`, `/feedback`
-`feedback`, `/models/reload/*` and KServe's `/v2/repository/*` (load/unload) `admin`, and anything
-else (GET /models, unknown paths) any valid key. Without `--api_keys_file` nothing is checked and the
-key id in audit records is null.
+Which routes are open (neither authenticated nor audited: probes, scrapers, KServe's model listing,
+readiness and metadata) and which permission each other route needs is the route table's
+(routes.py); a path it does not know needs any valid key. Without `--api_keys_file` nothing is
+checked and the key id in audit records is null.
 
 A pure ASGI middleware rather than Starlette's BaseHTTPMiddleware: the latter adds a task and a
 stream per request, measurable at sub-millisecond latencies.
@@ -19,9 +18,7 @@ stream per request, measurable at sub-millisecond latencies.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -32,6 +29,7 @@ from medserve_runtime.audit import AuditLog
 from medserve_runtime.batching import Arrivals
 from medserve_runtime.context import RequestNote, close_note, open_note
 from medserve_runtime.metrics import RuntimeMetrics
+from medserve_runtime.routes import ANY_KEY, classify
 from medserve_runtime.schemas import error_body
 from medserve_runtime.security import AuthError, KeyStore, RateLimiter
 from medserve_runtime.stats import VersionStats
@@ -44,46 +42,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ANY_KEY = "any"
 CLIENT_CLOSED = 499  # nginx's code for "client went away before the answer"; only ever in audit/metrics
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Policy:
-    endpoint: str
-    """The route template: the `endpoint` of audit records and metrics (never a raw path)."""
-    permission: str | None
-    """predict, feedback, admin, ANY_KEY (any valid key) or None (open: no key, no audit)."""
-    inference: bool = False
-
-
-_OPEN_GET = re.compile(r"^/(?:|health|metrics|v2|v2/health/(?:live|ready)|v1/models(?:/[^/:]+)?|v2/models"
-                       r"|v2/models/[^/]+(?:/versions/[^/]+)?(?:/ready)?)$")
-_POLICIES: list[tuple[str | None, re.Pattern[str], Policy]] = [
-    ("POST", re.compile(r"^/predict$"), Policy("/predict", "predict", inference=True)),
-    ("POST", re.compile(r"^/batch_predict$"), Policy("/batch_predict", "predict", inference=True)),
-    ("POST", re.compile(r"^/v1/models/[^/:]+:predict$"),
-     Policy("/v1/models/{name}:predict", "predict", inference=True)),
-    ("POST", re.compile(r"^/v1/models/[^/:]+:explain$"),
-     Policy("/v1/models/{name}:explain", "predict", inference=True)),
-    ("POST", re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$"),
-     Policy("/v2/models/{name}/infer", "predict", inference=True)),
-    ("POST", re.compile(r"^/feedback$"), Policy("/feedback", "feedback")),
-    ("POST", re.compile(r"^/models/reload/[^/]+$"), Policy("/models/reload/{model_name}", "admin")),
-    (None, re.compile(r"^/v2/repository(?:/.*)?$"), Policy("/v2/repository", "admin")),
-    ("GET", re.compile(r"^/models$"), Policy("/models", ANY_KEY)),
-]
-_OPEN = Policy("open", None)
-_OTHER = Policy("other", ANY_KEY)
-
-
-def classify(method: str, path: str) -> Policy:
-    if method in ("GET", "HEAD") and _OPEN_GET.match(path):
-        return _OPEN
-    for wanted, pattern, policy in _POLICIES:
-        if (wanted is None or wanted == method) and pattern.match(path):
-            return policy
-    return _OTHER
 
 
 class Gate:
@@ -107,8 +66,8 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        policy = classify(scope["method"], scope["path"])
-        if policy.permission is None:
+        route = classify(scope["method"], scope["path"])
+        if route.permission is None:
             await self.app(scope, receive, send)
             return
         note, token = open_note()
@@ -127,8 +86,8 @@ class Gate:
                 try:
                     presented = _presented_key(headers)
                     key_id = self.keys.authenticate(presented).id  # known before a 403, for the audit
-                    if policy.permission != ANY_KEY:
-                        self.keys.authorize(presented, policy.permission)
+                    if route.permission != ANY_KEY:
+                        self.keys.authorize(presented, route.permission)
                 except AuthError as exc:
                     note.outcome = exc.code
                     extra = [(b"www-authenticate", b'Bearer realm="medserve"')] if exc.status == 401 else []
@@ -148,7 +107,7 @@ class Gate:
                                            "rate_limited")
                     await _reply(send_capturing, 429, rejection, [(b"retry-after", seconds.encode())])
                     return
-            if policy.inference and not self.ready():
+            if route.inference and not self.ready():
                 note.outcome = "unavailable"
                 await _reply(send_capturing, 503, error_body("the model is not ready", None, "not_ready"),
                              [(b"retry-after", b"1")])
@@ -161,7 +120,7 @@ class Gate:
             if body is None:
                 await self._too_large(send_capturing, note)
                 return
-            if policy.inference:
+            if route.inference:
                 note.arrived(self.arrivals)  # from here to its batcher it is only CPU work, no waiting
             await self.app(scope, _replay(body, receive), send_capturing)
         except BaseException:
@@ -174,10 +133,10 @@ class Gate:
             close_note(token)
             elapsed = time.perf_counter() - note.started
             version = note.model_version or self.version()
-            self.metrics.observe_request(version, policy.endpoint, status, elapsed)
-            if policy.inference and status == 200 and note.model_version is not None:
+            self.metrics.observe_request(version, route.endpoint, status, elapsed)
+            if route.inference and status == 200 and note.model_version is not None:
                 self.stats.record_request(note.model_version, predictions=note.predictions, seconds=elapsed)
-            self.audit.record(key_id=key_id, endpoint=policy.endpoint, status=status,
+            self.audit.record(key_id=key_id, endpoint=route.endpoint, status=status,
                               outcome=note.outcome or _outcome(status), latency_ms=round(elapsed * 1000, 3),
                               model_version=note.model_version, prediction_id=note.prediction_id,
                               patient_hash=note.patient_hash, **note.extra)

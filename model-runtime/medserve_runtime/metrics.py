@@ -1,22 +1,24 @@
 """The runtime's Prometheus metrics, in their own registry, served at GET /metrics.
 
-Every series carries `model` (the served model's name, `--model_name`) and `version` (the model
-version that answered; for requests turned away before reaching a model, the version serving then).
+Series and label names are the contract's (`medserve_contract.metrics`), where the operator reads
+them too. Every series carries `model` (the served model's name, `--model_name`) and `version`
+(the model version that answered; for requests turned away before reaching a model, the version
+serving then):
 
-  medserve_request_duration_seconds{model,version,endpoint,code}   histogram, buckets from 100 µs
-      Wall time inside the server per request (endpoint is the route template, never a raw path).
-  medserve_predictions_total{model,version,class}                  counter, one per predicted record
-  medserve_prediction_confidence{model,version}                    histogram of the top-class probability
-  medserve_feedback_total{model,version,outcome}                   counter, outcome = correct | incorrect
-  medserve_batch_size{model,version}                               histogram of rows per forward pass
-  medserve_feature_value{model,version,feature}                    histogram per numeric feature
+  request duration{model,version,endpoint,code}   histogram, buckets from 100 µs: wall time inside
+                                                  the server per request (endpoint: a route template)
+  predictions{model,version,class}                counter, one per predicted record
+  prediction confidence{model,version}            histogram of the top-class probability
+  feedback{model,version,outcome}                 counter, outcome = correct | incorrect
+  batch size{model,version}                       histogram of rows per forward pass
+  feature value{model,version,feature}            histogram per numeric feature
       Its bucket edges (`le`) are exactly the reference profile's quantile edges for that version, so
       that drift (PSI, chi-square) needs nothing but Prometheus: the live share of bin i over a window
       is increase(bucket le=e_i) - increase(bucket le=e_{i-1}) divided by increase(_count), to be
       compared with the profile's proportions[i]. Missing optional values are not observed.
-  medserve_feature_category_total{model,version,feature,category}  counter per categorical / multi-hot
-      category (for multi-hot, one count per mention), against the profile's category proportions.
-  medserve_model_info{model,version,source,device,optimization}    gauge, 1 for the version serving now
+  feature category{model,version,feature,category}  counter per categorical / multi-hot category (for
+      multi-hot, one count per mention), against the profile's category proportions.
+  model info{model,version,source,device,optimization}  gauge, 1 for the version serving now
 
 Different versions have different edges; prometheus_client's Histogram fixes its buckets per metric,
 so the feature histograms are a custom collector holding numpy counts per (version, feature).
@@ -30,6 +32,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
+from medserve_contract import metrics as names
 from medserve_contract.modelspec import NumericProfile, Raw, ReferenceProfile
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -40,6 +43,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.00
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_MODEL_VERSION = [names.MODEL_LABEL, names.VERSION_LABEL]
 
 
 class _VersionFeatures:
@@ -91,11 +95,11 @@ class FeatureCollector(Collector):
                 features.observe(raw)
 
     def collect(self) -> Iterable[Metric]:
-        hist = HistogramMetricFamily("medserve_feature_value",
+        hist = HistogramMetricFamily(names.FEATURE_VALUE,
                                      "Monitored numeric feature values, bucketed at the reference profile's "
-                                     "quantile edges.", labels=["model", "version", "feature"])
-        cats = CounterMetricFamily("medserve_feature_category", "Monitored categorical feature values.",
-                                   labels=["model", "version", "feature", "category"])
+                                     "quantile edges.", labels=[*_MODEL_VERSION, names.FEATURE_LABEL])
+        cats = CounterMetricFamily(names.FEATURE_CATEGORY, "Monitored categorical feature values.",
+                                   labels=[*_MODEL_VERSION, names.FEATURE_LABEL, names.CATEGORY_LABEL])
         with self._lock:
             for version, features in self._versions.items():
                 for name, (edges, counts, total) in features.numeric.items():
@@ -119,20 +123,21 @@ class RuntimeMetrics:
     def __init__(self, model: str) -> None:
         self.model = model
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["model", "version"]
+        labels = _MODEL_VERSION
         self.request_duration = Histogram(
-            "medserve_request_duration_seconds", "Time spent in the server per request.",
-            [*labels, "endpoint", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.predictions = Counter("medserve_predictions", "Predicted records by class.", [*labels, "class"],
-                                   registry=self.registry)
-        self.confidence = Histogram("medserve_prediction_confidence", "Probability of the predicted class.",
+            names.REQUEST_DURATION, "Time spent in the server per request.",
+            [*labels, names.ENDPOINT_LABEL, names.CODE_LABEL], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.predictions = Counter(names.PREDICTIONS, "Predicted records by class.",
+                                   [*labels, names.CLASS_LABEL], registry=self.registry)
+        self.confidence = Histogram(names.PREDICTION_CONFIDENCE, "Probability of the predicted class.",
                                     labels, buckets=CONFIDENCE_BUCKETS, registry=self.registry)
-        self.feedback = Counter("medserve_feedback", "Ground-truth feedback by outcome.",
-                                [*labels, "outcome"], registry=self.registry)
-        self.batch_size = Histogram("medserve_batch_size", "Rows per forward pass.", labels,
+        self.feedback = Counter(names.FEEDBACK, "Ground-truth feedback by outcome.",
+                                [*labels, names.OUTCOME_LABEL], registry=self.registry)
+        self.batch_size = Histogram(names.BATCH_SIZE, "Rows per forward pass.", labels,
                                     buckets=BATCH_BUCKETS, registry=self.registry)
-        self.model_info = Gauge("medserve_model_info", "1 for the model version serving now.",
-                                [*labels, "source", "device", "optimization"], registry=self.registry)
+        self.model_info = Gauge(names.MODEL_INFO, "1 for the model version serving now.",
+                                [*labels, names.SOURCE_LABEL, names.DEVICE_LABEL, names.OPTIMIZATION_LABEL],
+                                registry=self.registry)
         self.features = FeatureCollector(model)
         self.registry.register(self.features)
 
@@ -141,7 +146,7 @@ class RuntimeMetrics:
         self.features.register(version, profile)
         for label in labels:
             self.predictions.labels(self.model, version, label)
-        for outcome in ("correct", "incorrect"):
+        for outcome in (names.OUTCOME_CORRECT, names.OUTCOME_INCORRECT):
             self.feedback.labels(self.model, version, outcome)
         self.confidence.labels(self.model, version)
 
@@ -165,7 +170,8 @@ class RuntimeMetrics:
         self.batch_size.labels(self.model, version).observe(rows)
 
     def observe_feedback(self, version: str, correct: bool) -> None:
-        self.feedback.labels(self.model, version, "correct" if correct else "incorrect").inc()
+        outcome = names.OUTCOME_CORRECT if correct else names.OUTCOME_INCORRECT
+        self.feedback.labels(self.model, version, outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

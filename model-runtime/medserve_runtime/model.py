@@ -1,9 +1,9 @@
 """The KServe model: one served model version at a time, hot-swappable, behind a micro-batcher.
 
 `ClinicalModel` is a `kserve.Model`, shaped like KServe's own servers: `load()` loads the version
-named on the command line and sets `self.ready`; `predict()` answers the V1 (`{"instances": [...]}`)
-and V2 (open inference protocol tensors) data plane. The clinical API (api.py) calls `classify()`,
-the same path V1 takes, so validation, batching, metrics and prediction ids are shared by both.
+named on the command line and sets `self.ready`; `predict()` answers the V1 and V2 data plane, the
+wire formats being wire.py's. The clinical API (api.py) calls `classify()`, the same path V1 takes,
+so validation, batching, metrics and prediction ids are shared by both.
 
 Hot reload: `reload()` loads the new version in a worker thread beside the one serving, warms it
 up, then swaps one reference. A request picks its version once, right before it is queued (no
@@ -27,36 +27,18 @@ import numpy as np
 import numpy.typing as npt
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model_repository import ModelRepository
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest, InferResponse
 from medserve_contract.modelspec import FeatureError, Raw
 
-from medserve_runtime import loader
+from medserve_runtime import loader, wire
 from medserve_runtime.batching import Arrivals, BatcherClosed, MicroBatcher
 from medserve_runtime.context import current_note
+from medserve_runtime.errors import InvalidRecord, VersionUnavailable
 from medserve_runtime.loader import Device, ModelBundle, Optimization
 from medserve_runtime.metrics import RuntimeMetrics
 from medserve_runtime.stats import PredictionLog, PredictionRecord, VersionStats
 
 logger = logging.getLogger(__name__)
-
-MAX_V1_INSTANCES = 1000
-
-
-class VersionUnavailable(LookupError):
-    """A request asked for a model version other than the one serving."""
-
-    def __init__(self, requested: str, serving: str) -> None:
-        super().__init__(f"version {requested!r} is not served here (serving {serving!r})")
-        self.message = str(self.args[0])
-
-
-class InvalidRecord(ValueError):
-    """Record `index` does not fit the feature spec; `path` is the key path inside that record."""
-
-    def __init__(self, index: int, exc: FeatureError) -> None:
-        super().__init__(f"[{index}].{exc.path}: {exc.message}")
-        self.index, self.path, self.message = index, exc.path, exc.message
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Serving:
@@ -168,9 +150,13 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
 
     # --- inference -------------------------------------------------------------------------------
 
-    async def classify(self, records: Sequence[Mapping[str, Any]], *, version: str | None = None,
+    async def classify(self, records: Sequence[Mapping[str, Any]], *, field: str, version: str | None = None,
                        urgent: bool = False) -> Classified:
-        """Validate, encode and classify clinical_data records (InvalidRecord names the bad one)."""
+        """Validate, encode and classify clinical_data records.
+
+        A record that does not fit the feature spec raises InvalidRecord naming the offending key as
+        `field` (formatted with the record's `index`) followed by its path inside the record.
+        """
         serving = self.serving_for(version)
         spec = serving.bundle.spec
         raws: list[dict[str, Raw]] = []
@@ -178,7 +164,8 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
             try:
                 raws.append(spec.raw_values(record))
             except FeatureError as exc:
-                raise InvalidRecord(i, exc) from None
+                where = field.format(index=i)
+                raise InvalidRecord(f"{where}.{exc.path}" if exc.path else where, exc.message) from None
         if not raws:
             raise InvalidInput("at least one record is needed")
         x = np.stack([spec.encode_raw(raw) for raw in raws])
@@ -210,69 +197,17 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
                       headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         """KServe data plane: V1 `{"instances": [clinical_data, ...]}` or a V2 FP32 [N, D] tensor."""
         if isinstance(payload, InferRequest):
-            return await self._predict_v2(payload)
-        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-            raise InvalidInput("instances: is required, a list of clinical_data objects")
-        instances: list[Any] = payload["instances"]
-        if not 1 <= len(instances) <= MAX_V1_INSTANCES:
-            raise InvalidInput(f"instances: must hold 1 to {MAX_V1_INSTANCES} records, got {len(instances)}")
-        for i, instance in enumerate(instances):
-            if not isinstance(instance, dict):
-                raise InvalidInput(f"instances[{i}]: must be an object (clinical_data)")
-        try:
-            result = await self.classify(instances)
-        except InvalidRecord as exc:
-            raise InvalidInput(f"instances[{exc.index}].{exc.path}: {exc.message}") from None
-        labels = result.bundle.spec.labels
-        return {
-            "model_name": self.name,
-            "model_version": result.bundle.version,
-            "predictions": [
-                {"prediction_id": pid, "label": label, "confidence": round(conf, 6),
-                 "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, row, strict=True)}}
-                for pid, label, conf, row in zip(result.prediction_ids, result.labels, result.confidences,
-                                                 result.probabilities, strict=True)
-            ],
-        }
-
-    async def _predict_v2(self, request: InferRequest) -> InferResponse:
-        try:
-            serving = self.serving_for(request.model_version or None)
-        except VersionUnavailable as exc:
-            raise InvalidInput(f"model_version: {exc.message}") from None
-        dim = serving.bundle.spec.input_dim
-        if len(request.inputs) != 1:
-            raise InvalidInput(f"inputs: expected exactly one FP32 tensor of shape [N, {dim}]")
-        tensor = request.inputs[0]
-        if tensor.datatype not in ("FP32", "FP64") or len(tensor.shape) != 2 or tensor.shape[1] != dim:
-            raise InvalidInput(f"inputs[0]: expected datatype FP32 and shape [N, {dim}], got "
-                               f"{tensor.datatype} {list(tensor.shape)}")
-        if not 1 <= tensor.shape[0] <= MAX_V1_INSTANCES:
-            raise InvalidInput(f"inputs[0].shape: N must be 1 to {MAX_V1_INSTANCES}")
-        try:
-            x = np.ascontiguousarray(tensor.as_numpy(), dtype=np.float32).reshape(-1, dim)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"inputs[0].data: not {tensor.shape[0]}x{dim} numbers ({exc})") from None
-        if len(x) != tensor.shape[0] or not np.isfinite(x).all():
-            raise InvalidInput(f"inputs[0].data: must be {tensor.shape[0]}x{dim} finite numbers")
-        result = await self._run(serving, x, [])
-        n, classes = result.probabilities.shape
-        return InferResponse(
-            response_id=request.id or uuid.uuid4().hex, model_name=self.name,
-            model_version=result.bundle.version,
-            infer_outputs=[
-                InferOutput("probabilities", [n, classes], "FP32",
-                            data=result.probabilities.ravel().tolist()),
-                InferOutput("label", [n], "BYTES", data=result.labels),
-                InferOutput("prediction_id", [n], "BYTES", data=result.prediction_ids),
-            ],
-        )
+            with wire.kserve_errors():
+                serving = self.serving_for(payload.model_version or None)
+            x = wire.v2_rows(payload, serving.bundle.spec.input_dim)
+            return wire.v2_response(payload, self.name, await self._run(serving, x, []))
+        records = wire.v1_instances(payload)
+        with wire.kserve_errors():
+            result = await self.classify(records, field=wire.V1_RECORD_FIELD)
+        return wire.v1_response(self.name, result)
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return [{"name": "input", "datatype": "FP32", "shape": [-1, self.serving.bundle.spec.input_dim]}]
+        return wire.v2_input_types(self.serving.bundle.spec.input_dim)
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        classes = len(self.serving.bundle.spec.labels)
-        return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
-                {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]}]
+        return wire.v2_output_types(len(self.serving.bundle.spec.labels))

@@ -2,9 +2,10 @@
 
 KServe 0.21 has no hook for extra routes or middleware on its REST server: `RESTServer` builds its
 routes at start on the module-level FastAPI app `kserve.model_server.app`, which is importable and
-is the app it serves. So the runtime adds its routes and its gate middleware to that app before
-`kserve.ModelServer.start()`; KServe's V1/V2 routes, exception handlers and timing middleware are
-then added by KServe itself, exactly as for its own servers.
+is the app it serves. So the runtime adds its routes (routes.py), its exception handlers (errors.py)
+and its gate middleware to that app before `kserve.ModelServer.start()`; KServe's V1/V2 routes,
+exception handlers and timing middleware are then added by KServe itself, exactly as for its own
+servers.
 
 gRPC stays off: KServe's gRPC server would answer inference without the gate (no API key, no audit
 record), which a clinical deployment must not allow. One uvicorn worker only: the micro-batcher,
@@ -24,9 +25,11 @@ import kserve
 import kserve.logging
 import kserve.model_server
 
+from medserve_runtime import routes
 from medserve_runtime.api import ClinicalApi
 from medserve_runtime.audit import AuditLog
 from medserve_runtime.batching import Arrivals
+from medserve_runtime.errors import add_exception_handlers
 from medserve_runtime.gate import Gate
 from medserve_runtime.metrics import RuntimeMetrics
 from medserve_runtime.model import ClinicalModel
@@ -115,7 +118,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         model.load()
         app = kserve.model_server.app
-        ClinicalApi(model, hasher=hasher, metrics=metrics, stats=stats, predictions=predictions).register(app)
+        routes.register(app, ClinicalApi(model, hasher=hasher, metrics=metrics, stats=stats,
+                                         predictions=predictions))
+        add_exception_handlers(app)
         app.add_middleware(Gate, keys=keys, limiter=limiter, audit=audit, metrics=metrics, stats=stats,
                            max_request_bytes=args.max_request_bytes, ready=lambda: bool(model.ready),
                            version=lambda: model.version or "", arrivals=arrivals)

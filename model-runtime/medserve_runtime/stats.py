@@ -100,10 +100,6 @@ class PredictionRecord:
     label: str
 
 
-class AlreadyScored(Exception):
-    """Feedback for this prediction was already recorded (one ground truth per prediction)."""
-
-
 class PredictionLog:
     """The last `capacity` predictions by id (least recently made evicted first); thread-safe."""
 
@@ -122,17 +118,18 @@ class PredictionLog:
                 old, _ = self._records.popitem(last=False)
                 self._scored.discard(old)
 
-    def get(self, prediction_id: str) -> PredictionRecord:
-        """The remembered prediction; KeyError if unknown or evicted."""
+    def find(self, prediction_id: str) -> PredictionRecord | None:
+        """The remembered prediction; None if unknown or evicted."""
         with self._lock:
-            return self._records[prediction_id]
+            return self._records.get(prediction_id)
 
-    def mark_scored(self, prediction_id: str) -> None:
-        """Record that feedback arrived for it; AlreadyScored the second time (one ground truth each)."""
+    def mark_scored(self, prediction_id: str) -> bool:
+        """Record that feedback arrived for it; False the second time (one ground truth each)."""
         with self._lock:
             if prediction_id in self._scored:
-                raise AlreadyScored(prediction_id)
+                return False
             self._scored.add(prediction_id)
+            return True
 
     def __len__(self) -> int:
         return len(self._records)

@@ -1,0 +1,47 @@
+"""The runtime exports exactly the series the contract (medserve_contract.metrics) names, with its labels:
+the real RuntimeMetrics, rendered and parsed with prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+from medserve_contract import metrics as names
+from medserve_contract.modelspec import CategoricalProfile, NumericProfile, ReferenceProfile
+from medserve_runtime.metrics import RuntimeMetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def test_every_series_is_a_contract_name() -> None:
+    profile = ReferenceProfile(samples=10, features=[
+        NumericProfile(name="age", bin_edges=[30.0, 60.0], proportions=[0.3, 0.4, 0.3]),
+        CategoricalProfile(type="categorical", name="sex", categories=["female", "male"], proportions=[0.5, 0.5]),
+    ])
+    m = RuntimeMetrics("triage")
+    m.register_version("3", profile, ["flu", "sepsis"])
+    m.serving("3", source="models:/triage/3", device="cpu", optimization="none")
+    m.observe_request("3", "/predict", 200, 0.001)
+    m.observe_predictions("3", ["flu"], [0.9], [{"age": 40.0, "sex": "female"}])
+    m.observe_batch("3", 1)
+    m.observe_feedback("3", correct=True)
+    # prometheus_client adds a `<family>_created` gauge per counter and histogram; not ours to name.
+    families = {f.name: f for f in text_string_to_metric_families(m.render().decode())
+                if not f.name.endswith("_created")}
+    assert set(families) == {names.REQUEST_DURATION, names.PREDICTIONS, names.PREDICTION_CONFIDENCE,
+                             names.FEEDBACK, names.BATCH_SIZE, names.FEATURE_VALUE, names.FEATURE_CATEGORY,
+                             names.MODEL_INFO}
+    base = {names.MODEL_LABEL, names.VERSION_LABEL}
+    expected_labels = {
+        names.REQUEST_DURATION: base | {names.ENDPOINT_LABEL, names.CODE_LABEL},
+        names.PREDICTIONS: base | {names.CLASS_LABEL},
+        names.FEEDBACK: base | {names.OUTCOME_LABEL},
+        names.FEATURE_VALUE: base | {names.FEATURE_LABEL},
+        names.FEATURE_CATEGORY: base | {names.FEATURE_LABEL, names.CATEGORY_LABEL},
+        names.MODEL_INFO: base | {names.SOURCE_LABEL, names.DEVICE_LABEL, names.OPTIMIZATION_LABEL},
+    }
+    for family, labels in expected_labels.items():
+        sample = families[family].samples[0]
+        assert set(sample.labels) - {"le"} == labels, family
+    samples = {s.name for f in families.values() for s in f.samples}
+    assert {names.PREDICTIONS_TOTAL, names.FEEDBACK_TOTAL, names.FEATURE_VALUE_BUCKET,
+            names.FEATURE_CATEGORY_TOTAL} <= samples
+    feedback = {s.labels[names.OUTCOME_LABEL]: s.value for s in families[names.FEEDBACK].samples
+                if s.name == names.FEEDBACK_TOTAL}
+    assert feedback == {names.OUTCOME_CORRECT: 1.0, names.OUTCOME_INCORRECT: 0.0}
