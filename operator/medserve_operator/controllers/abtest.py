@@ -131,8 +131,7 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: Logge
     async with rt.memory.lock(uid):
         status = rt.memory.status(uid, body)
         try:
-            spec = parse_spec("ABTest", dict(body.get("spec") or {}))
-            assert isinstance(spec, ABTestSpec)
+            spec = parse_spec(ABTestSpec, dict(body.get("spec") or {}))
         except SpecError as exc:
             outcome.spec_error = exc
             await _write_status(rt, body, status, outcome)

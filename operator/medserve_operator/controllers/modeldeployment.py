@@ -85,8 +85,7 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: loggi
         # which version is pinned?) are made on the status as last written.
         status = rt.memory.status(uid, body)
         try:
-            spec = parse_spec("ModelDeployment", dict(body.get("spec") or {}))
-            assert isinstance(spec, ModelDeploymentSpec)
+            spec = parse_spec(ModelDeploymentSpec, dict(body.get("spec") or {}))
         except SpecError as exc:
             outcome.spec_error = exc
             await _write_status(rt, body, status, outcome)

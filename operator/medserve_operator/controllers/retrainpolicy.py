@@ -154,8 +154,7 @@ async def reconcile(rt: Runtime, body: kopf.Body | dict[str, Any], logger: Logge
     async with rt.memory.lock(uid):
         status = rt.memory.status(uid, body)
         try:
-            spec = parse_spec("RetrainPolicy", dict(body.get("spec") or {}))
-            assert isinstance(spec, RetrainPolicySpec)
+            spec = parse_spec(RetrainPolicySpec, dict(body.get("spec") or {}))
         except SpecError as exc:
             outcome.spec_error = exc
             await _write_status(rt, body, status, outcome)

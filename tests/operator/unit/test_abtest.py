@@ -16,7 +16,7 @@ NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
 
 
 def ab_spec(**overrides: Any) -> ABTestSpec:
-    parsed = parse_spec("ABTest", {"control": {"modelDeployment": "triage"},
+    parsed = parse_spec(ABTestSpec, {"control": {"modelDeployment": "triage"},
                                    "treatment": {"modelDeployment": "triage-v2"}, **overrides})
     assert isinstance(parsed, ABTestSpec)
     return parsed
@@ -143,7 +143,7 @@ def test_summary_carries_statistics_and_window() -> None:
 
 
 def policy_spec() -> RetrainPolicySpec:
-    parsed = parse_spec("RetrainPolicy", {
+    parsed = parse_spec(RetrainPolicySpec, {
         "modelDeployment": "triage", "triggers": {"drift": {"enabled": True}}, "job": {"image": "train:1"},
         "promotion": {"strategy": "abtest", "abTest": {"trafficSplit": {"treatmentPercent": 20},
                                                        "statistics": {"interval": "5s", "minSamplesPerArm": 50}}}})
@@ -164,7 +164,7 @@ def test_closed_loop_renders_a_challenger_and_a_valid_abtest() -> None:
     assert champion["spec"]["model"] == {"name": "triage-classifier", "alias": "champion"}  # not mutated
     test = retrainpolicy.render_abtest(policy="retrain", uid="uid-p", namespace="icu", spec=policy_spec(),
                                        challenger="triage-v7", version="7")
-    parsed = parse_spec("ABTest", test["spec"])
+    parsed = parse_spec(ABTestSpec, test["spec"])
     assert isinstance(parsed, ABTestSpec)
     assert (parsed.control.model_deployment, parsed.treatment.model_deployment) == ("triage", "triage-v7")
     assert parsed.traffic_split.treatment_percent == 20 and parsed.statistics.interval == "5s"

@@ -11,7 +11,7 @@ from medserve_operator.controllers import render
 
 def spec(**overrides: Any) -> ModelDeploymentSpec:
     raw: dict[str, Any] = {"model": {"name": "sepsis-risk", "version": "3"}, **overrides}
-    parsed = parse_spec("ModelDeployment", raw)
+    parsed = parse_spec(ModelDeploymentSpec, raw)
     assert isinstance(parsed, ModelDeploymentSpec)
     return parsed
 

@@ -29,7 +29,7 @@ def spec(**overrides: Any) -> RetrainPolicySpec:
                 "activeDeadlineSeconds": 600},
         **overrides,
     }
-    parsed = parse_spec("RetrainPolicy", raw)
+    parsed = parse_spec(RetrainPolicySpec, raw)
     assert isinstance(parsed, RetrainPolicySpec)
     return parsed
 

@@ -252,7 +252,7 @@ def test_a_concluded_run_keeps_its_decision() -> None:
 
 
 def test_design_from_the_api_spec() -> None:
-    spec = api.parse_spec("ABTest", {
+    spec = api.parse_spec(api.ABTestSpec, {
         "control": {"modelDeployment": "a"}, "treatment": {"modelDeployment": "b"},
         "hypothesis": "non-inferiority", "nonInferiorityMargin": 0.01,
         "metric": {"kind": "mean", "higherIsBetter": False},
