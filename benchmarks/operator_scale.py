@@ -37,7 +37,7 @@ def baseline_operator() -> None:
     import kopf
     from medserve_operator.api import ModelDeploymentSpec, parse_spec
     from medserve_operator.clients.kube import KubeClient
-    from medserve_operator.controllers.render import render_inference_service
+    from medserve_operator.controllers.modeldeployment.render import render_inference_service
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = kopf.OperatorRegistry()
