@@ -123,9 +123,10 @@ def post_events(body: Mapping[str, Any], events: list[Event]) -> None:
 
 # --- kopf registration ---------------------------------------------------------------------------------------
 
+Reconcile = Callable[[Any, Mapping[str, Any], Logger], Awaitable[Outcome]]
+"""A controller's reconciliation: (runtime, body, logger) -> Outcome."""
 Changed = Callable[[Any, kopf.Body, Logger, int], Awaitable[Outcome]]
 """A spec change, a creation or the operator's resume: (runtime, body, logger, retry) -> Outcome."""
-Resync = Callable[[Any, kopf.Body, Logger], Awaitable[Any]]
 
 
 def handler_id(prefix: str, what: str) -> str:
@@ -134,10 +135,12 @@ def handler_id(prefix: str, what: str) -> str:
 
 
 def register_kind(registry: kopf.OperatorRegistry, config: OperatorConfig, kind: Kind[Any], *, memo_key: str,
-                  prefix: str, changed: Changed, resync: Resync, forget: Callable[[Any, str], None]) -> None:
+                  prefix: str, reconcile: Reconcile, forget: Callable[[Any, str], None],
+                  changed: Changed | None = None) -> None:
     """The handlers every kind has: create/update(spec)/resume, the periodic resync, and delete.
 
-    The runtime is `memo[memo_key]`; an invalid spec is a permanent error for kopf (status says why).
+    The runtime is `memo[memo_key]`; `reconcile` serves the resync and, without `changed`, the spec changes.
+    An invalid spec is a permanent error for kopf (status says why).
     """
     resource = (GROUP, VERSION, kind.plural)
     changed_id = handler_id(prefix, "changed")
@@ -146,14 +149,15 @@ def register_kind(registry: kopf.OperatorRegistry, config: OperatorConfig, kind:
     @kopf.on.create(*resource, registry=registry, id=changed_id)
     @kopf.on.update(*resource, field="spec", registry=registry, id=changed_id)
     async def spec_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any) -> None:
-        outcome = await changed(memo[memo_key], body, logger, retry)
+        rt = memo[memo_key]
+        outcome = await (changed(rt, body, logger, retry) if changed is not None else reconcile(rt, body, logger))
         if outcome.spec_error is not None:
             raise kopf.PermanentError(f"invalid spec: {outcome.spec_error}")
 
     @kopf.timer(*resource, interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry, id=handler_id(prefix, "resync"))
     async def resynced(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-        await resync(memo[memo_key], body, logger)
+        await reconcile(memo[memo_key], body, logger)
 
     @kopf.on.delete(*resource, optional=True, registry=registry, id=handler_id(prefix, "deleted"))
     async def deleted(uid: str, memo: kopf.Memo, **_: Any) -> None:
@@ -165,13 +169,13 @@ def managed(**labels: Any) -> dict[str, Any]:
     return {MANAGED_BY_LABEL: MANAGED_BY_VALUE, **labels}
 
 
-async def live_parent(kube: KubeClient, kind: Kind[Any], namespace: str, name: str, *,
-                      uid: str | None = None) -> dict[str, Any] | None:
-    """The parent `name` of a child that changed, if it still exists (with `uid`, when given) and is not
-    being deleted: the one to reconcile now."""
-    parent = await kube.get(kind.resource.api_version, kind.plural, namespace, name)
+async def reconcile_parent(rt: Runtime, kind: Kind[Any], reconcile: Reconcile, namespace: str, name: str,
+                           logger: Logger, *, uid: str | None = None) -> None:
+    """Reconcile the parent `name` of a child that changed, if it still exists (with `uid`, when given) and is
+    not being deleted."""
+    parent = await rt.kube.get(kind.resource.api_version, kind.plural, namespace, name)
     if parent is None or parent["metadata"].get("deletionTimestamp"):
-        return None
+        return
     if uid is not None and parent["metadata"].get("uid") != uid:
-        return None
-    return parent
+        return
+    await reconcile(rt, parent, logger)

@@ -9,25 +9,14 @@ import kopf
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.abtest import render
 from medserve_operator.controllers.abtest.reconcile import KIND, Runtime, reconcile
-from medserve_operator.controllers.abtest.status import Outcome
-from medserve_operator.kit import Logger
-from medserve_operator.kit.reconciler import live_parent, managed, register_kind
+from medserve_operator.kit.reconciler import managed, reconcile_parent, register_kind
 
 MEMO_KEY = "abtest"
 
 
-async def changed(rt: Runtime, body: kopf.Body, logger: Logger, retry: int) -> Outcome:
-    return await reconcile(rt, body, logger)
-
-
-async def resync(rt: Runtime, body: kopf.Body, logger: Logger) -> Outcome:
-    return await reconcile(rt, body, logger)
-
-
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register the ABTest handlers into `registry` (nothing is registered at import time)."""
-    register_kind(registry, config, KIND, memo_key=MEMO_KEY, prefix="ab", changed=changed, resync=resync,
-                  forget=Runtime.forget)
+    register_kind(registry, config, KIND, memo_key=MEMO_KEY, prefix="ab", reconcile=reconcile, forget=Runtime.forget)
     group, version = render.INFERENCE_GRAPH.api_version.split("/")
 
     @kopf.on.event(group, version, render.INFERENCE_GRAPH.plural, registry=registry,
@@ -36,8 +25,5 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                             **_: Any) -> None:
         if type != "DELETED" and not body.get("status"):
             return  # our own write; only KServe's report (or a deletion) needs the ABTest looked at now
-        rt: Runtime = memo[MEMO_KEY]
-        parent = await live_parent(rt.kube, KIND, str(body.metadata.namespace),
-                                   str(body.metadata.labels.get(render.ABTEST_LABEL)))
-        if parent is not None:
-            await reconcile(rt, parent, logger)
+        await reconcile_parent(memo[MEMO_KEY], KIND, reconcile, str(body.metadata.namespace),
+                               str(body.metadata.labels.get(render.ABTEST_LABEL)), logger)

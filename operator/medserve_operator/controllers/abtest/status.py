@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from medserve_operator.api import abtest as ab
 from medserve_operator.api.abtest import ABTestSpec
@@ -103,8 +103,7 @@ def running_state(status: Mapping[str, Any] | None) -> sequential.RunningState:
 def concluded_decision(status: Mapping[str, Any]) -> ab.Decision | None:
     """The decision a concluded test recorded (its promotion may still be pending)."""
     decision = status.get("decision")
-    return decision if decision in ("TreatmentBetter", "ControlBetter", "NoDifference", "NonInferior",
-                                    "Inconclusive") else None
+    return decision if decision in get_args(ab.Decision) else None
 
 
 def promotion_pending(status: Mapping[str, Any], outcome: Outcome) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -14,7 +15,7 @@ from medserve_operator.controllers.modeldeployment.reconcile import KIND, Runtim
 from medserve_operator.controllers.modeldeployment.status import Outcome
 from medserve_operator.kit import Logger
 from medserve_operator.kit.manifest import MODEL_DEPLOYMENT_LABEL
-from medserve_operator.kit.reconciler import live_parent, managed, register_kind
+from medserve_operator.kit.reconciler import managed, reconcile_parent, register_kind
 
 MEMO_KEY = "runtime"
 
@@ -29,13 +30,14 @@ async def changed(rt: Runtime, body: kopf.Body, logger: Logger, retry: int) -> O
     return outcome
 
 
-async def resync(rt: Runtime, body: kopf.Body, logger: Logger) -> Outcome:
+async def resync(rt: Runtime, body: Mapping[str, Any], logger: Logger) -> Outcome:
+    """The periodic look (and a child's event): drift and accuracy are evaluated on this path."""
     return await reconcile(rt, body, logger, periodic=True)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register the ModelDeployment handlers into `registry` (nothing is registered at import time)."""
-    register_kind(registry, config, KIND, memo_key=MEMO_KEY, prefix="md", changed=changed, resync=resync,
+    register_kind(registry, config, KIND, memo_key=MEMO_KEY, prefix="md", reconcile=resync, changed=changed,
                   forget=Runtime.forget)
     group, version = render.INFERENCE_SERVICE.api_version.split("/")
 
@@ -50,8 +52,5 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if type == "DELETED" or body.get("status"):
             # Only a status change (KServe reporting) or a deletion needs the parent looked at now; spec drift
             # is corrected by the periodic resync.
-            rt: Runtime = memo[MEMO_KEY]
-            parent = await live_parent(rt.kube, KIND, str(body.metadata.namespace), owner["name"],
-                                       uid=owner.get("uid"))
-            if parent is not None:
-                await reconcile(rt, parent, logger, periodic=True)
+            await reconcile_parent(memo[MEMO_KEY], KIND, resync, str(body.metadata.namespace), owner["name"], logger,
+                                   uid=owner.get("uid"))
