@@ -86,7 +86,7 @@ class Context:
         return int(self.body["metadata"].get("generation", 1))
 
 
-class Runtime(Protocol):
+class HasClients(Protocol):
     """What `reconcile_object` needs of a controller's Runtime."""
 
     @property
@@ -95,7 +95,7 @@ class Runtime(Protocol):
     def memory(self) -> ObjectMemory: ...
 
 
-async def reconcile_object(rt: Runtime, kind: Kind[S], body: Mapping[str, Any], logger: Logger, outcome: OutcomeT, *,
+async def reconcile_object(rt: HasClients, kind: Kind[S], body: Mapping[str, Any], logger: Logger, outcome: OutcomeT, *,
                            steps: Callable[[Context, S, OutcomeT], Awaitable[None]],
                            status: Callable[[Context, OutcomeT], dict[str, Any]]) -> OutcomeT:
     """Run `steps` on the object `body` under its lock and write the status `status` computes (see above)."""
@@ -169,7 +169,7 @@ def managed(**labels: Any) -> dict[str, Any]:
     return {MANAGED_BY_LABEL: MANAGED_BY_VALUE, **labels}
 
 
-async def reconcile_parent(rt: Runtime, kind: Kind[Any], reconcile: Reconcile, namespace: str, name: str,
+async def reconcile_parent(rt: HasClients, kind: Kind[Any], reconcile: Reconcile, namespace: str, name: str,
                            logger: Logger, *, uid: str | None = None) -> None:
     """Reconcile the parent `name` of a child that changed, if it still exists (with `uid`, when given) and is
     not being deleted."""
