@@ -144,8 +144,10 @@ def decide_rollout(current: Mapping[str, Any] | None, status: Mapping[str, Any],
     previous = status.get("previousModel")
     events: list[Event] = []
     if current is not None and running and running != new.version:
-        # A new version: roll it out as a canary beside the one serving now.
-        previous = status.get("model") or {"name": new.name, "version": running}
+        # A new version: roll it out as a canary beside the one serving now. status.model names it, unless an
+        # earlier write of the InferenceService failed after status had already moved on to the new version.
+        model = status.get("model") or {}
+        previous = model if model.get("version") == running else {"name": new.name, "version": running}
         if canary_percent > 0:
             events.append(("Normal", md.ROLLOUT_STARTED,
                            f"rolling out version {new.version} (from {previous.get('version')}) with "
