@@ -37,7 +37,7 @@ def baseline_operator() -> None:
     import kopf
     from medserve_operator.api import ModelDeploymentSpec, parse_spec
     from medserve_operator.clients.kube import KubeClient
-    from medserve_operator.controllers.render import render_inference_service
+    from medserve_operator.controllers.modeldeployment.render import render_inference_service
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = kopf.OperatorRegistry()
@@ -56,8 +56,7 @@ def baseline_operator() -> None:
 
     @kopf.on.create("medserve.io", "v1alpha1", "modeldeployments", registry=registry)
     async def create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        spec = parse_spec("ModelDeployment", dict(body.spec))
-        assert isinstance(spec, ModelDeploymentSpec)
+        spec = parse_spec(ModelDeploymentSpec, dict(body.spec))
         child = render_inference_service(
             name=body.metadata.name, namespace=str(body.metadata.namespace), uid=str(body.metadata.uid),
             spec=spec, model_name=spec.model.name, model_version=str(spec.model.version), image="img",

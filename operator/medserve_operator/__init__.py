@@ -4,7 +4,3 @@ The package imports nothing heavy and touches no cluster or server at import tim
 """
 
 __version__ = "0.1.0"
-
-GROUP = "medserve.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"

@@ -18,7 +18,7 @@ from medserve_operator.clients.mlflow import MlflowRegistry
 from medserve_operator.clients.prometheus import PrometheusClient
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers import abtest, modeldeployment, retrainpolicy
-from medserve_operator.controllers.monitoring import Monitor, ProfileStore
+from medserve_operator.controllers.modeldeployment.monitoring import Monitor
 
 logger = logging.getLogger("medserve.operator")
 
@@ -35,22 +35,20 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "medserve.io/finalizer"
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        # The clients, built once and shared by the three controllers (closed at cleanup).
+        kube = KubeClient.from_environment()
+        registry_client = MlflowRegistry(config.mlflow_uri, timeout=config.registry_timeout)
         prometheus = PrometheusClient(config.prometheus_url) if config.prometheus_url else None
-        monitor = None
-        if prometheus is not None:
-            monitor = Monitor(prometheus, ProfileStore(config.mlflow_uri, timeout=config.registry_timeout))
+        memo.clients = (kube, registry_client, prometheus)
         memo.runtime = modeldeployment.Runtime(
-            config=config,
-            kube=KubeClient.from_environment(),
-            registry=MlflowRegistry(config.mlflow_uri, timeout=config.registry_timeout),
-            monitor=monitor,
+            config=config, kube=kube, registry=registry_client,
+            monitor=Monitor(prometheus, registry_client) if prometheus is not None else None,
         )
         memo.retrain = retrainpolicy.Runtime(
-            config=config, kube=memo.runtime.kube, registry=memo.runtime.registry,
+            config=config, kube=kube, registry=registry_client,
             query_value=prometheus.value if prometheus is not None else None,
         )
-        memo.abtest = abtest.Runtime(config=config, kube=memo.runtime.kube, registry=memo.runtime.registry,
-                                     prometheus=prometheus)
+        memo.abtest = abtest.Runtime(config=config, kube=kube, registry=registry_client, prometheus=prometheus)
         logger.info("medserve operator started: registry %s, prometheus %s, resync every %ss",
                     config.mlflow_uri, config.prometheus_url or "(none: drift is not evaluated)",
                     config.resync_seconds)
@@ -62,12 +60,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
-        runtime: modeldeployment.Runtime | None = memo.get("runtime")
-        if runtime is not None:
-            await runtime.kube.aclose()
-            await runtime.registry.aclose()
-            if runtime.monitor is not None:
-                await runtime.monitor.aclose()  # also closes the Prometheus client the RetrainPolicies share
+        kube, registry_client, prometheus = memo.get("clients") or (None, None, None)
+        for client in (kube, registry_client, prometheus):
+            if client is not None:
+                await client.aclose()
 
     modeldeployment.register(registry, config)
     retrainpolicy.register(registry, config)

@@ -195,8 +195,7 @@ class Sandbox(DemoTraffic):
             self.recorder.sample()
             # The lines drawn are the ones the operator judged by: the specs' own threshold and MDE.
             md, rtp = self._get("modeldeployment", self.deployments[0]) or {}, self._get("retrainpolicy", POLICY) or {}
-            deployment, policy = parse_spec("ModelDeployment", md["spec"]), parse_spec("RetrainPolicy", rtp["spec"])
-            assert isinstance(deployment, ModelDeploymentSpec) and isinstance(policy, RetrainPolicySpec)
+            deployment, policy = parse_spec(ModelDeploymentSpec, md["spec"]), parse_spec(RetrainPolicySpec, rtp["spec"])
             path = write_report(self.workdir / "report.png", self.recorder,
                                 threshold=deployment.monitoring.drift.threshold,
                                 mde=policy.promotion.ab_test.statistics.minimum_detectable_effect,

@@ -1,8 +1,9 @@
-"""The MLflow model registry, as the operator sees it: resolve a model version or alias, move an alias.
+"""The operator's one MLflow client: resolve a model version or alias, move an alias, find the version a Job
+registered, and fetch a version's reference profile from its artifacts.
 
 Talks to MLflow's REST API with httpx rather than importing `mlflow` — the operator stays small
 (one import of mlflow costs more memory than the whole operator). Versions are immutable in MLflow,
-so a resolved version is cached; aliases move, so they are always asked again.
+so a resolved version (and its reference profile) is cached; aliases move, so they are always asked again.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
+import urllib.parse
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import pydantic
+
+if TYPE_CHECKING:
+    # The profile format loads when drift is first evaluated, not with the operator.
+    from medserve_contract.modelspec import ReferenceProfile
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +49,26 @@ class ModelNotReady(RegistryError):
     reason = "ModelNotReady"
 
 
+class ProfileError(Exception):
+    """The reference profile could not be fetched; `reason` is the condition reason."""
+
+    reason = "ReferenceProfileUnavailable"
+
+
+class InvalidProfile(ProfileError):
+    """The stored reference profile is not a valid `reference_profile.json`."""
+
+    reason = "InvalidReferenceProfile"
+
+
+ARTIFACT_FOLDER = "model"
+"""Where the training job logs a version's files inside its run (examples/training: ARTIFACT_PATH)."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ResolvedModel:
+    """A model version as resolved in the MLflow registry (the one type for it; status.py serialises it)."""
+
     name: str
     version: str
     source: str
@@ -66,6 +91,7 @@ class MlflowRegistry:
         self._version_ttl = version_ttl
         self._versions: dict[tuple[str, str], tuple[float, ResolvedModel]] = {}
         self._inflight: dict[tuple[str, str, str], asyncio.Future[ResolvedModel]] = {}
+        self._profiles: dict[tuple[str, str], ReferenceProfile] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -127,6 +153,43 @@ class MlflowRegistry:
         await self._request("POST", "registered-models/alias", {"name": name, "alias": alias, "version": version},
                             what=f"version {version} of model {name!r}")
 
+    async def reference_profile(self, model: ResolvedModel) -> ReferenceProfile:
+        """The version's `reference_profile.json`, from the server's artifact endpoints, cached per version.
+
+        The version's `source` says where its files are: `mlflow-artifacts:/...` (artifacts proxied by the
+        server) is read through `/api/2.0/mlflow-artifacts/artifacts/`, anything else through the run's
+        `/get-artifact` endpoint. Raises ProfileError (InvalidProfile for a file that does not validate).
+        """
+        key = (model.name, model.version)
+        cached = self._profiles.get(key)
+        if cached is not None:
+            return cached
+        from medserve_contract import modelspec
+
+        what = f"the reference profile of {model.name} version {model.version}"
+        for url, params in artifact_locations(self.base_url, model):
+            try:
+                response = await self._client.get(url, params=params)
+            except httpx.HTTPError as exc:
+                raise ProfileError(f"MLflow at {self.base_url} is unreachable while fetching {what}: "
+                                   f"{type(exc).__name__}") from exc
+            if response.status_code == 404 or (response.status_code == 400 and "get-artifact" in url):
+                continue  # not at this place: try the next candidate
+            if response.status_code >= 400:
+                raise ProfileError(f"MLflow answered {response.status_code} while fetching {what}")
+            try:
+                profile = modelspec.ReferenceProfile.model_validate_json(response.content)
+            except pydantic.ValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
+                where = ".".join(str(p) for p in first["loc"]) or "(root)"
+                raise InvalidProfile(f"{what} is not a valid {modelspec.REFERENCE_PROFILE_FILE}: {where}: "
+                                     f"{first['msg']}") \
+                    from exc
+            self._profiles[key] = profile
+            return profile
+        raise ProfileError(f"{what} was not found in MLflow ({modelspec.REFERENCE_PROFILE_FILE} beside source "
+                           f"{model.source or '(none)'}, run {model.run_id or '(none)'})")
+
     async def _get(self, endpoint: str, params: dict[str, str], *, what: str) -> dict[str, Any]:
         return await self._request("GET", endpoint, params, what=what)
 
@@ -173,3 +236,24 @@ class MlflowRegistry:
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def artifact_locations(base_url: str, model: ResolvedModel) -> list[tuple[str, dict[str, str]]]:
+    """The (url, query params) pairs to try, in order, for a version's reference profile."""
+    from medserve_contract.modelspec import REFERENCE_PROFILE_FILE as file
+
+    base_url = base_url.rstrip("/")
+    found: list[tuple[str, dict[str, str]]] = []
+    source = model.source or ""
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme == "mlflow-artifacts":
+        folder = parsed.path.strip("/")
+        for path in (f"{folder}/{file}", f"{folder}/{ARTIFACT_FOLDER}/{file}"):
+            found.append((f"{base_url}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}", {}))
+    elif parsed.scheme == "runs":
+        run_id, _, folder = parsed.path.strip("/").partition("/")
+        for path in (f"{folder}/{file}".lstrip("/"), f"{folder}/{ARTIFACT_FOLDER}/{file}".lstrip("/")):
+            found.append((f"{base_url}/get-artifact", {"run_uuid": run_id, "path": path}))
+    if model.run_id:
+        found.append((f"{base_url}/get-artifact", {"run_uuid": model.run_id, "path": f"{ARTIFACT_FOLDER}/{file}"}))
+    return found

@@ -130,7 +130,3 @@ def instant_value(data: Mapping[str, Any], promql: str) -> float | None:
         raise PrometheusQueryError(f"the query {promql!r} returned a malformed result") from exc
     return None if math.isnan(value) else value
 
-
-def label_matcher(value: str) -> str:
-    """`value` as a PromQL double-quoted string literal (backslashes and quotes escaped)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'

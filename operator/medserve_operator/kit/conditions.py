@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict
+
+from medserve_operator.api.common import READY, REASON_NOT_READY, REASON_PENDING, REASON_READY, ConditionSet
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+Check: TypeAlias = "tuple[ConditionStatus, str, str]"
+"""A condition a step decided on, before it is written: (status, reason, message)."""
+Event: TypeAlias = tuple[str, str, str]
+"""An Event to post on the object: (type Normal/Warning, reason, message)."""
 
 
 class Condition(TypedDict):
@@ -101,7 +109,7 @@ def derive_ready(
     for type_ in required:
         condition = find(conditions, type_)
         if condition is None or condition.get("status") != "True":
-            blocking = condition or {"type": type_, "status": "Unknown", "reason": "Pending",
+            blocking = condition or {"type": type_, "status": "Unknown", "reason": REASON_PENDING,
                                      "message": f"{type_} has not been evaluated yet"}
             break
     if blocking is None:
@@ -111,13 +119,13 @@ def derive_ready(
                 blocking = condition
                 break
     if blocking is None:
-        return set_condition(conditions, "Ready", "True", "Ready", "all conditions are satisfied",
+        return set_condition(conditions, READY, "True", REASON_READY, "all conditions are satisfied",
                              generation=generation, now=now)
     blocked_status: ConditionStatus = "Unknown" if blocking.get("status") == "Unknown" else "False"
     if blocking.get("type") in negative:
         blocked_status = "False"
     return set_condition(
-        conditions, "Ready", blocked_status, str(blocking.get("reason") or "NotReady"),
+        conditions, READY, blocked_status, str(blocking.get("reason") or REASON_NOT_READY),
         f"{blocking.get('type')}: {blocking.get('message', '')}", generation=generation, now=now,
     )
 
@@ -138,14 +146,14 @@ def transitions(
     old: Sequence[Mapping[str, Any]] | None,
     new: Sequence[Mapping[str, Any]] | None,
     *,
-    negative: Sequence[str] = ("Degraded", "DriftDetected"),
-) -> list[tuple[str, str, str]]:
+    negative: Sequence[str],
+) -> list[Event]:
     """Events for the conditions whose status or reason changed: (event type, reason, message).
 
     A condition turning good is a Normal event, turning bad a Warning; for `negative` conditions
-    (True means trouble) it is the other way round.
+    (True means trouble: a kind's `ConditionSet.negative`) it is the other way round.
     """
-    events: list[tuple[str, str, str]] = []
+    events: list[Event] = []
     for condition in new or ():
         before = find(old, str(condition.get("type")))
         if before is not None and before.get("status") == condition.get("status") \
@@ -156,9 +164,46 @@ def transitions(
             good = condition.get("status") == "False"
         if before is None and (good or condition.get("status") == "Unknown"):
             continue  # a first condition that is fine or not yet known: an event would only be noise
-        if condition.get("type") == "Ready" and not good:
+        if condition.get("type") == READY and not good:
             continue  # the sub-condition holding Ready back has its own event
         unknown = condition.get("status") == "Unknown"  # waiting is not a failure
         events.append(("Normal" if good or unknown else "Warning", str(condition.get("reason")),
                        f"{condition.get('type')} is {condition.get('status')}: {condition.get('message', '')}"))
     return events
+
+
+def announced_transitions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]] | None,
+                          condition_set: ConditionSet) -> list[Event]:
+    """`transitions` of the conditions `condition_set` announces, with its negative polarity."""
+
+    def shown(conds: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+        announced = condition_set.announced
+        return [c for c in conds or [] if announced is None or c.get("type") in announced]
+
+    return transitions(shown(old), shown(new), negative=condition_set.negative)
+
+
+class Conditions:
+    """A condition list being built for one status write: every `put` at the same generation and time."""
+
+    def __init__(self, current: Sequence[Mapping[str, Any]] | None, *, generation: int, now: str) -> None:
+        self.items: list[dict[str, Any]] = [dict(c) for c in current or []]
+        self.generation = generation
+        self.now = now
+
+    def put(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.items = set_condition(self.items, type_, status, reason, message, generation=self.generation,
+                                   now=self.now)
+
+    def drop(self, type_: str) -> None:
+        self.items = [c for c in self.items if c.get("type") != type_]
+
+    def find(self, type_: str) -> Mapping[str, Any] | None:
+        return find(self.items, type_)
+
+    def is_true(self, type_: str) -> bool:
+        return is_true(self.items, type_)
+
+    def ready(self, required: Sequence[str], *, negative: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The list with Ready derived from `required` and `negative` (see `derive_ready`)."""
+        return derive_ready(self.items, required, negative=negative, generation=self.generation, now=self.now)

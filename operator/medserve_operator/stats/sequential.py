@@ -43,8 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -247,25 +246,16 @@ class Batch:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RunningState:
-    """What the next look needs from the previous one; both parts are in `ABTest.status`."""
+    """What the next look needs from the previous one (the ABTest controller keeps it in status)."""
 
     p_value: float = 1.0
     low: float = -math.inf
     high: float = math.inf
 
-    @classmethod
-    def from_status(cls, status: Mapping[str, Any] | None) -> RunningState:
-        """Read `alwaysValidPValue` and `estimates.confidenceSequence` from an ABTest status dict."""
-        status = status or {}
-        p = status.get("alwaysValidPValue")
-        bounds = (status.get("estimates") or {}).get("confidenceSequence")
-        low, high = (bounds if isinstance(bounds, list) and len(bounds) == 2 else (-math.inf, math.inf))
-        return cls(p_value=float(p) if isinstance(p, int | float) else 1.0, low=float(low), high=float(high))
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Evaluation:
-    """One A/B test after a look: what `ABTest.status` shows."""
+    """One A/B test after a look, typed (the ABTest controller's status.py serialises it)."""
 
     samples_control: int
     samples_treatment: int
@@ -280,25 +270,6 @@ class Evaluation:
     @property
     def state(self) -> RunningState:
         return RunningState(self.always_valid_p_value, *self.confidence_sequence)
-
-    def to_status(self) -> dict[str, Any]:
-        """The camelCase status fields (samples, estimates, alwaysValidPValue, decision); no NaN/inf in it."""
-
-        def finite(x: float) -> float | None:
-            return x if math.isfinite(x) else None
-
-        estimates: dict[str, Any] = {
-            "control": finite(self.control), "treatment": finite(self.treatment),
-            "difference": finite(self.difference),
-        }
-        if all(math.isfinite(b) for b in self.confidence_sequence):
-            estimates["confidenceSequence"] = list(self.confidence_sequence)
-        return {
-            "samples": {"control": self.samples_control, "treatment": self.samples_treatment},
-            "estimates": {k: v for k, v in estimates.items() if v is not None},
-            "alwaysValidPValue": self.always_valid_p_value,
-            "decision": self.decision,
-        }
 
 
 def mixture_log_lr(d: FloatArray, var: FloatArray, theta0: float, tau2: float) -> FloatArray:
@@ -424,7 +395,7 @@ def evaluate(
 ) -> Evaluation:
     """One look at one A/B test (what the reconciler calls every interval).
 
-    `previous` carries the running p-value and interval from the last look (`RunningState.from_status`);
+    `previous` carries the running p-value and interval from the last look (`Evaluation.state`);
     `final=True` when max duration has run out.
     """
     batch = evaluate_batch(design, control, treatment, previous=previous, final=final)

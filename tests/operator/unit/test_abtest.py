@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 from medserve_operator.api import ABTestSpec, RetrainPolicySpec, parse_spec
-from medserve_operator.controllers import abtest, render, retrainpolicy
-from medserve_operator.controllers.abtest import Arm, Outcome
+from medserve_operator.controllers import abtest, retrainpolicy
+from medserve_operator.controllers.abtest import Arm, Outcome, render
+from medserve_operator.kit import manifest
 from medserve_operator.stats import sequential
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
 
 
 def ab_spec(**overrides: Any) -> ABTestSpec:
-    parsed = parse_spec("ABTest", {"control": {"modelDeployment": "triage"},
+    parsed = parse_spec(ABTestSpec, {"control": {"modelDeployment": "triage"},
                                    "treatment": {"modelDeployment": "triage-v2"}, **overrides})
     assert isinstance(parsed, ABTestSpec)
     return parsed
@@ -63,9 +64,9 @@ def test_owned_differs_sees_weights_and_ignores_server_additions() -> None:
     desired = graph()
     actual = {**desired, "metadata": {**desired["metadata"], "uid": "x", "resourceVersion": "7"},
               "status": {"url": "http://ab"}}
-    assert not render.owned_differs(desired, actual)
-    assert render.owned_differs(graph(percent=50), actual)
-    assert render.owned_differs(graph(treatment=None), actual)
+    assert not manifest.owned_differs(desired, actual)
+    assert manifest.owned_differs(graph(percent=50), actual)
+    assert manifest.owned_differs(graph(treatment=None), actual)
 
 
 def test_arm_checks_name_what_is_wrong() -> None:
@@ -90,11 +91,11 @@ def test_promql_template_is_filled_per_arm_and_sampled_over_the_window() -> None
     assert squares == 'sum_over_time(((error_rate{model="triage-v2",version="2"}) ^ 2)[600s:30s])'
 
 
-def evaluation(decision: str = "Inconclusive", concluded: bool = False) -> dict[str, Any]:
+def evaluation(decision: str = "Inconclusive", concluded: bool = False) -> sequential.Evaluation:
     result = sequential.Evaluation(samples_control=400, samples_treatment=410, control=0.88, treatment=0.94,
                                    difference=0.06, confidence_sequence=(0.01, 0.11), always_valid_p_value=0.004,
                                    decision=decision, concluded=concluded)  # type: ignore[arg-type]
-    return {**result.to_status(), "evaluatedAt": "2026-11-27T12:00:00Z"}
+    return result
 
 
 def ready_graph() -> dict[str, Any]:
@@ -143,7 +144,7 @@ def test_summary_carries_statistics_and_window() -> None:
 
 
 def policy_spec() -> RetrainPolicySpec:
-    parsed = parse_spec("RetrainPolicy", {
+    parsed = parse_spec(RetrainPolicySpec, {
         "modelDeployment": "triage", "triggers": {"drift": {"enabled": True}}, "job": {"image": "train:1"},
         "promotion": {"strategy": "abtest", "abTest": {"trafficSplit": {"treatmentPercent": 20},
                                                        "statistics": {"interval": "5s", "minSamplesPerArm": 50}}}})
@@ -164,12 +165,12 @@ def test_closed_loop_renders_a_challenger_and_a_valid_abtest() -> None:
     assert champion["spec"]["model"] == {"name": "triage-classifier", "alias": "champion"}  # not mutated
     test = retrainpolicy.render_abtest(policy="retrain", uid="uid-p", namespace="icu", spec=policy_spec(),
                                        challenger="triage-v7", version="7")
-    parsed = parse_spec("ABTest", test["spec"])
+    parsed = parse_spec(ABTestSpec, test["spec"])
     assert isinstance(parsed, ABTestSpec)
     assert (parsed.control.model_deployment, parsed.treatment.model_deployment) == ("triage", "triage-v7")
     assert parsed.traffic_split.treatment_percent == 20 and parsed.statistics.interval == "5s"
     assert parsed.on_conclusion.promote
-    assert test["metadata"]["labels"][render.RETRAIN_POLICY_LABEL] == "retrain"
+    assert test["metadata"]["labels"][manifest.RETRAIN_POLICY_LABEL] == "retrain"
 
 
 def test_derived_names_fit_the_limit() -> None:

@@ -27,7 +27,7 @@ SPECS = {"ModelDeployment": MD_SPEC, "ABTest": AB_SPEC, "RetrainPolicy": RP_SPEC
 
 def problems(kind: str, spec: dict[str, Any]) -> list[tuple[str, str]]:
     try:
-        parse_spec(kind, spec)
+        parse_spec(api.spec_model(kind), spec)
     except SpecError as exc:
         return exc.problems
     return []
@@ -52,7 +52,7 @@ def obj(kind: str, name: str, spec: dict[str, Any] | None = None) -> dict[str, A
 
 
 def test_model_deployment_defaults() -> None:
-    spec = parse_spec("ModelDeployment", MD_SPEC)
+    spec = parse_spec(ModelDeploymentSpec, MD_SPEC)
     assert isinstance(spec, ModelDeploymentSpec)
     assert spec.model_dump(by_alias=True, exclude_none=True) == {
         "model": {"name": "triage-classifier", "version": "3"},
@@ -86,7 +86,7 @@ def test_model_deployment_defaults() -> None:
 
 
 def test_abtest_defaults() -> None:
-    spec = parse_spec("ABTest", AB_SPEC)
+    spec = parse_spec(ABTestSpec, AB_SPEC)
     assert isinstance(spec, ABTestSpec)
     assert spec.traffic_split.treatment_percent == 50
     assert (spec.metric.name, spec.metric.source, spec.metric.kind, spec.metric.higher_is_better) == (
@@ -105,7 +105,7 @@ def test_abtest_defaults() -> None:
 
 
 def test_retrain_policy_defaults() -> None:
-    spec = parse_spec("RetrainPolicy", RP_SPEC)
+    spec = parse_spec(RetrainPolicySpec, RP_SPEC)
     assert isinstance(spec, RetrainPolicySpec)
     assert spec.time_zone is None
     assert spec.triggers.drift.enabled is False
@@ -121,15 +121,15 @@ def test_retrain_policy_defaults() -> None:
         "superiority",
         "24h",
     )
-    perf = parse_spec("RetrainPolicy", with_(RP_SPEC, "triggers.performance", {"below": 0.8}))
+    perf = parse_spec(RetrainPolicySpec, with_(RP_SPEC, "triggers.performance", {"below": 0.8}))
     assert isinstance(perf, RetrainPolicySpec) and perf.triggers.performance is not None
     assert (perf.triggers.performance.metric, perf.triggers.performance.window) == ("accuracy", "1h")
     assert perf.triggers.performance.min_samples == 100
 
 
 def test_defaults_are_not_shared_between_instances() -> None:
-    a = parse_spec("ModelDeployment", MD_SPEC)
-    b = parse_spec("ModelDeployment", MD_SPEC)
+    a = parse_spec(ModelDeploymentSpec, MD_SPEC)
+    b = parse_spec(ModelDeploymentSpec, MD_SPEC)
     assert isinstance(a, ModelDeploymentSpec) and isinstance(b, ModelDeploymentSpec)
     a.monitoring.drift.features.append("age")
     assert b.monitoring.drift.features == []
@@ -368,7 +368,7 @@ def test_field_problems(path: str, value: Any, fragment: str) -> None:
 
 def test_quantities_accept_strings_and_integers() -> None:
     spec = with_(MD_SPEC, "runtime.resources", {"limits": {"cpu": 2, "memory": "1Gi"}, "requests": {"cpu": "0.5"}})
-    parsed = parse_spec("ModelDeployment", spec)
+    parsed = parse_spec(ModelDeploymentSpec, spec)
     assert isinstance(parsed, ModelDeploymentSpec)
     assert parsed.runtime.resources.limits == {"cpu": 2, "memory": "1Gi"}
 
@@ -391,7 +391,7 @@ def test_several_problems_are_all_reported() -> None:
 
 def test_spec_error_carries_every_problem_and_names_paths() -> None:
     with pytest.raises(SpecError) as err:
-        parse_spec("ModelDeployment", {"model": {"name": "m", "version": "1"}, "bogus": 1, "scaling": []})
+        parse_spec(ModelDeploymentSpec, {"model": {"name": "m", "version": "1"}, "bogus": 1, "scaling": []})
     exc = err.value
     assert exc.problems[0] == (exc.path, exc.message)
     assert {p for p, _ in exc.problems} == {"spec.bogus", "spec.scaling"}
@@ -409,16 +409,16 @@ def test_spec_error_carries_every_problem_and_names_paths() -> None:
 def test_parse_spec_takes_any_mapping() -> None:
     """kopf hands the spec over as a read-only Mapping view, not a dict."""
     view = MappingProxyType({"model": MappingProxyType({"name": "m", "alias": "a"}), "runtime": {"resources": {}}})
-    parsed = parse_spec("ModelDeployment", view)
+    parsed = parse_spec(ModelDeploymentSpec, view)
     assert isinstance(parsed, ModelDeploymentSpec) and parsed.model.alias == "a"
 
 
 def test_parse_spec_rejects_unknown_kinds_and_non_objects() -> None:
     with pytest.raises(SpecError) as err:
-        parse_spec("Deployment", {})
+        parse_spec(api.spec_model("Deployment"), {})
     assert err.value.path == "kind"
     with pytest.raises(SpecError) as err:
-        parse_spec("ModelDeployment", [])  # type: ignore[arg-type]
+        parse_spec(ModelDeploymentSpec, [])  # type: ignore[arg-type]
     assert err.value.path == "spec"
 
 
@@ -471,10 +471,10 @@ FULL_MD: dict[str, Any] = {
 
 
 def test_camel_case_round_trip() -> None:
-    spec = parse_spec("ModelDeployment", FULL_MD)
+    spec = parse_spec(ModelDeploymentSpec, FULL_MD)
     dumped = spec.model_dump(by_alias=True, exclude_none=True)
     assert dumped == FULL_MD
-    assert parse_spec("ModelDeployment", dumped) == spec
+    assert parse_spec(ModelDeploymentSpec, dumped) == spec
     assert spec.monitoring.alerts.latency_p95_ms == 250  # type: ignore[union-attr]
     assert spec.security.api_key_secret_ref is not None  # type: ignore[union-attr]
 

@@ -58,15 +58,15 @@ def test_transitions_reports_flips_with_event_types() -> None:
     old = conditions.set_condition([], "A", "False", "Waiting", "", generation=1, now=T0)
     new = conditions.set_condition(old, "A", "True", "Ok", "done", generation=1, now=T1)
     new = conditions.set_condition(new, "DriftDetected", "True", "Drift", "psi high", generation=1, now=T1)
-    events = conditions.transitions(old, new)
+    events = conditions.transitions(old, new, negative=("DriftDetected",))
     assert ("Normal", "Ok", "A is True: done") in events
     assert ("Warning", "Drift", "DriftDetected is True: psi high") in events
-    assert conditions.transitions(new, new) == []
+    assert conditions.transitions(new, new, negative=()) == []
 
 
 def test_transitions_skip_a_first_unknown() -> None:
     new = conditions.set_condition([], "A", "Unknown", "Pending", "", generation=1, now=T0)
-    assert conditions.transitions([], new) == []
+    assert conditions.transitions([], new, negative=()) == []
 
 
 def test_transitions_leave_ready_failures_to_the_sub_condition_and_waiting_is_normal() -> None:
@@ -74,10 +74,11 @@ def test_transitions_leave_ready_failures_to_the_sub_condition_and_waiting_is_no
     old = conditions.derive_ready(old, ["A"], generation=1, now=T0)
     new = conditions.set_condition(old, "A", "Unknown", "Updating", "rolling out", generation=2, now=T1)
     new = conditions.derive_ready(new, ["A"], generation=2, now=T1)
-    assert conditions.transitions(old, new) == [("Normal", "Updating", "A is Unknown: rolling out")]
+    assert conditions.transitions(old, new, negative=()) == [("Normal", "Updating", "A is Unknown: rolling out")]
     back = conditions.derive_ready(conditions.set_condition(new, "A", "True", "Ok", "", generation=2, now=T1),
                                    ["A"], generation=2, now=T1)
-    assert ("Normal", "Ready", "Ready is True: all conditions are satisfied") in conditions.transitions(new, back)
+    assert ("Normal", "Ready", "Ready is True: all conditions are satisfied") in \
+        conditions.transitions(new, back, negative=())
 
 
 def test_merge_patch_is_minimal_and_nulls_nested_removals() -> None:

@@ -262,7 +262,7 @@ def test_apply_schema_defaults_fills_nested_defaults() -> None:
     spec = defaulted["spec"]
     assert spec["scaling"] == {"minReplicas": 2, "maxReplicas": 3, "metric": "concurrency", "target": 8}
     assert spec["monitoring"]["drift"]["window"] == "1h"
-    parsed = api.parse_spec("ModelDeployment", doc["spec"])
+    parsed = api.parse_spec(api.ModelDeploymentSpec, doc["spec"])
     assert parsed.model_dump(by_alias=True, exclude_none=True) == {
         **spec,
         "runtime": {**spec["runtime"], "resources": {"limits": {}, "requests": {}}},

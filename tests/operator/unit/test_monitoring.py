@@ -1,4 +1,4 @@
-"""Monitoring (medserve_operator.controllers.monitoring) and how its evaluation becomes ModelDeployment status.
+"""ModelDeployment monitoring (controllers.modeldeployment.monitoring) and how its evaluation becomes status.
 
 The window counts are rebuilt from what the real runtime metrics (medserve_runtime.metrics) export,
 scraped twice as Prometheus text (the increase over a window is the difference of the two scrapes, as
@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 from medserve_contract.modelspec import CategoricalProfile, NumericProfile, ReferenceProfile
+from medserve_contract.promql import string_literal as label_matcher
 from medserve_operator.api import MonitoringSpec
-from medserve_operator.clients.mlflow import ResolvedModel
-from medserve_operator.clients.prometheus import VectorSample, label_matcher
+from medserve_operator.api.modeldeployment import CONDITIONS as MD_CONDITIONS
+from medserve_operator.clients.mlflow import ResolvedModel, artifact_locations
+from medserve_operator.clients.prometheus import VectorSample
 from medserve_operator.config import OperatorConfig
-from medserve_operator.controllers import monitoring
-from medserve_operator.controllers.modeldeployment import Outcome, compute_status
-from medserve_operator.controllers.monitoring import Accuracy, Evaluation, Problem
+from medserve_operator.controllers.modeldeployment import Outcome, compute_status, monitoring
+from medserve_operator.controllers.modeldeployment.monitoring import Accuracy, Evaluation, Problem
 from medserve_operator.kit import conditions
 from medserve_operator.stats import drift
 from medserve_runtime.metrics import RuntimeMetrics
@@ -166,17 +167,17 @@ def test_accuracy_from_feedback_counters() -> None:
 
 def test_artifact_locations_follow_the_version_source() -> None:
     base = "http://mlflow:5000/"
-    assert monitoring.artifact_locations(base, MODEL) == [
+    assert artifact_locations(base, MODEL) == [
         ("http://mlflow:5000/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts/model/reference_profile.json", {}),
         ("http://mlflow:5000/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts/model/model/reference_profile.json",
          {}),
         ("http://mlflow:5000/get-artifact", {"run_uuid": "abc", "path": "model/reference_profile.json"}),
     ]
     runs = ResolvedModel(name="m", version="1", source="runs:/r1/model", run_id="r1")
-    assert monitoring.artifact_locations(base, runs)[0] == (
+    assert artifact_locations(base, runs)[0] == (
         "http://mlflow:5000/get-artifact", {"run_uuid": "r1", "path": "model/reference_profile.json"})
     s3 = ResolvedModel(name="m", version="1", source="s3://bucket/x", run_id="r2")
-    assert monitoring.artifact_locations(base, s3) == [
+    assert artifact_locations(base, s3) == [
         ("http://mlflow:5000/get-artifact", {"run_uuid": "r2", "path": "model/reference_profile.json"})]
 
 
@@ -229,15 +230,15 @@ def test_drift_goes_to_status_and_the_condition_without_blocking_ready() -> None
     assert _cond(drifted, "DriftDetected") == ("True", "DriftDetected")
     assert drifted["drift"]["driftedFeatures"] == ["age"] and drifted["drift"]["score"] > 0.2
     assert _cond(drifted, "Ready") == ("True", "Ready") and drifted["phase"] == "Ready"
-    events = conditions.transitions(ok["conditions"], drifted["conditions"])
+    events = conditions.transitions(ok["conditions"], drifted["conditions"], negative=MD_CONDITIONS.negative)
     assert [(t, r) for t, r, _ in events] == [("Warning", "DriftDetected")]
     assert "age" in events[0][2]
 
     back = compute_status(drifted, _outcome(Evaluation(window="30s", evaluated_at=LATER,
                                                        drift=_drift(REFERENCE_LIKE))),
                           name="triage", generation=1, now=LATER)
-    assert [(t, r) for t, r, _ in conditions.transitions(drifted["conditions"], back["conditions"])] == \
-        [("Normal", "NoDrift")]
+    back_events = conditions.transitions(drifted["conditions"], back["conditions"], negative=MD_CONDITIONS.negative)
+    assert [(t, r) for t, r, _ in back_events] == [("Normal", "NoDrift")]
 
 
 def test_too_few_samples_is_unknown_without_figures() -> None:

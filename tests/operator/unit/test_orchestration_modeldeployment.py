@@ -315,11 +315,10 @@ async def test_a_status_report_racing_the_update_is_not_lost(world: World, event
 async def test_low_accuracy_from_prometheus_degrades_the_deployment(world: World, events: Events,
                                                                     clock: Clock) -> None:
     """The real Monitor over FakePrometheus (accuracy only: no reference profile is fetched)."""
-    from medserve_operator.controllers.monitoring import Monitor, ProfileStore
+    from medserve_operator.controllers.modeldeployment.monitoring import Monitor
 
     prometheus = FakePrometheus()
-    profiles = ProfileStore("http://mlflow.fake")
-    world.rt.monitor = Monitor(cast("PrometheusClient", prometheus), profiles)
+    world.rt.monitor = Monitor(cast("PrometheusClient", prometheus), world.rt.registry)
     world.registry.add_version(MODEL)
     world.apply(model={"name": MODEL, "version": "1"},
                 monitoring={"interval": "1m", "drift": {"enabled": False}, "alerts": {"minAccuracy": 0.8}})
@@ -344,4 +343,3 @@ async def test_low_accuracy_from_prometheus_degrades_the_deployment(world: World
     await world.reconcile(periodic=True)
     assert world.condition("Degraded")["reason"] == "AccuracyOK"
     assert world.status()["phase"] == "Ready"
-    await profiles.aclose()

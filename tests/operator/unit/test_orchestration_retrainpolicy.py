@@ -219,7 +219,7 @@ async def test_no_drift_no_job(world: World, events: Events) -> None:
 
 async def test_performance_trigger_from_prometheus(world: World, events: Events) -> None:
     world.deployment(drifted=False)
-    world.prometheus.answer(("sum(increase(medserve_feedback_total{model=\"triage\"}[6h]))",), 500.0)
+    world.prometheus.answer(('sum(increase(medserve_feedback_total{model="triage",namespace=~', "[21600000ms]"), 500.0)
     world.prometheus.answer(("outcome=\"correct\"",), 0.62)
     world.policy(triggers={"performance": {"metric": "accuracy", "below": 0.8, "window": "6h", "minSamples": 200}})
     await world.reconcile()

@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 from medserve_operator.api import ModelDeploymentSpec, parse_spec
-from medserve_operator.controllers import render
+from medserve_operator.controllers.modeldeployment import render
+from medserve_operator.kit import manifest
 
 
 def spec(**overrides: Any) -> ModelDeploymentSpec:
     raw: dict[str, Any] = {"model": {"name": "sepsis-risk", "version": "3"}, **overrides}
-    parsed = parse_spec("ModelDeployment", raw)
+    parsed = parse_spec(ModelDeploymentSpec, raw)
     assert isinstance(parsed, ModelDeploymentSpec)
     return parsed
 
@@ -95,8 +96,8 @@ def test_differs_ignores_server_defaults_but_sees_changes() -> None:
 
 
 def test_label_value_is_made_safe() -> None:
-    assert render.label_value("My Model/v2!") == "My-Model-v2"
-    assert len(render.label_value("x" * 100)) == 63
+    assert manifest.label_value("My Model/v2!") == "My-Model-v2"
+    assert len(manifest.label_value("x" * 100)) == 63
 
 
 def test_valid_against_kserve_schema() -> None:

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from medserve_operator.api import RetrainPolicySpec, parse_spec
 from medserve_operator.clients.prometheus import PrometheusError, instant_value
-from medserve_operator.controllers import render, retrainpolicy
+from medserve_operator.controllers import retrainpolicy
+from medserve_operator.controllers.retrainpolicy import render
+from medserve_operator.kit.manifest import owned_differs
 from medserve_sandbox.schemas import InvalidObject, SchemaRegistry
 
 
@@ -29,7 +31,7 @@ def spec(**overrides: Any) -> RetrainPolicySpec:
                 "activeDeadlineSeconds": 600},
         **overrides,
     }
-    parsed = parse_spec("RetrainPolicy", raw)
+    parsed = parse_spec(RetrainPolicySpec, raw)
     assert isinstance(parsed, RetrainPolicySpec)
     return parsed
 
@@ -133,12 +135,12 @@ def test_longest_names_fit() -> None:
 def test_cronjob_owned_differs() -> None:
     desired = cronjob()
     actual = {**desired, "spec": {**desired["spec"], "successfulJobsHistoryLimit": 3, "extraDefault": 1}}
-    assert not render.owned_differs(desired, actual)
-    assert render.owned_differs(cronjob(suspend=True), desired)
+    assert not owned_differs(desired, actual)
+    assert owned_differs(cronjob(suspend=True), desired)
     without_zone = cronjob(spec(timeZone=None))
-    assert render.owned_differs(without_zone, desired)  # a removed field shows in the template hash
+    assert owned_differs(without_zone, desired)  # a removed field shows in the template hash
     edited = {**desired, "spec": {**desired["spec"], "schedule": "* * * * *"}}
-    assert render.owned_differs(desired, edited)  # a hand edit is put back
+    assert owned_differs(desired, edited)  # a hand edit is put back
 
 
 def test_render_cronjob_needs_a_schedule() -> None:
@@ -179,8 +181,8 @@ def test_instant_value() -> None:
     assert instant_value({"resultType": "scalar", "result": [1, "NaN"]}, "q") is None
     with pytest.raises(PrometheusError, match="2 series"):
         instant_value({"resultType": "vector", "result": [{"value": [1, "1"]}] * 2}, "q")
-    total, accuracy = retrainpolicy.feedback_queries("triage", "6h")
-    assert total == 'sum(increase(medserve_feedback_total{model="triage"}[6h]))'
+    total, accuracy = retrainpolicy.feedback_queries("triage", "icu", "6h")
+    assert total == 'sum(increase(medserve_feedback_total{model="triage",namespace=~"icu|"}[21600000ms]))'
     assert accuracy.endswith(f"/ {total}")
 
 

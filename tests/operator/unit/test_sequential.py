@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 from medserve_operator import api
+from medserve_operator.controllers.abtest.status import evaluation_status, running_state
 from medserve_operator.stats import abtestsim, sequential
 from medserve_operator.stats.sequential import ArmData, Design, RunningState, evaluate
 
@@ -152,14 +153,14 @@ def test_means_lower_is_better_reports_in_the_metric_direction() -> None:
 def test_zero_samples_is_inconclusive_and_status_is_json_safe() -> None:
     ev = evaluate(Design(), ArmData.proportion(0, 0), ArmData.proportion(0, 0))
     assert (ev.decision, ev.concluded, ev.always_valid_p_value) == ("Inconclusive", False, 1.0)
-    status = ev.to_status()
+    status = evaluation_status(ev)
     json.dumps(status, allow_nan=False)
     assert status["samples"] == {"control": 0, "treatment": 0}
     assert status["estimates"]["confidenceSequence"] == [-1.0, 1.0]
     means = evaluate(Design(kind="mean"), ArmData.mean(0, 0, 0), ArmData.mean(1, 2.0, 4.0))
     assert means.decision == "Inconclusive"
-    json.dumps(means.to_status(), allow_nan=False)
-    assert "confidenceSequence" not in means.to_status()["estimates"]
+    json.dumps(evaluation_status(means), allow_nan=False)
+    assert "confidenceSequence" not in evaluation_status(means)["estimates"]
 
 
 def test_all_successes_has_a_finite_variance() -> None:
@@ -220,7 +221,7 @@ def test_running_state_round_trips_through_status_and_never_loosens() -> None:
         xc += int(rng.binomial(200, 0.8))
         xt += int(rng.binomial(200, 0.8))
         ev = evaluate(design, ArmData.proportion(xc, n), ArmData.proportion(xt, n), previous=state)
-        state = RunningState.from_status(json.loads(json.dumps(ev.to_status())))
+        state = running_state(json.loads(json.dumps(evaluation_status(ev))))
         assert state == ev.state
         p_values.append(ev.always_valid_p_value)
         widths.append(ev.confidence_sequence[1] - ev.confidence_sequence[0])
@@ -252,7 +253,7 @@ def test_a_concluded_run_keeps_its_decision() -> None:
 
 
 def test_design_from_the_api_spec() -> None:
-    spec = api.parse_spec("ABTest", {
+    spec = api.parse_spec(api.ABTestSpec, {
         "control": {"modelDeployment": "a"}, "treatment": {"modelDeployment": "b"},
         "hypothesis": "non-inferiority", "nonInferiorityMargin": 0.01,
         "metric": {"kind": "mean", "higherIsBetter": False},

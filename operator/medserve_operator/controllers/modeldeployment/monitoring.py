@@ -7,16 +7,17 @@ and the ground-truth feedback it was given (`medserve_feedback_total{model,versi
 `model` label is the ModelDeployment's name. Every `monitoring.interval` the reconciler asks `Monitor`
 to evaluate the deployment:
 
-1. the reference profile (`model/reference_profile.json` beside the version in MLflow) is fetched over
-   MLflow's REST artifact endpoints and cached per model version (versions are immutable);
+1. the reference profile (`model/reference_profile.json` beside the version in MLflow) is fetched by the
+   MLflow client (`clients.mlflow.MlflowRegistry.reference_profile`), cached per model version;
 2. the increase of every bucket and category counter over `monitoring.drift.window`, summed over the
    runtime's replicas, is queried from Prometheus, turned back into per-bin counts
    (`drift.counts_from_cumulative`, `drift.category_counts`) and judged by `drift.evaluate`;
 3. accuracy is the share of `correct` feedback over the same window (the spec has no separate alert
    window), judged against `monitoring.alerts.minAccuracy` once at least `MIN_FEEDBACK` outcomes came in.
 
-Series are selected by `model` and `version`, and by `namespace` where the scrape adds that label
-(`namespace=~"<ns>|"` also matches series without it, as a scrape of bare targets gives).
+Series are selected with the contract's one selector builder (`medserve_contract.promql.selector`): by
+`model` and `version`, and by `namespace` where the scrape adds that label (`namespace=~"<ns>|"` also
+matches series without it, as a scrape of bare targets gives).
 Nothing here writes status: `Evaluation` is what the reconciler's pure `compute_status` turns into
 `status.drift` and the `DriftDetected` and `Degraded` conditions. Failures never raise out of
 `Monitor.evaluate`; they become a `Problem` with the condition reason to report.
@@ -28,16 +29,18 @@ import asyncio
 import dataclasses
 import logging
 import math
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
-import pydantic
+from medserve_contract import metrics
+from medserve_contract.promql import range_ms, selector
 
-from medserve_operator.api import MonitoringSpec, parse_duration
-from medserve_operator.clients.mlflow import ResolvedModel
-from medserve_operator.clients.prometheus import PrometheusClient, PrometheusError, VectorSample, label_matcher
+from medserve_operator.api import modeldeployment as md
+from medserve_operator.api.common import PROMETHEUS_NOT_CONFIGURED, parse_duration
+from medserve_operator.api.modeldeployment import MonitoringSpec
+from medserve_operator.clients.mlflow import MlflowRegistry, ProfileError, ResolvedModel
+from medserve_operator.clients.prometheus import PrometheusClient, PrometheusError, VectorSample
+from medserve_operator.kit import promql
 
 if TYPE_CHECKING:
     # numpy, scipy and the profile format load when drift is first evaluated, not with the operator: an
@@ -50,14 +53,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BUCKET_METRIC = "medserve_feature_value_bucket"
-CATEGORY_METRIC = "medserve_feature_category_total"
-FEEDBACK_METRIC = "medserve_feedback_total"
 MIN_FEEDBACK = 20
 """Fewest feedback outcomes in the window before accuracy is judged: below that, one wrong answer among a
 handful would flip the deployment to Degraded on noise."""
-ARTIFACT_FOLDER = "model"
-"""Where the training job logs a version's files inside its run (examples/training: ARTIFACT_PATH)."""
 
 
 
@@ -97,116 +95,35 @@ class Evaluation:
     accuracy_problem: Problem | None = None
 
 
-class ProfileError(Exception):
-    """The reference profile could not be fetched; `reason` is the condition reason."""
-
-    reason = "ReferenceProfileUnavailable"
-
-
-class InvalidProfile(ProfileError):
-    """The stored reference profile is not a valid `reference_profile.json`."""
-
-    reason = "InvalidReferenceProfile"
-
-
-class ProfileStore:
-    """Reference profiles from the MLflow server's artifact endpoints, cached per model version.
-
-    Talks to MLflow with httpx (as `registry.MlflowRegistry` does) rather than importing mlflow. The
-    version's `source` says where its files are: `mlflow-artifacts:/...` (artifacts proxied by the
-    server) is read through `/api/2.0/mlflow-artifacts/artifacts/`, anything else through the run's
-    `/get-artifact` endpoint.
-    """
-
-    def __init__(self, mlflow_uri: str, *, timeout: float = 5.0, client: httpx.AsyncClient | None = None) -> None:
-        self.base_url = mlflow_uri.rstrip("/")
-        self._client = client or httpx.AsyncClient(timeout=timeout)
-        self._profiles: dict[tuple[str, str], ReferenceProfile] = {}
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def get(self, model: ResolvedModel) -> ReferenceProfile:
-        key = (model.name, model.version)
-        cached = self._profiles.get(key)
-        if cached is not None:
-            return cached
-        from medserve_contract import modelspec
-
-        what = f"the reference profile of {model.name} version {model.version}"
-        for url, params in artifact_locations(self.base_url, model):
-            try:
-                response = await self._client.get(url, params=params)
-            except httpx.HTTPError as exc:
-                raise ProfileError(f"MLflow at {self.base_url} is unreachable while fetching {what}: "
-                                   f"{type(exc).__name__}") from exc
-            if response.status_code == 404 or (response.status_code == 400 and "get-artifact" in url):
-                continue  # not at this place: try the next candidate
-            if response.status_code >= 400:
-                raise ProfileError(f"MLflow answered {response.status_code} while fetching {what}")
-            try:
-                profile = modelspec.ReferenceProfile.model_validate_json(response.content)
-            except pydantic.ValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
-                where = ".".join(str(p) for p in first["loc"]) or "(root)"
-                raise InvalidProfile(f"{what} is not a valid {modelspec.REFERENCE_PROFILE_FILE}: {where}: "
-                                     f"{first['msg']}") \
-                    from exc
-            self._profiles[key] = profile
-            return profile
-        raise ProfileError(f"{what} was not found in MLflow ({modelspec.REFERENCE_PROFILE_FILE} beside source "
-                           f"{model.source or '(none)'}, run {model.run_id or '(none)'})")
-
-
-def artifact_locations(base_url: str, model: ResolvedModel) -> list[tuple[str, dict[str, str]]]:
-    """The (url, query params) pairs to try, in order, for a version's reference profile."""
-    from medserve_contract.modelspec import REFERENCE_PROFILE_FILE as file
-
-    base_url = base_url.rstrip("/")
-    found: list[tuple[str, dict[str, str]]] = []
-    source = model.source or ""
-    parsed = urllib.parse.urlparse(source)
-    if parsed.scheme == "mlflow-artifacts":
-        folder = parsed.path.strip("/")
-        for path in (f"{folder}/{file}", f"{folder}/{ARTIFACT_FOLDER}/{file}"):
-            found.append((f"{base_url}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}", {}))
-    elif parsed.scheme == "runs":
-        run_id, _, folder = parsed.path.strip("/").partition("/")
-        for path in (f"{folder}/{file}".lstrip("/"), f"{folder}/{ARTIFACT_FOLDER}/{file}".lstrip("/")):
-            found.append((f"{base_url}/get-artifact", {"run_uuid": run_id, "path": path}))
-    if model.run_id:
-        found.append((f"{base_url}/get-artifact", {"run_uuid": model.run_id, "path": f"{ARTIFACT_FOLDER}/{file}"}))
-    return found
-
-
 # ---------------------------------------------------------------------------------------------------
 # PromQL and what comes back (pure)
 
 
 def promql_window(window: str) -> str:
     """A spec duration ("1h30m", "250ms") as a PromQL range in milliseconds."""
-    return f"{max(1, round(parse_duration(window) * 1000))}ms"
+    return range_ms(parse_duration(window))
 
 
 def series_selector(metric: str, *, deployment: str, namespace: str, version: str) -> str:
-    return (f"{metric}{{model={label_matcher(deployment)},version={label_matcher(version)},"
-            f"namespace=~{label_matcher(_regex_escape(namespace) + '|')}}}")
+    return selector(metric, deployment=deployment, namespace=namespace, version=version)
 
 
 def bucket_query(*, deployment: str, namespace: str, version: str, window: str) -> str:
     """Per feature and `le`: the increase of the histogram buckets over the window, summed over replicas."""
-    selector = series_selector(BUCKET_METRIC, deployment=deployment, namespace=namespace, version=version)
-    return f"sum by (feature, le) (increase({selector}[{promql_window(window)}]))"
+    series = series_selector(metrics.FEATURE_VALUE_BUCKET, deployment=deployment, namespace=namespace,
+                             version=version)
+    return promql.increase_sum(series, parse_duration(window), by=(metrics.FEATURE_LABEL, "le"))
 
 
 def category_query(*, deployment: str, namespace: str, version: str, window: str) -> str:
-    selector = series_selector(CATEGORY_METRIC, deployment=deployment, namespace=namespace, version=version)
-    return f"sum by (feature, category) (increase({selector}[{promql_window(window)}]))"
+    series = series_selector(metrics.FEATURE_CATEGORY_TOTAL, deployment=deployment, namespace=namespace,
+                             version=version)
+    return promql.increase_sum(series, parse_duration(window), by=(metrics.FEATURE_LABEL, metrics.CATEGORY_LABEL))
 
 
 def feedback_query(*, deployment: str, namespace: str, version: str, window: str) -> str:
-    selector = series_selector(FEEDBACK_METRIC, deployment=deployment, namespace=namespace, version=version)
-    return f"sum by (outcome) (increase({selector}[{promql_window(window)}]))"
+    return promql.feedback_by_outcome(deployment=deployment, namespace=namespace, version=version,
+                                      seconds=parse_duration(window))
 
 
 def select_features(profile: ReferenceProfile, names: Sequence[str]) -> list[FeatureProfile]:
@@ -236,12 +153,12 @@ def window_counts(features: Sequence[FeatureProfile], buckets: Sequence[VectorSa
 
     cumulative: dict[str, dict[str, float]] = {}
     for sample in buckets:
-        feature, le = sample.labels.get("feature"), sample.labels.get("le")
+        feature, le = sample.labels.get(metrics.FEATURE_LABEL), sample.labels.get("le")
         if feature is not None and le is not None:
             cumulative.setdefault(feature, {})[le] = sample.value
     increases: dict[str, dict[str, float]] = {}
     for sample in categories:
-        feature, category = sample.labels.get("feature"), sample.labels.get("category")
+        feature, category = sample.labels.get(metrics.FEATURE_LABEL), sample.labels.get(metrics.CATEGORY_LABEL)
         if feature is not None and category is not None:
             increases.setdefault(feature, {})[category] = sample.value
     counts: dict[str, drift.FloatArray] = {}
@@ -257,8 +174,9 @@ def window_counts(features: Sequence[FeatureProfile], buckets: Sequence[VectorSa
 
 
 def accuracy_from(samples: Sequence[VectorSample]) -> Accuracy:
-    by_outcome = {s.labels.get("outcome"): max(0.0, s.value) for s in samples}
-    return Accuracy(correct=by_outcome.get("correct", 0.0), incorrect=by_outcome.get("incorrect", 0.0))
+    by_outcome = {s.labels.get(metrics.OUTCOME_LABEL): max(0.0, s.value) for s in samples}
+    return Accuracy(correct=by_outcome.get(metrics.OUTCOME_CORRECT, 0.0),
+                    incorrect=by_outcome.get(metrics.OUTCOME_INCORRECT, 0.0))
 
 
 def judge_window(profile: ReferenceProfile, spec: MonitoringSpec, buckets: Sequence[VectorSample],
@@ -275,7 +193,7 @@ def judge_window(profile: ReferenceProfile, spec: MonitoringSpec, buckets: Seque
 
 def not_configured(spec: MonitoringSpec, *, evaluated_at: str) -> Evaluation:
     """The evaluation when the operator has no Prometheus to ask."""
-    problem = Problem("PrometheusNotConfigured",
+    problem = Problem(PROMETHEUS_NOT_CONFIGURED,
                       "the operator has no Prometheus to query (set MEDSERVE_PROMETHEUS_URL)")
     return Evaluation(window=spec.drift.window, evaluated_at=evaluated_at,
                       drift_problem=problem if spec.drift.enabled else None,
@@ -287,15 +205,11 @@ def not_configured(spec: MonitoringSpec, *, evaluated_at: str) -> Evaluation:
 
 
 class Monitor:
-    """Evaluates drift and accuracy of served model versions; built at start-up, closed at cleanup."""
+    """Evaluates drift and accuracy of served model versions over the clients main.py builds (and closes)."""
 
-    def __init__(self, prometheus: PrometheusClient, profiles: ProfileStore) -> None:
+    def __init__(self, prometheus: PrometheusClient, registry: MlflowRegistry) -> None:
         self.prometheus = prometheus
-        self.profiles = profiles
-
-    async def aclose(self) -> None:
-        await self.prometheus.aclose()
-        await self.profiles.aclose()
+        self.registry = registry
 
     async def evaluate(self, *, namespace: str, deployment: str, model: ResolvedModel, spec: MonitoringSpec,
                        evaluated_at: str) -> Evaluation:
@@ -338,26 +252,18 @@ class Monitor:
                 return {"drift_problem": _problem(answer)}
         assert isinstance(buckets, list) and isinstance(categories, list)
         try:
-            profile = await self.profiles.get(model)
+            profile = await self.registry.reference_profile(model)
         except ProfileError as exc:
             logger.warning("drift of %s version %s not evaluated: %s", model.name, model.version, exc)
             return {"drift_problem": _problem(exc)}
         try:
             return {"drift": judge_window(profile, spec, buckets, categories)}
         except ValueError as exc:  # drift.DriftDataError among them
-            return {"drift_problem": Problem("InvalidDriftData", str(exc))}
+            return {"drift_problem": Problem(md.INVALID_DRIFT_DATA, str(exc))}
 
 
 def _problem(exc: PrometheusError | ProfileError) -> Problem:
     return Problem(exc.reason, str(exc))
-
-
-def _regex_escape(value: str) -> str:
-    """`value` as a literal inside a PromQL (RE2) regular expression."""
-    out = []
-    for ch in value:
-        out.append("\\" + ch if ch in r"\.+*?()|[]{}^$" else ch)
-    return "".join(out)
 
 
 def finite(value: float | None) -> float | None:

@@ -1,0 +1,287 @@
+"""ModelDeployment: one MLflow model version served by KServe; its spec, status, conditions and reasons."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import Field
+
+from medserve_operator.api.common import (
+    AGE,
+    API_VERSION_DESCRIPTION,
+    MLFLOW_MODEL_NAME,
+    MODEL_ALIAS,
+    MODEL_VERSION,
+    READY,
+    ApiModel,
+    ApiVersion,
+    CelRule,
+    Conditions,
+    ConditionSet,
+    LocalObjectReference,
+    PositiveDuration,
+    PrinterColumn,
+    ResourceRequirements,
+    Timestamp,
+    TopLevel,
+    name_rules,
+)
+
+KIND: Final = "ModelDeployment"
+PLURAL: Final = "modeldeployments"
+
+# --- condition types ----------------------------------------------------------------------------------------
+MODEL_RESOLVED: Final = "ModelResolved"
+INFERENCE_SERVICE_READY: Final = "InferenceServiceReady"
+DRIFT_DETECTED: Final = "DriftDetected"
+"""Reported, never held against Ready (the model still answers)."""
+DEGRADED: Final = "Degraded"
+"""Accuracy from feedback below `monitoring.alerts.minAccuracy`; holds Ready back."""
+
+CONDITIONS = ConditionSet(required=(MODEL_RESOLVED, INFERENCE_SERVICE_READY), negative=(DEGRADED, DRIFT_DETECTED))
+"""DriftDetected is negative for Events (turning True is a Warning) but not required by Ready."""
+READY_NEGATIVE: Final = (DEGRADED,)
+"""The negative conditions that hold Ready back (DriftDetected does not)."""
+
+# --- reasons --------------------------------------------------------------------------------------------------
+RESOLVED: Final = "Resolved"
+ISVC_READY: Final = "InferenceServiceReady"
+ISVC_PENDING: Final = "InferenceServicePending"
+ISVC_UPDATING: Final = "InferenceServiceUpdating"
+ISVC_NOT_READY: Final = "InferenceServiceNotReady"
+ISVC_MISSING: Final = "InferenceServiceMissing"
+ISVC_FAILED: Final = "InferenceServiceFailed"
+"""The InferenceService could not be written (the API server refused it); the operator retries."""
+DRIFTED: Final = "DriftDetected"
+NO_DRIFT: Final = "NoDrift"
+INSUFFICIENT_DATA: Final = "InsufficientData"
+INSUFFICIENT_FEEDBACK: Final = "InsufficientFeedback"
+LOW_ACCURACY: Final = "LowAccuracy"
+ACCURACY_OK: Final = "AccuracyOK"
+MONITORING_FAILED: Final = "MonitoringFailed"
+INVALID_DRIFT_DATA: Final = "InvalidDriftData"
+
+# --- event reasons -------------------------------------------------------------------------------------------
+ROLLOUT_STARTED: Final = "RolloutStarted"
+ROLLOUT_COMPLETE: Final = "RolloutComplete"
+ISVC_CREATED: Final = "InferenceServiceCreated"
+
+Phase = Literal["Pending", "Resolving", "Deploying", "Ready", "Degraded", "Failed"]
+PHASE_RESOLVING: Final = "Resolving"
+PHASE_DEPLOYING: Final = "Deploying"
+PHASE_READY: Final = READY
+PHASE_DEGRADED: Final = DEGRADED
+PHASE_FAILED: Final = "Failed"
+
+
+class ModelRef(ApiModel):
+    """Which MLflow registered model to serve: a fixed version, or an alias the operator follows."""
+
+    name: str = Field(pattern=MLFLOW_MODEL_NAME, description="MLflow registered model name.")
+    version: str | None = Field(
+        default=None, pattern=MODEL_VERSION, description='Model version to serve, e.g. "3". Exclusive with alias.'
+    )
+    alias: str | None = Field(
+        default=None,
+        pattern=MODEL_ALIAS,
+        description="MLflow alias (e.g. champion) resolved to an immutable version, pinned in status.model "
+        "and re-resolved every monitoring.interval. Exclusive with version.",
+    )
+
+    __cel_rules__ = (
+        CelRule(
+            rule="has(self.version) != has(self.alias)",
+            message="exactly one of version or alias must be set",
+            check=lambda m: (m.version is None) != (m.alias is None),
+        ),
+    )
+
+
+class BatchingSpec(ApiModel):
+    """Server-side request batching of the model runtime."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Largest batch the runtime forms.")
+    max_latency_ms: int = Field(
+        default=5, ge=0, le=1000, description="Longest a request waits for a batch to fill, in milliseconds."
+    )
+
+
+class RuntimeSpec(ApiModel):
+    """How the model runtime container runs."""
+
+    image: str = Field(default="", max_length=512, description='Runtime image; "" uses the operator\'s default.')
+    protocol: Literal["v1", "v2"] = Field(default="v2", description="KServe inference protocol.")
+    device: Literal["cpu", "gpu"] = Field(default="cpu", description="Where the model runs.")
+    optimization: Literal["none", "dynamic-int8"] = Field(
+        default="none", description="Inference optimisation applied when the model is loaded."
+    )
+    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Request batching.")
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Compute resources of the runtime container."
+    )
+
+
+class ScalingSpec(ApiModel):
+    """Autoscaling of the predictor."""
+
+    min_replicas: int = Field(default=1, ge=0, le=100, description="Fewest replicas; 0 allows scale to zero.")
+    max_replicas: int = Field(default=3, ge=1, le=1000, description="Most replicas.")
+    metric: Literal["concurrency", "rps", "cpu", "memory"] = Field(
+        default="concurrency", description="Metric the autoscaler tracks."
+    )
+    target: int = Field(default=8, ge=1, le=100000, description="Target value of the metric per replica.")
+
+    __cel_rules__ = (
+        CelRule(
+            rule="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            check=lambda m: m.min_replicas <= m.max_replicas,
+            field_path=".minReplicas",
+        ),
+    )
+
+
+class RolloutSpec(ApiModel):
+    """How a new model version is rolled out."""
+
+    canary_traffic_percent: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="Share of traffic the new version gets first when the resolved version changes; "
+        "0 switches at once.",
+    )
+
+
+class DriftSpec(ApiModel):
+    """Data drift detection on the model's input features."""
+
+    enabled: bool = Field(default=True, description="Whether drift is evaluated.")
+    statistic: Literal["psi", "ks", "chi2", "js"] = Field(default="psi", description="Drift statistic.")
+    threshold: float = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="Practical-significance floor: a feature drifts only if its score exceeds this AND its "
+        "corrected p-value is at most alpha (the test, not the floor, controls false alarms).",
+    )
+    alpha: float = Field(
+        default=0.001,
+        gt=0,
+        le=0.5,
+        description="Per-window false-alarm rate, corrected over features (Bonferroni/Benjamini-Hochberg).",
+    )
+    window: PositiveDuration = Field(default="1h", description="Window of recent traffic compared to reference.")
+    min_samples: int = Field(default=200, ge=1, description="Fewest samples in a window before drift is judged.")
+    features: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default=[], description="Features to monitor; empty means all monitored features."
+    )
+
+
+class AlertsSpec(ApiModel):
+    """Service-level alert thresholds."""
+
+    latency_p95_ms: int | None = Field(default=None, ge=1, description="Alert when p95 latency exceeds this (ms).")
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Alert when accuracy from feedback falls below this."
+    )
+
+
+class MonitoringSpec(ApiModel):
+    """What the operator watches after the model is deployed."""
+
+    interval: PositiveDuration = Field(
+        default="5m", description="How often the operator re-resolves an alias and evaluates drift."
+    )
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="Drift detection.")
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec, description="Alert thresholds.")
+
+
+class SecuritySpec(ApiModel):
+    """Access control and request limits of the inference endpoint."""
+
+    api_key_secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="Secret whose keys.json key holds the hashed API keys; without it the endpoint is open.",
+    )
+    rate_limit_per_minute: int = Field(default=100, ge=1, le=1000000, description="Requests per minute per key.")
+    audit_log: bool = Field(default=True, description="Write one audit record per request.")
+    max_request_bytes: int = Field(
+        default=1048576, ge=1024, le=67108864, description="Largest request body accepted, in bytes."
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    """The desired state of a ModelDeployment: one MLflow model version, served by KServe."""
+
+    model: ModelRef = Field(description="The MLflow model to serve.")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="The model runtime.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout of new versions.")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Monitoring and drift.")
+    security: SecuritySpec = Field(default_factory=SecuritySpec, description="Security of the endpoint.")
+
+
+class ServedModel(ApiModel):
+    """A model version as resolved in the MLflow registry, as status shows it (`status.model`)."""
+
+    name: str = Field(description="MLflow registered model name.")
+    version: str = Field(description="The immutable model version.")
+    alias: str | None = Field(default=None, description="The alias it was resolved from, if any.")
+    source: str | None = Field(default=None, description="Where the model's artifacts are stored.")
+    uri: str | None = Field(default=None, description="MLflow model URI, models:/NAME/VERSION.")
+    run_id: str | None = Field(default=None, description="MLflow run that produced the version.")
+    resolved_at: Timestamp | None = Field(default=None, description="When the version was resolved.")
+
+
+class DriftStatus(ApiModel):
+    """The latest drift evaluation."""
+
+    statistic: str | None = Field(default=None, description="Statistic used.")
+    score: float | None = Field(default=None, description="Largest per-feature score.")
+    p_value: float | None = Field(default=None, description="Smallest corrected p-value over features.")
+    drifted_features: list[str] = Field(default_factory=list, description="Features judged drifted.")
+    window: str | None = Field(default=None, description="Window evaluated.")
+    evaluated_at: Timestamp | None = Field(default=None, description="When drift was evaluated.")
+    samples: int | None = Field(default=None, ge=0, description="Samples in the window.")
+
+
+class ModelDeploymentStatus(ApiModel):
+    """The observed state of a ModelDeployment."""
+
+    phase: Phase | None = Field(
+        default=None, description="Summary of the deployment's state."
+    )
+    observed_generation: int | None = Field(default=None, ge=0, description="Last metadata.generation acted on.")
+    model: ServedModel | None = Field(default=None, description="The model version being served.")
+    previous_model: ServedModel | None = Field(
+        default=None, description="The version the canary replaces, while a rollout is in progress."
+    )
+    inference_service: str | None = Field(default=None, description="Name of the KServe InferenceService.")
+    url: str | None = Field(default=None, description="URL of the inference endpoint.")
+    drift: DriftStatus | None = Field(default=None, description="Latest drift evaluation.")
+    conditions: Conditions = Field(default_factory=list, description="Current conditions.")
+
+
+class ModelDeployment(TopLevel):
+    """ModelDeployment serves one version of an MLflow registered model with KServe, following an alias if
+    asked, with autoscaling, canary rollout, drift monitoring and API-key security."""
+
+    plural = "modeldeployments"
+    short_names = ("md",)
+    printer_columns = (
+        PrinterColumn("Model", "string", ".spec.model.name", "MLflow registered model."),
+        PrinterColumn("Version", "string", ".status.model.version", "Model version being served."),
+        PrinterColumn("Phase", "string", ".status.phase", "Summary of the state."),
+        PrinterColumn("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready condition."),
+        PrinterColumn("Drift", "number", ".status.drift.score", "Latest drift score."),
+        PrinterColumn("URL", "string", ".status.url", "Inference endpoint."),
+        AGE,
+    )
+    __cel_rules__ = name_rules("ModelDeployment")
+
+    api_version: ApiVersion = Field(description=API_VERSION_DESCRIPTION)
+    kind: Literal["ModelDeployment"] = Field(description="The kind, ModelDeployment.")
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
+

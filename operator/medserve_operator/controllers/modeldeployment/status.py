@@ -1,0 +1,213 @@
+"""The ModelDeployment's status, serialised in one place: from what a reconciliation found (`Outcome`) to
+`status` (pure), and back from a status to the version it pins.
+
+`Ready` is derived from ModelResolved and InferenceServiceReady, held back by Degraded (accuracy); drift is
+reported by DriftDetected and never held against Ready (the model still answers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from medserve_operator.api import modeldeployment as md
+from medserve_operator.api.common import READY
+from medserve_operator.api.modeldeployment import DriftStatus, ModelDeploymentSpec, ServedModel
+from medserve_operator.clients.mlflow import ModelNotFound, RegistryError, ResolvedModel
+from medserve_operator.controllers.modeldeployment import monitoring
+from medserve_operator.controllers.modeldeployment.monitoring import Evaluation
+from medserve_operator.controllers.modeldeployment.render import MODEL_VERSION_LABEL
+from medserve_operator.kit import conditions, reconciler
+from medserve_operator.kit import status as kit_status
+from medserve_operator.kit.conditions import Conditions, ConditionStatus
+
+
+@dataclasses.dataclass(kw_only=True)
+class Outcome(reconciler.Outcome):
+    """What one reconciliation found, before it becomes status."""
+
+    resolved: ResolvedModel | None = None
+    resolution_error: RegistryError | None = None
+    inference_service: dict[str, Any] | None = None
+    isvc_error: str | None = None
+    """Why the InferenceService could not be written, when the API server refused it."""
+    previous_model: dict[str, Any] | None = None
+    drift_enabled: bool | None = None
+    """Whether the spec asks for drift evaluation (None: the spec was not read). False drops DriftDetected."""
+    min_accuracy: float | None = None
+    """monitoring.alerts.minAccuracy; None drops the Degraded condition (once the spec was read)."""
+    evaluation: Evaluation | None = None
+    """Drift and accuracy, when this reconciliation evaluated them (every monitoring.interval)."""
+
+
+def pinned_model(spec: ModelDeploymentSpec, model: Mapping[str, Any] | None) -> ResolvedModel | None:
+    """The version pinned in `status.model`, if it still answers the spec's version or alias."""
+    if not model or model.get("name") != spec.model.name:
+        return None
+    if (spec.model.version and model.get("version") != spec.model.version) or \
+            (spec.model.alias and model.get("alias") != spec.model.alias):
+        return None
+    return ResolvedModel(name=model["name"], version=model["version"], source=model.get("source", ""),
+                         run_id=model.get("runId", ""), alias=model.get("alias"))
+
+
+def served_model(resolved: ResolvedModel, *, resolved_at: str) -> dict[str, Any]:
+    """`status.model` for a resolution."""
+    return ServedModel(name=resolved.name, version=resolved.version, alias=resolved.alias or None,
+                       source=resolved.source, uri=resolved.uri, run_id=resolved.run_id,
+                       resolved_at=resolved_at).model_dump(by_alias=True, exclude_none=True)
+
+
+def isvc_ready(isvc: Mapping[str, Any] | None) -> bool:
+    """Whether KServe reports the InferenceService Ready for its latest generation."""
+    if not isvc:
+        return False
+    status = isvc.get("status") or {}
+    generation = isvc.get("metadata", {}).get("generation")
+    fresh = status.get("observedGeneration") is None or generation is None or \
+        status["observedGeneration"] >= generation
+    return fresh and conditions.is_true(status.get("conditions"), READY)
+
+
+def running_version(isvc: Mapping[str, Any] | None) -> str | None:
+    """The model version the InferenceService serves now (its label)."""
+    return ((isvc or {}).get("metadata", {}).get("labels") or {}).get(MODEL_VERSION_LABEL)
+
+
+def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, generation: int,
+                   now: str | None = None) -> dict[str, Any]:
+    """The new status from the current one and what this reconciliation found (pure)."""
+    now = now or conditions.now_rfc3339()
+    if outcome.spec_error is not None:
+        return kit_status.invalid_spec(current, outcome.spec_error, generation=generation, now=now,
+                                       phase=md.PHASE_FAILED)
+    status = dict(current)
+    status["observedGeneration"] = generation
+    conds = Conditions(status.get("conditions"), generation=generation, now=now)
+
+    resolved, error = outcome.resolved, outcome.resolution_error
+    if resolved is not None:
+        old = status.get("model") or {}
+        same = all(old.get(k) == v for k, v in (("name", resolved.name), ("version", resolved.version),
+                                                 ("alias", resolved.alias or None)))
+        status["model"] = served_model(resolved, resolved_at=old.get("resolvedAt", now) if same else now)
+        via = f"alias {resolved.alias!r} → version {resolved.version}" if resolved.alias else \
+            f"version {resolved.version}"
+        conds.put(md.MODEL_RESOLVED, "True", md.RESOLVED, f"{resolved.name} {via}")
+        if error is not None:  # an alias re-check failed; the pinned version keeps serving
+            conds.put(md.MODEL_RESOLVED, "True", md.RESOLVED, f"{resolved.name} pinned to version "
+                                                              f"{resolved.version}; re-check failed: {error}")
+    elif error is not None:
+        conds.put(md.MODEL_RESOLVED, "False", error.reason, str(error))
+    if outcome.previous_model:
+        status["previousModel"] = outcome.previous_model
+    else:
+        status.pop("previousModel", None)
+
+    _inference_service_condition(status, conds, outcome, name)
+    _monitoring_conditions(status, conds, outcome)
+    final = conds.ready(md.CONDITIONS.required, negative=md.READY_NEGATIVE)
+    status["conditions"] = final
+    status["phase"] = _phase(final)
+    return status
+
+
+def _inference_service_condition(status: dict[str, Any], conds: Conditions, outcome: Outcome, name: str) -> None:
+    isvc, resolved = outcome.inference_service, outcome.resolved
+    if outcome.isvc_error is not None:
+        conds.put(md.INFERENCE_SERVICE_READY, "False", md.ISVC_FAILED, outcome.isvc_error)
+        if isvc is None:
+            return
+    if isvc is None:
+        status.pop("url", None)
+        conds.put(md.INFERENCE_SERVICE_READY, "False", md.ISVC_MISSING,
+                  "no InferenceService yet: the model is not resolved")
+        return
+    status["inferenceService"] = name
+    isvc_status = isvc.get("status") or {}
+    if isvc_status.get("url"):
+        status["url"] = isvc_status["url"]
+    if outcome.isvc_error is not None:
+        return
+    ready = conditions.find(isvc_status.get("conditions"), READY)
+    if isvc_ready(isvc):
+        canary = f" (canary: {outcome.previous_model['version']} → {resolved.version})" \
+            if outcome.previous_model and resolved else ""
+        conds.put(md.INFERENCE_SERVICE_READY, "True", md.ISVC_READY, f"InferenceService {name} is ready{canary}")
+    elif ready is None:
+        conds.put(md.INFERENCE_SERVICE_READY, "Unknown", md.ISVC_PENDING,
+                  f"waiting for KServe to report InferenceService {name}")
+    elif ready.get("status") == "True":  # ready, but KServe has not yet seen our latest change
+        conds.put(md.INFERENCE_SERVICE_READY, "Unknown", md.ISVC_UPDATING,
+                  f"waiting for KServe to roll out generation {isvc['metadata'].get('generation')} of "
+                  f"InferenceService {name}")
+    else:
+        conds.put(md.INFERENCE_SERVICE_READY, "False", str(ready.get("reason") or md.ISVC_NOT_READY),
+                  str(ready.get("message") or f"InferenceService {name} is not ready"))
+
+
+_DRIFT_CONDITION: dict[str, tuple[ConditionStatus, str]] = {
+    "Drifted": ("True", md.DRIFTED), "NoDrift": ("False", md.NO_DRIFT),
+    "InsufficientData": ("Unknown", md.INSUFFICIENT_DATA)}
+"""DriftDetected from `stats.drift.DriftResult.state`."""
+
+
+def _monitoring_conditions(status: dict[str, Any], conds: Conditions, outcome: Outcome) -> None:
+    """`status.drift`, `DriftDetected` and `Degraded` from this reconciliation's evaluation, if it made one.
+
+    Without a new evaluation they stay as last written; a spec that stops asking drops them. An outage
+    (Prometheus, MLflow) makes the condition Unknown and keeps the last figures in status.drift, whose
+    evaluatedAt says how old they are.
+    """
+    if outcome.drift_enabled is False:
+        conds.drop(md.DRIFT_DETECTED)
+        status.pop("drift", None)
+    if outcome.drift_enabled is not None and outcome.min_accuracy is None:
+        conds.drop(md.DEGRADED)
+    evaluation = outcome.evaluation
+    if evaluation is None:
+        return
+    result = evaluation.drift
+    if result is not None:
+        status["drift"] = DriftStatus(
+            statistic=result.statistic, score=_rounded(monitoring.finite(result.score), 4),
+            p_value=_rounded(monitoring.finite(result.p_value), 6, significant=True),
+            drifted_features=list(result.drifted_features), window=evaluation.window,
+            evaluated_at=evaluation.evaluated_at, samples=result.samples,
+        ).model_dump(by_alias=True, exclude_none=True)
+        conds.put(md.DRIFT_DETECTED, *_DRIFT_CONDITION[result.state], f"{result.message} (window {evaluation.window})")
+    elif evaluation.drift_problem is not None:
+        conds.put(md.DRIFT_DETECTED, "Unknown", evaluation.drift_problem.reason, evaluation.drift_problem.message)
+    accuracy = evaluation.accuracy
+    if accuracy is not None and outcome.min_accuracy is not None:
+        value = accuracy.value
+        if value is None or accuracy.total < monitoring.MIN_FEEDBACK:
+            conds.put(md.DEGRADED, "False", md.INSUFFICIENT_FEEDBACK,
+                      f"{accuracy.total:.0f} feedback outcomes in the last {evaluation.window}; accuracy is judged "
+                      f"from {monitoring.MIN_FEEDBACK}")
+        else:
+            low = value < outcome.min_accuracy
+            conds.put(md.DEGRADED, "True" if low else "False", md.LOW_ACCURACY if low else md.ACCURACY_OK,
+                      f"accuracy {value:.3f} from {accuracy.total:.0f} feedback outcomes in the last "
+                      f"{evaluation.window} is {'below' if low else 'at or above'} minAccuracy "
+                      f"{outcome.min_accuracy:g}")
+    elif evaluation.accuracy_problem is not None:
+        conds.put(md.DEGRADED, "Unknown", evaluation.accuracy_problem.reason, evaluation.accuracy_problem.message)
+
+
+def _rounded(value: float | None, digits: int, *, significant: bool = False) -> float | None:
+    """A status figure short enough to read in `kubectl get` (p-values keep significant digits)."""
+    if value is None:
+        return None
+    return float(f"{value:.{digits}g}") if significant else round(value, digits)
+
+
+def _phase(conds: list[dict[str, Any]]) -> md.Phase:
+    resolved = conditions.find(conds, md.MODEL_RESOLVED)
+    if resolved is None or resolved.get("status") != "True":
+        return md.PHASE_FAILED if resolved is not None and resolved.get("reason") == ModelNotFound.reason \
+            else md.PHASE_RESOLVING
+    if not conditions.is_true(conds, md.INFERENCE_SERVICE_READY):
+        return md.PHASE_DEPLOYING
+    return md.PHASE_DEGRADED if conditions.is_true(conds, md.DEGRADED) else md.PHASE_READY
