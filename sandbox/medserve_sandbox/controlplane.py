@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+import logging
 import os
+import re
 import shutil
 import ssl
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 import yaml
@@ -44,8 +48,29 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from medserve_sandbox import procs
 from medserve_sandbox.emulator import KUBECTL, KubectlError
 
+logger = logging.getLogger(__name__)
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
 CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
+
+
+# x-kubernetes-validations[].fieldPath (and reason) are unknown fields before 1.28; v1.25's cost
+# estimator also refuses rules as small as `has(self.version) != has(self.alias)` ("exceeds budget by
+# factor of more than 100x"), which 1.28+ accept.
+MIN_CEL_MINOR = 28
+
+
+def without_cel_rules(doc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a CRD without x-kubernetes-validations, for API servers older than MIN_CEL_MINOR."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    result: dict[str, Any] = strip(doc)
+    return result
 
 
 class MissingAssets(RuntimeError):
@@ -244,27 +269,37 @@ class ControlPlane:
         except httpx.HTTPError:
             return False
 
+    def server_minor(self) -> int:
+        version = json.loads(self.kubectl("get", "--raw", "/version").stdout)
+        return int(re.sub(r"\D.*", "", str(version["minor"])) or 0)
+
     def _install_crds(self) -> None:
         paths = list(self.crd_paths)
         if self.kserve_crds is not None:
             paths += sorted(self.kserve_crds.glob("serving.kserve.io_*.yaml"))
         if not paths:
             return
-        args = ["apply", "--server-side", "--field-manager=envtest"]
-        for path in paths:
-            args += ["-f", str(path)]
-        self.kubectl(*args)
         docs = [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+        minor = self.server_minor()
+        if minor < MIN_CEL_MINOR:
+            docs = [without_cel_rules(doc) for doc in docs]
+            logger.warning("kube-apiserver 1.%d predates the CEL features crds/ use (fieldPath, 1.28): installing "
+                           "the CRDs without their x-kubernetes-validations rules; CEL admission is not tested", minor)
+        self.kubectl("apply", "--server-side", "--field-manager=envtest", "-f", "-",
+                     input=yaml.safe_dump_all(docs, sort_keys=False))
         names = [str(doc["metadata"]["name"]) for doc in docs if doc.get("kind") == "CustomResourceDefinition"]
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     *[f"customresourcedefinition/{name}" for name in names])
-        # Discovery is cached by kubectl: wait until the new resources are served before handing it out.
-        deadline = time.monotonic() + 30
+        # Polled rather than `kubectl wait`, which fails on a CRD whose status has no conditions yet.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            resources = self.kubectl("api-resources", "-o", "name", check=False).stdout.split()
-            if all(name in resources for name in names):
+            listing = json.loads(self.kubectl("get", "customresourcedefinitions", "-o", "json").stdout)
+            established = {item["metadata"]["name"] for item in listing["items"]
+                           if any(c.get("type") == "Established" and c.get("status") == "True"
+                                  for c in item.get("status", {}).get("conditions") or [])}
+            served = set(self.kubectl("api-resources", "-o", "name", check=False).stdout.split())
+            if all(name in established and name in served for name in names):
                 return
             time.sleep(0.5)
+        raise procs.ProcessStartError(f"CRDs not established and served within 90s: {names}")
 
     def service_account_kubeconfig(self, path: Path, namespace: str, name: str) -> Path:
         """A kubeconfig authenticating as ServiceAccount `namespace/name`, with a token from the
