@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medserve_sandbox import procs
-from medserve_sandbox.emulator import KUBECTL, KubectlError
+from medserve_sandbox.emulator_process import KUBECTL, KubectlError
 
 logger = logging.getLogger(__name__)
 ASSETS_ENV = "KUBEBUILDER_ASSETS"

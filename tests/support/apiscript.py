@@ -317,7 +317,7 @@ def _wait_established(client: httpx.Client, name: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         crd = client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").json()
-        conditions = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+        conditions = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
         # Served only once discovery and the REST handler are up: poll the list too.
         if conditions.get("Established") == "True" and client.get(f"/apis/{GROUP}/v1/widgets").status_code == 200:
             return
