@@ -14,7 +14,9 @@ OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default), so 
 running under a ServiceAccount fails where it lacks `update` on an owner's finalizers. After the
 server is ready it installs the CRDs it was given and KServe's, with `kubectl apply --server-side`
 (the InferenceService CRD is too large for the last-applied annotation of a client-side apply), and
-waits until they are Established.
+waits until they are Established and served. On a server older than 1.28 the CRDs go in without
+their CEL rules (`fieldPath` is an unknown field there, and v1.25's cost estimator refuses even
+`has(self.version) != has(self.alias)`), with a warning: the tier then does not test CEL admission.
 
 kube-controller-manager, when present, runs only the controllers the project's tests rely on a
 cluster for: garbage collection (ownerReferences, cascading deletes), namespace deletion and the
