@@ -14,7 +14,7 @@ ARGS ?=
 # .venv/bin first on PATH: the tests and recipes find the helm (and kubectl) that `make helm` put there.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup helm demo test lint typecheck pytest crds chart bench kind-up test-e2e clean
+.PHONY: help setup helm demo test lint typecheck pytest crds chart bench test-envtest kind-up test-e2e clean
 
 help: ## list the targets
 	@echo "usage: make TARGET"
@@ -58,6 +58,13 @@ chart: $(STAMP) ## helm lint and helm template charts/medserve (when helm is fou
 
 bench: $(STAMP) ## operator scale benchmark against the emulator (200 ModelDeployments)
 	$(BIN)/python benchmarks/operator_scale.py --n 200
+
+# The integration tests that take a cluster, against a real control plane from $(KUBEBUILDER_ASSETS)
+# (kube-apiserver, etcd, optionally kube-controller-manager; `setup-envtest use -p path`); each is
+# skipped, with the reason, where the binaries are missing.
+ENVTEST_TESTS ?= tests/operator/integration tests/sandbox/integration/test_emulator.py
+test-envtest: $(STAMP) ## the integration tests against a real kube-apiserver from $KUBEBUILDER_ASSETS
+	MEDSERVE_ENVTEST=1 $(BIN)/pytest $(ENVTEST_TESTS)
 
 kind-up: ## create the local kind cluster for the e2e tier (needs Docker and kind)
 	kind create cluster --config kind-config.yaml

@@ -2,21 +2,35 @@
 integration fixtures (a real MLflow server, the emulated Kubernetes API with crds/, the real operator).
 
 `emulator_factory` starts real `medserve emulator` processes (see sandbox/emulator.py) and stops them
-at the end of the test module; `widget_crd` is a small CustomResourceDefinition with printer columns,
-a category, short names, defaults and the status subresource, for tests of the emulator itself that
-must not depend on the project's own CRDs.
+at the end of the test module; `cluster` is one with crds/ installed.
+
+The envtest tier (`make test-envtest`, MEDSERVE_ENVTEST=1) hands the same tests a real control plane
+instead (sandbox/controlplane.py: etcd + kube-apiserver, + kube-controller-manager when present, from
+$KUBEBUILDER_ASSETS), with crds/ and KServe's CRDs installed server-side; every test that needs a
+cluster is skipped, with the reason, where the binaries are missing. Tests of emulator-only flags
+(`extra_args`) are skipped there.
+
+`widget_crd` is a small CustomResourceDefinition with printer columns,
+a category, short names, defaults and the status subresource, for tests of the emulator (and of
+kubectl against it) that must not depend on the project's own CRDs.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kit import OperatorProcess
+from medserve_sandbox.controlplane import ControlPlane, MissingAssets
 from medserve_sandbox.emulator import EmulatorProcess
 from medserve_sandbox.mlflow_server import MlflowServer
+from medserve_sandbox.schemas import find_kserve_crds_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_CRDS = sorted((REPO / "crds").glob("*.yaml"))
@@ -74,14 +88,38 @@ def widget_crd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 EmulatorFactory = Callable[..., EmulatorProcess]
+Cluster = EmulatorProcess | ControlPlane
+ENVTEST = os.environ.get("MEDSERVE_ENVTEST") == "1"
+
+
+def envtest() -> bool:
+    """True in the envtest tier: the cluster fixtures are real control planes."""
+    return ENVTEST
+
+
+def control_plane(workdir: Path, crd_paths: list[Path]) -> ControlPlane:
+    """A real control plane with `crd_paths` and KServe's CRDs, or a skip naming what is missing."""
+    try:
+        return ControlPlane(workdir, crd_paths=crd_paths, kserve_crds=find_kserve_crds_dir())
+    except MissingAssets as exc:
+        pytest.skip(f"envtest tier: {exc}")
 
 
 @pytest.fixture(scope="module")
-def emulator_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorFactory]:
-    """Start emulators with `emulator_factory(crd_paths=[...], extra_args=[...])`; all stop after the module."""
-    started: list[EmulatorProcess] = []
+def emulator_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Cluster]]:
+    """Start emulators with `emulator_factory(crd_paths=[...], extra_args=[...])`; all stop after the module.
 
-    def start(crd_paths: list[Path] | None = None, extra_args: list[str] | None = None) -> EmulatorProcess:
+    In the envtest tier each call starts a real control plane instead; `extra_args` (the emulator's own
+    flags) have no counterpart there, and a test passing them is skipped."""
+    started: list[Cluster] = []
+
+    def start(crd_paths: list[Path] | None = None, extra_args: list[str] | None = None) -> Cluster:
+        if ENVTEST:
+            if extra_args:
+                pytest.skip(f"envtest tier: emulator flags {extra_args} have no real-server counterpart")
+            plane = control_plane(tmp_path_factory.mktemp("envtest"), list(crd_paths or []))
+            started.append(plane)
+            return plane.start()
         workdir = tmp_path_factory.mktemp("emulator")
         emulator = EmulatorProcess(workdir, crd_paths=crd_paths or [], log_path=workdir / "emulator.log",
                                    extra_args=extra_args)
@@ -89,8 +127,8 @@ def emulator_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emula
         return emulator.start()
 
     yield start
-    for emulator in started:
-        emulator.stop()
+    for cluster in started:
+        cluster.stop()
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
@@ -99,18 +137,45 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
+    if ENVTEST:
+        with control_plane(workdir, PROJECT_CRDS) as plane:
+            yield plane
+        return
     with EmulatorProcess(workdir, crd_paths=PROJECT_CRDS, log_path=workdir / "emulator.log") as emulator:
         yield emulator
 
 
+CHART = REPO / "charts" / "medserve"
+HELM = shutil.which("helm") or shutil.which("helm", path=str(Path(sys.executable).parent))
+
+
+def chart_service_account(plane: ControlPlane, workdir: Path) -> Path:
+    """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding (as `helm template` renders them)
+    applied to the real control plane, and a kubeconfig holding a token of that account: the operator
+    then runs with exactly the chart's permissions, so a missing rule fails the test that needs it."""
+    if HELM is None:
+        pytest.skip("envtest tier: no helm binary to render the chart's RBAC (run `make helm`)")
+    rendered = subprocess.run(
+        [HELM, "template", "medserve", str(CHART), "--namespace", "medserve-system",
+         "--set", "mlflow.trackingUri=http://unused", "--show-only", "templates/serviceaccount.yaml",
+         "--show-only", "templates/clusterrole.yaml", "--show-only", "templates/clusterrolebinding.yaml"],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    if plane.kubectl("get", "namespace", "medserve-system", check=False).returncode != 0:
+        plane.kubectl("create", "namespace", "medserve-system")
+    plane.kubectl("apply", "-n", "medserve-system", "-f", "-", input=rendered)
+    account = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "ServiceAccount")
+    return plane.service_account_kubeconfig(workdir / "operator.kubeconfig", "medserve-system",
+                                            account["metadata"]["name"])
+
+
 @pytest.fixture(scope="module")
-def operator(cluster: EmulatorProcess, mlflow_server: MlflowServer,
+def operator(cluster: Cluster, mlflow_server: MlflowServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.kubeconfig, mlflow_server.url, tmp_path_factory.mktemp("op") / "operator.log")
+    workdir = tmp_path_factory.mktemp("op")
+    kubeconfig = chart_service_account(cluster, workdir) if isinstance(cluster, ControlPlane) else cluster.kubeconfig
+    op = OperatorProcess(kubeconfig, mlflow_server.url, workdir / "operator.log")
     op.start()
     yield op
     op.stop()
-
-

@@ -51,6 +51,21 @@ What it does NOT emulate:
   the "orphan" and "kubernetes" finalizers (their effects happen directly);
 - one storage for core/v1 and events.k8s.io/v1 Events (they are two separate resources here), and
   metadata.generation on built-in kinds other than Jobs, CronJobs and CRDs.
+
+Held against a real kube-apiserver: tests/sandbox/integration/test_recorded_answers.py replays a
+scripted set of requests (tests/support/apiscript.py) and compares with the answers recorded from
+v1.25.0 (tests/sandbox/data/apiserver/answers.json). Recorded behaviours it still does not reproduce,
+each a strict xfail there (KNOWN_GAPS) until fixed: CRD creation is not checked against the
+structural-schema rules (a described root `metadata`, an empty default under a CEL rule are both
+accepted; the real server answers 422 naming the field); pagination; server-side apply and
+managedFields (415, where the real server applies, reports field-manager conflicts with 409 and takes
+`force`); a too-old watch gets a replay, not an ERROR event with 410 Expired; a Background delete
+answers the object (the real one a Status), and Foreground/Orphan deletes do not show their
+finalizers; /openapi/v3 group documents carry no schemas and there is no /openapi/v2 (so Helm 4's
+`install` fails against the emulator); no SelfSubjectAccessReview; built-in kinds are not defaulted
+(a Job's backoffLimit, completions, parallelism, completionMode, suspend, pod-template labels and
+container defaults). Why: each is emulator work not done yet, not a choice; the recording is the
+specification for it.
 When KServe's CRD files are not found, InferenceService and InferenceGraph are still served, with a
 schema that accepts anything (a warning says so at startup).
 

@@ -8,12 +8,21 @@ read from the API), in the working directory given (the repository root, so that
 machine's environment, and a command of `python`/`python3` is this interpreter, so that the
 repository's packages are importable.
 
-It writes the Job's status as the Job controller does: `startTime`, `active`, `ready`, `succeeded`,
-`failed`, and once the Job ends `completionTime` (on success) and the `Complete` or `Failed` condition
-(reasons `BackoffLimitExceeded`, `DeadlineExceeded`). A failed attempt is retried after the
-controller's back-off (10 s, doubled each time, at most 6 min) until `backoffLimit` failures have
-been exceeded; `activeDeadlineSeconds` counts from `startTime` and ends the running attempt. A Job
-that is deleted has its process stopped; `spec.suspend` is honoured.
+It writes the Job's status as the Job controller does and as kube-apiserver accepts it: `startTime`,
+`active`, `ready`, `succeeded`, `failed`, and once the Job ends `completionTime` (on success) and the
+terminal conditions in the controller's order: `SuccessCriteriaMet` then `Complete` (reason
+`CompletionsReached`), or `FailureTarget` then `Failed` (reasons `BackoffLimitExceeded`,
+`DeadlineExceeded`), with no `active` (0, which the API omits) on a finished Job. The source:
+kubernetes pkg/controller/job/job_controller.go, `syncJob` (the interim condition,
+`jobCtx.finishedCondition = newCondition(batch.JobSuccessCriteriaMet | batch.JobFailureTarget, ...)`,
+while pods terminate) and `enactJobFinished` (the final `Complete`/`Failed` added after it); and the
+server's own check, pkg/apis/batch/validation/validation.go `validateJobStatus`: "cannot set
+Complete=True condition without the SuccessCriteriaMet=true condition", "cannot set Failed=True
+condition without the FailureTarget=true condition", "active>0 is invalid for finished job",
+"startTime is required for finished job", "completionTime is required for Complete jobs". A failed
+attempt is retried after the controller's back-off (10 s, doubled each time, at most 6 min) until
+`backoffLimit` failures have been exceeded; `activeDeadlineSeconds` counts from `startTime` and ends the
+running attempt. A Job that is deleted has its process stopped; `spec.suspend` is honoured.
 
 What it does NOT do: run more than one pod per Job (`parallelism`/`completions` are taken as 1), pod
 failure policies, success policies, `ttlSecondsAfterFinished` (finished Jobs stay), create Pod
@@ -105,8 +114,9 @@ class JobStandin:
             if code == 0:
                 logger.info("Job %s succeeded", where)
                 status.update(active=0, ready=0, succeeded=1, completionTime=now_rfc3339())
-                status["conditions"] = [_condition("Complete", "CompletionsReached",
-                                                   "Reached expected number of succeeded pods")]
+                message = "Reached expected number of succeeded pods"
+                status["conditions"] = [_condition("SuccessCriteriaMet", "CompletionsReached", message),
+                                        _condition("Complete", "CompletionsReached", message)]
                 await self.write_status(job, status)
                 return
             attempt.failures += 1
@@ -205,11 +215,19 @@ class JobStandin:
 
     async def fail(self, job: dict[str, Any], status: dict[str, Any], reason: str, message: str) -> None:
         logger.info("Job %s/%s failed: %s", job["metadata"]["namespace"], job["metadata"]["name"], reason)
-        status["conditions"] = [_condition("Failed", reason, message)]
+        status.setdefault("startTime", now_rfc3339())
+        status["conditions"] = [_condition("FailureTarget", reason, message), _condition("Failed", reason, message)]
         await self.write_status(job, status)
 
     async def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
-        if status == (job.get("status") or {}):
+        # `active` is an int32 with omitempty: the real API never shows `active: 0`, and a finished
+        # Job has none. A merge patch removes the key with null.
+        current = job.get("status") or {}
+        if not status.get("active"):
+            status = {**status, "active": None}
+            if "active" not in current and {k: v for k, v in status.items() if k != "active"} == current:
+                return
+        elif status == current:
             return
         await procs.patch_status(self.kube, BATCH_API, JOBS, job, status)
 

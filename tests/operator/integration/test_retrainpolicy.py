@@ -183,7 +183,9 @@ def test_drift_retrains_once_registers_and_promotes_directly(
     assert version.tags["medserve.io/trigger-reason"] == "Drift"
     finished = get_json(cluster, "job", job_name) or {}
     assert finished["status"]["succeeded"] == 1 and finished["status"]["completionTime"]
-    assert [c["type"] for c in finished["status"]["conditions"]] == ["Complete"]
+    # The real Job controller's order (job_controller.go syncJob, then enactJobFinished).
+    assert [c["type"] for c in finished["status"]["conditions"]] == ["SuccessCriteriaMet", "Complete"]
+    assert not finished["status"].get("active")
 
     md = get_json(cluster, "modeldeployment", "rt-direct") or {}
     assert md["spec"]["model"] == {"name": "rt-direct", "version": "2"}
