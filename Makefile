@@ -14,13 +14,16 @@ ARGS ?=
 # .venv/bin first on PATH: the tests and recipes find the helm (and kubectl) that `make helm` put there.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup helm demo test lint typecheck pytest crds chart bench kind-up test-e2e clean
+.PHONY: help system-deps setup helm demo test lint typecheck pytest crds chart bench kind-up test-e2e clean
 
 help: ## list the targets
 	@echo "usage: make TARGET"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(STAMP) ## create .venv (system python3): torch==2.13.0 first, then the project with its test extras
+system-deps: ## install the missing system packages (root + apt-get), else say exactly what to install
+	.ci/system-deps
+
+setup: system-deps $(STAMP) ## system packages, then .venv (system python3): torch==2.13.0 first, then the project
 
 # torch goes in first and on its own: installing it as a dependency of the project would let pip pick
 # whatever build the index prefers; the project then finds the requirement already satisfied.
@@ -34,10 +37,10 @@ $(STAMP): pyproject.toml
 helm: ## put helm (and kubectl, if missing) into .venv/bin unless on PATH (used by setup and .ci/run)
 	.ci/install-tools $(BIN)
 
-demo: $(STAMP) ## run the whole system on loopback: emulator, MLflow, operator, example model (ARGS=--keep)
+demo: setup ## run the whole system on loopback: emulator, MLflow, operator, example model (ARGS=--keep)
 	$(BIN)/medserve sandbox $(ARGS)
 
-test: lint typecheck pytest ## lint, typecheck, then the unit, integration and e2e tiers
+test: setup lint typecheck pytest ## lint, typecheck, then the unit, integration and e2e tiers
 
 lint: $(STAMP) ## ruff and the import-layering contracts
 	$(BIN)/ruff check .
