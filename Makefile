@@ -14,7 +14,7 @@ ARGS ?=
 # .venv/bin first on PATH: the tests and recipes find the helm (and kubectl) that `make helm` put there.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help system-deps setup helm demo test lint typecheck pytest crds chart bench kind-up test-e2e clean
+.PHONY: help system-deps setup helm demo test lint typecheck pytest crds monitoring chart bench kind-up test-e2e clean
 
 help: ## list the targets
 	@echo "usage: make TARGET"
@@ -54,6 +54,9 @@ pytest: $(STAMP)
 
 crds: $(STAMP) ## regenerate crds/*.yaml (and the chart's copy) from the API models
 	$(BIN)/medserve crds
+
+monitoring: $(STAMP) ## regenerate the chart's alert rules, Grafana dashboards and argocd-cm snippet
+	$(BIN)/python -m medserve_operator.tools.monitoring
 
 chart: $(STAMP) ## helm lint and helm template charts/medserve (when helm is found)
 	@if ! command -v helm >/dev/null; then echo "chart: no helm on PATH or in $(BIN) (run 'make helm'); skipped"; \
