@@ -59,7 +59,7 @@ class AlertsPrometheus(PrometheusServer):
     def prepare(self) -> None:
         super().prepare()
         config: dict[str, Any] = render_config(self.targets_file)
-        scrape_configs: list[dict[str, Any]] = config["scrape_configs"]  # type: ignore[assignment]
+        scrape_configs: list[dict[str, Any]] = config["scrape_configs"]
         runtime = scrape_configs[0]
         assert runtime["job_name"] == JOB_NAME == monitoring.RUNTIME_JOB
         runtime["static_configs"] = [{"targets": [f"127.0.0.1:{DEAD_PORT}"], "labels": {
