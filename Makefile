@@ -14,7 +14,7 @@ ARGS ?=
 # .venv/bin first on PATH: the tests and recipes find the helm (and kubectl) that `make helm` put there.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help system-deps setup helm demo test lint typecheck pytest crds monitoring chart bench kind-up test-e2e clean
+.PHONY: help system-deps setup helm demo test lint typecheck pytest crds monitoring chart images lock bench kind-up test-e2e clean
 
 help: ## list the targets
 	@echo "usage: make TARGET"
@@ -27,10 +27,11 @@ setup: system-deps $(STAMP) ## system packages, then .venv (system python3): tor
 
 # torch goes in first and on its own: installing it as a dependency of the project would let pip pick
 # whatever build the index prefers; the project then finds the requirement already satisfied.
-$(STAMP): pyproject.toml
+# Both installs take their versions from constraints.txt, as the images do.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
-	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@.ci/install-tools $(BIN) || echo "setup: helm/kubectl could not be installed; the tests needing them skip"
 	@touch $@
 
@@ -61,6 +62,14 @@ monitoring: $(STAMP) ## regenerate the chart's alert rules, Grafana dashboards a
 chart: $(STAMP) ## helm lint and helm template charts/medserve (when helm is found)
 	@if ! command -v helm >/dev/null; then echo "chart: no helm on PATH or in $(BIN) (run 'make helm'); skipped"; \
 	else set -x; helm lint charts/medserve && helm template medserve charts/medserve >/dev/null; fi
+
+images: ## build the operator, runtime and training images (podman/buildah; .ci/build-images) and print their sizes
+	.ci/system-deps images
+	.ci/build-images
+
+lock: $(STAMP) ## rewrite constraints.txt from the packages now in .venv
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 bench: $(STAMP) ## operator scale benchmark against the emulator (200 ModelDeployments)
 	$(BIN)/python benchmarks/operator_scale.py --n 200

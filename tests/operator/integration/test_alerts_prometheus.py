@@ -13,7 +13,8 @@ Each alert is driven into the state it fires on — a latencyP95Ms of 1 ms, wron
 minAccuracy of 0.99, shifted traffic, a retraining Job that exits 3, an ABTest whose treatment does not
 exist, the dead target — and the alert's `expr` (the `for` is Prometheus' rule evaluation, not the
 expression) and each panel's PromQL (Grafana's variables set to match all) must return at least one
-series at some point of the run.
+series at some point of the run. Then `medserve_sandbox.dashboards` draws every dashboard over the run
+as a PNG from the same Prometheus, and every panel must have drawn a line.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import yaml
 from kit import OperatorProcess, get_json, wait_for
 from medserve_operator.kit import conditions
 from medserve_operator.tools import monitoring
-from medserve_sandbox import procs
+from medserve_sandbox import dashboards, procs
 from medserve_sandbox.emulator import EmulatorProcess
 from medserve_sandbox.mlflow_server import MlflowServer
 from medserve_sandbox.prometheus_server import JOB_NAME, PrometheusServer, render_config
@@ -209,6 +211,7 @@ def test_every_alert_and_panel_returns_data(
         cluster: EmulatorProcess, registered: None, prometheus: PrometheusServer, standins: None,
         monitored_operator: OperatorProcess) -> None:
     op = monitored_operator
+    started = time.time()
     queries = Queries(prometheus)
     assert queries.total == len(monitoring.ALERTS) + len(monitoring.dashboard_queries())
     apply(cluster, deployment(CONTROL, {"name": MODEL, "alias": "champion"},
@@ -271,3 +274,10 @@ def test_every_alert_and_panel_returns_data(
     assert {s["pod"] for s in series(by_alert["MedserveRuntimeDown"])} == {"gone-predictor-00001"}
     assert {s["model"] for s in series(by_alert["MedserveDriftDetected"])} == {CONTROL}
     assert {s["model"] for s in series(by_alert["MedserveAccuracyBelowMinimum"])} == {CONTROL}
+
+    # The same panels drawn as PNGs over the run (what `make demo` writes): every panel drew a series.
+    drawn = dashboards.draw(prometheus.url, workdir / "dashboards", start=started, end=time.time())
+    assert {d.title for d in drawn} == {d.title for d in monitoring.DASHBOARDS}
+    for d in drawn:
+        assert d.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert all(d.series.values()), f"{d.title}: panels without data: {d.series}"
