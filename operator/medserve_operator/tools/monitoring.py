@@ -33,7 +33,7 @@ ARGOCD_CM = "argocd/argocd-cm.yaml"
 KINDS = ("ModelDeployment", "ABTest", "RetrainPolicy")
 RUNTIME_JOB = "medserve-runtime"
 """The `job` of the runtimes' targets: the chart's PodMonitor sets it, as the sandbox's Prometheus does."""
-INFERENCE = 'endpoint=~".*predict|.*infer"'
+INFERENCE = f'{m.ENDPOINT_LABEL}=~".*predict|.*infer"'
 """The request routes that run the model (the clinical API and KServe's V1/V2), not health or metrics."""
 BY = "namespace, model"
 SELECT = 'namespace=~"$namespace", model=~"$model"'
@@ -142,7 +142,7 @@ DASHBOARDS = (
                       (latency_p95("5m", SELECT), LEGEND),
                       (f"{m.DEPLOYMENT_LATENCY_P95_THRESHOLD}{{{SELECT}}}", "threshold " + LEGEND)], unit="s"),
                   Panel("Requests per second by status code", [
-                      (f"sum by ({BY}, code) (rate({m.REQUEST_DURATION}_count{{{SELECT}, {INFERENCE}}}[5m]))",
+                      (f"sum by ({BY}, {m.CODE_LABEL}) (rate({m.REQUEST_DURATION}_count{{{SELECT}, {INFERENCE}}}[5m]))",
                        LEGEND + " {{code}}")], unit="reqps"),
                   Panel("Accuracy from ground truth (1h)", [
                       (accuracy("1h", SELECT), LEGEND),
@@ -173,9 +173,10 @@ DASHBOARDS = (
                                              f'namespace=~"$namespace"}})', "{{namespace}}")], kind="stat"),
                   Panel("ModelDeployments Ready", [(f"{m.DEPLOYMENT_READY}{{{SELECT}}}", LEGEND)], kind="stat"),
                   Panel("Error responses per second (4xx, 5xx)", [
-                      (f'sum by ({BY}, code) (rate({m.REQUEST_DURATION}_count{{{SELECT}, code=~"4..|5.."}}[5m]))',
+                      (f"sum by ({BY}, {m.CODE_LABEL}) "
+                       f'(rate({m.REQUEST_DURATION}_count{{{SELECT}, {m.CODE_LABEL}=~"4..|5.."}}[5m]))',
                        LEGEND + " {{code}}")], unit="reqps"),
-                  Panel("Serving version", [(f"max by ({BY}, version) ({m.MODEL_INFO}{{{SELECT}}})",
+                  Panel("Serving version", [(f"max by ({BY}, {m.VERSION_LABEL}) ({m.MODEL_INFO}{{{SELECT}}})",
                                              LEGEND + " v{{version}}")], kind="stat"),
                   Panel("Retraining Jobs", [
                       (f'{m.RETRAIN_JOB_ACTIVE}{{namespace=~"$namespace", model=~"$model"}}', "{{policy}} running"),
@@ -186,7 +187,7 @@ DASHBOARDS = (
               "What the models predict, how often they are right, and whether the patients still look like "
               "the training population.", [
                   Panel("Predictions per second by class", [
-                      (f"sum by ({BY}, class) (rate({m.PREDICTIONS_TOTAL}{{{SELECT}}}[5m]))",
+                      (f"sum by ({BY}, {m.CLASS_LABEL}) (rate({m.PREDICTIONS_TOTAL}{{{SELECT}}}[5m]))",
                        LEGEND + " {{class}}")], unit="reqps"),
                   Panel("Ground truth by outcome (1h)", [
                       (f"sum by ({BY}, {m.OUTCOME_LABEL}) (increase({m.FEEDBACK_TOTAL}{{{SELECT}}}[1h]))",

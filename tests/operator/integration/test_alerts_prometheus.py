@@ -6,8 +6,8 @@ emulator with MEDSERVE_PROMETHEUS_URL and its own /metrics (MEDSERVE_METRICS_ADD
 KServe stand-in runs each InferenceService as a real medserve-runtime process, the InferenceGraph stand-in
 serves the A/B split and the Job stand-in runs retraining Jobs as local processes. A real Prometheus
 (Debian's binary) scrapes the runtimes as job `medserve-runtime` (what the chart's PodMonitor relabels
-to) and the operator with honor_labels (what the chart's ServiceMonitor sets), plus one runtime target
-whose port nobody listens on: a runtime that is down.
+to) and the operator with honor_labels (what the chart's ServiceMonitor sets), as the sandbox's does,
+plus one runtime target whose port nobody listens on: a runtime that is down.
 
 Each alert is driven into the state it fires on — a latencyP95Ms of 1 ms, wrong ground truth under a
 minAccuracy of 0.99, shifted traffic, a retraining Job that exits 3, an ABTest whose treatment does not
@@ -56,19 +56,17 @@ DEAD_PORT = procs.free_port()
 
 
 class AlertsPrometheus(PrometheusServer):
-    """The sandbox's Prometheus, also scraping the operator and one runtime target that is down."""
+    """The sandbox's Prometheus (runtimes and the operator), plus one runtime target that is down."""
+
+    operator_target = f"127.0.0.1:{METRICS_PORT}"
 
     def prepare(self) -> None:
         super().prepare()
-        config: dict[str, Any] = render_config(self.targets_file)
-        scrape_configs: list[dict[str, Any]] = config["scrape_configs"]
-        runtime = scrape_configs[0]
+        config: dict[str, Any] = render_config(self.targets_file, operator_target=self.operator_target)
+        runtime = config["scrape_configs"][0]
         assert runtime["job_name"] == JOB_NAME == monitoring.RUNTIME_JOB
         runtime["static_configs"] = [{"targets": [f"127.0.0.1:{DEAD_PORT}"], "labels": {
             "namespace": "default", "inferenceservice": "gone", "pod": "gone-predictor-00001"}}]
-        scrape_configs.append({"job_name": "medserve-operator", "scrape_interval": "1s", "scrape_timeout": "1s",
-                               "honor_labels": True,
-                               "static_configs": [{"targets": [f"127.0.0.1:{METRICS_PORT}"]}]})
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
