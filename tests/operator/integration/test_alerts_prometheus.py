@@ -207,7 +207,7 @@ class Queries:
 @pytest.mark.timeout(1200)
 def test_every_alert_and_panel_returns_data(
         cluster: EmulatorProcess, registered: None, prometheus: PrometheusServer, standins: None,
-        monitored_operator: OperatorProcess) -> None:
+        monitored_operator: OperatorProcess, tmp_path: Path) -> None:
     op = monitored_operator
     started = time.time()
     queries = Queries(prometheus)
@@ -274,7 +274,7 @@ def test_every_alert_and_panel_returns_data(
     assert {s["model"] for s in series(by_alert["MedserveAccuracyBelowMinimum"])} == {CONTROL}
 
     # The same panels drawn as PNGs over the run (what `make demo` writes): every panel drew a series.
-    drawn = dashboards.draw(prometheus.url, workdir / "dashboards", start=started, end=time.time())
+    drawn = dashboards.draw(prometheus.url, tmp_path, start=started, end=time.time())
     assert {d.title for d in drawn} == {d.title for d in monitoring.DASHBOARDS}
     for d in drawn:
         assert d.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
