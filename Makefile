@@ -18,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 help: ## list the targets
 	@echo "usage: make TARGET"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 system-deps: ## install the missing system packages (root + apt-get), else say exactly what to install
 	.ci/system-deps
