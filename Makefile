@@ -14,30 +14,34 @@ ARGS ?=
 # .venv/bin first on PATH: the tests and recipes find the helm (and kubectl) that `make helm` put there.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup helm demo test lint typecheck pytest crds chart bench test-envtest kind-up test-e2e clean
+.PHONY: help system-deps setup helm demo test lint typecheck pytest crds monitoring chart images lock bench unit test-envtest kind-up test-e2e clean
 
 help: ## list the targets
 	@echo "usage: make TARGET"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(STAMP) ## create .venv (system python3): torch==2.13.0 first, then the project with its test extras
+system-deps: ## install the missing system packages (root + apt-get), else say exactly what to install
+	.ci/system-deps
+
+setup: system-deps $(STAMP) ## system packages, then .venv (system python3): torch==2.13.0 first, then the project
 
 # torch goes in first and on its own: installing it as a dependency of the project would let pip pick
 # whatever build the index prefers; the project then finds the requirement already satisfied.
-$(STAMP): pyproject.toml
+# Both installs take their versions from constraints.txt, as the images do.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
-	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@.ci/install-tools $(BIN) || echo "setup: helm/kubectl could not be installed; the tests needing them skip"
 	@touch $@
 
 helm: ## put helm (and kubectl, if missing) into .venv/bin unless on PATH (used by setup and .ci/run)
 	.ci/install-tools $(BIN)
 
-demo: $(STAMP) ## run the whole system on loopback: emulator, MLflow, operator, example model (ARGS=--keep)
+demo: setup ## run the whole system on loopback: emulator, MLflow, operator, example model (ARGS=--keep)
 	$(BIN)/medserve sandbox $(ARGS)
 
-test: lint typecheck pytest ## lint, typecheck, then the unit, integration and e2e tiers
+test: setup lint typecheck pytest ## lint, typecheck, then the unit, integration and e2e tiers
 
 lint: $(STAMP) ## ruff and the import-layering contracts
 	$(BIN)/ruff check .
@@ -46,15 +50,29 @@ lint: $(STAMP) ## ruff and the import-layering contracts
 typecheck: $(STAMP) ## mypy --strict over medserve_operator and medserve_runtime
 	$(BIN)/mypy
 
+unit: $(STAMP) ## the unit tier alone (no servers; about 30 s)
+	$(BIN)/pytest tests/operator/unit tests/runtime/unit tests/sandbox/unit
+
 pytest: $(STAMP)
 	$(BIN)/pytest tests
 
 crds: $(STAMP) ## regenerate crds/*.yaml (and the chart's copy) from the API models
 	$(BIN)/medserve crds
 
+monitoring: $(STAMP) ## regenerate the chart's alert rules, Grafana dashboards and argocd-cm snippet
+	$(BIN)/python -m medserve_operator.tools.monitoring
+
 chart: $(STAMP) ## helm lint and helm template charts/medserve (when helm is found)
 	@if ! command -v helm >/dev/null; then echo "chart: no helm on PATH or in $(BIN) (run 'make helm'); skipped"; \
 	else set -x; helm lint charts/medserve && helm template medserve charts/medserve >/dev/null; fi
+
+images: ## build the operator, runtime and training images (podman/buildah; .ci/build-images) and print their sizes
+	.ci/system-deps images
+	.ci/build-images
+
+lock: $(STAMP) ## rewrite constraints.txt from the packages now in .venv
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 bench: $(STAMP) ## operator scale benchmark against the emulator (200 ModelDeployments)
 	$(BIN)/python benchmarks/operator_scale.py --n 200

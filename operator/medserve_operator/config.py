@@ -22,6 +22,8 @@ class OperatorConfig:
     prometheus_url: str | None = None
     """Where the operator queries Prometheus for drift and accuracy; None turns that evaluation off (the
     DriftDetected condition then says PrometheusNotConfigured)."""
+    metrics_address: str | None = None
+    """HOST:PORT where the operator serves its own /metrics (`state_metrics`); None serves none."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -34,4 +36,5 @@ class OperatorConfig:
             resync_seconds=float(env.get("MEDSERVE_RESYNC_SECONDS") or 30.0),
             registry_timeout=float(env.get("MEDSERVE_REGISTRY_TIMEOUT") or 5.0),
             prometheus_url=env.get("MEDSERVE_PROMETHEUS_URL") or None,
+            metrics_address=env.get("MEDSERVE_METRICS_ADDRESS") or None,
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from medserve_operator import state_metrics
 from medserve_operator.clients.kube import KubeClient
 from medserve_operator.clients.mlflow import MlflowRegistry
 from medserve_operator.clients.prometheus import PrometheusClient
@@ -26,6 +27,7 @@ logger = logging.getLogger("medserve.operator")
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A kopf registry holding every medserve handler plus the start-up settings."""
     registry = kopf.OperatorRegistry()
+    collector = state_metrics.StateCollector()
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -35,6 +37,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "medserve.io/finalizer"
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        if config.metrics_address:
+            state_metrics.serve(collector, config.metrics_address)
         # The clients, built once and shared by the three controllers (closed at cleanup).
         kube = KubeClient.from_environment()
         registry_client = MlflowRegistry(config.mlflow_uri, timeout=config.registry_timeout)
@@ -49,9 +53,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             query_value=prometheus.value if prometheus is not None else None,
         )
         memo.abtest = abtest.Runtime(config=config, kube=kube, registry=registry_client, prometheus=prometheus)
-        logger.info("medserve operator started: registry %s, prometheus %s, resync every %ss",
+        logger.info("medserve operator started: registry %s, prometheus %s, resync every %ss, metrics %s",
                     config.mlflow_uri, config.prometheus_url or "(none: drift is not evaluated)",
-                    config.resync_seconds)
+                    config.resync_seconds, config.metrics_address or "(not served)")
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -68,6 +72,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     modeldeployment.register(registry, config)
     retrainpolicy.register(registry, config)
     abtest.register(registry, config)
+    state_metrics.register(registry, collector)
     return registry
 
 

@@ -23,6 +23,7 @@ from medserve_sandbox import procs
 TARGETS_FILE = "targets.json"
 SCRAPE_INTERVAL = "1s"
 JOB_NAME = "medserve-runtime"
+OPERATOR_JOB_NAME = "medserve-operator"
 
 
 class PrometheusNotInstalled(procs.ProcessStartError):
@@ -37,18 +38,26 @@ def prometheus_executable() -> str:
     return found
 
 
-def render_config(targets_file: Path, *, scrape_interval: str = SCRAPE_INTERVAL) -> dict[str, object]:
-    """prometheus.yml: one job scraping the runtime processes listed in `targets_file`."""
+def render_config(targets_file: Path, *, scrape_interval: str = SCRAPE_INTERVAL,
+                  operator_target: str | None = None) -> dict[str, object]:
+    """prometheus.yml: one job scraping the runtime processes listed in `targets_file`, and one scraping
+    the operator's own /metrics at `operator_target` (HOST:PORT) when given, with honor_labels as the
+    chart's ServiceMonitor has it: the operator's series keep their objects' `namespace`."""
+    jobs: list[dict[str, object]] = [{
+        "job_name": JOB_NAME,
+        "scrape_interval": scrape_interval,
+        "scrape_timeout": scrape_interval,
+        "metrics_path": "/metrics",
+        # inotify picks up a rewrite at once; the refresh is the fallback where it is not delivered.
+        "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
+    }]
+    if operator_target is not None:
+        jobs.append({"job_name": OPERATOR_JOB_NAME, "scrape_interval": scrape_interval,
+                     "scrape_timeout": scrape_interval, "honor_labels": True,
+                     "static_configs": [{"targets": [operator_target]}]})
     return {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "scrape_configs": [{
-            "job_name": JOB_NAME,
-            "scrape_interval": scrape_interval,
-            "scrape_timeout": scrape_interval,
-            "metrics_path": "/metrics",
-            # inotify picks up a rewrite at once; the refresh is the fallback where it is not delivered.
-            "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
-        }],
+        "scrape_configs": jobs,
     }
 
 
@@ -70,6 +79,8 @@ class PrometheusServer(procs.LoopbackServer):
     name = "Prometheus"
     health_path = "/-/ready"
     default_log = "prometheus.log"
+    operator_target: str | None = None
+    """HOST:PORT of the operator's /metrics (MEDSERVE_METRICS_ADDRESS), scraped too when set before start."""
 
     @property
     def targets_file(self) -> Path:
@@ -90,7 +101,8 @@ class PrometheusServer(procs.LoopbackServer):
         ]
 
     def prepare(self) -> None:
-        self.config_file.write_text(yaml.safe_dump(render_config(self.targets_file), sort_keys=False))
+        config = render_config(self.targets_file, operator_target=self.operator_target)
+        self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         if not self.targets_file.exists():
             write_targets(self.targets_file, [])
         return None

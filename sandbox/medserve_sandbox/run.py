@@ -32,6 +32,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -40,7 +41,7 @@ from typing import Any
 import yaml
 from medserve_operator.api import ModelDeploymentSpec, RetrainPolicySpec, parse_spec
 
-from medserve_sandbox import procs
+from medserve_sandbox import dashboards, procs
 from medserve_sandbox.demo_traffic import DemoTraffic
 from medserve_sandbox.report import Recorder, write_report
 from medserve_sandbox.sandbox_processes import (
@@ -202,6 +203,11 @@ class Sandbox(DemoTraffic):
                                 title="medserve sandbox: drift -> retrain -> A/B test -> promote")
             self.console.say(f"\n      report: {path} ({len(self.recorder.drift)} drift evaluations, "
                              f"{len(self.recorder.abtest)} A/B evaluations; figures in {path.with_suffix('.json')})")
+            # The chart's Grafana dashboards, drawn from this run's Prometheus with their own PromQL.
+            end = time.time()
+            start = end - (time.monotonic() - self.recorder.started)
+            for drawn in dashboards.draw(self.prometheus.url, self.workdir, start=start, end=end):
+                self.console.say(f"      dashboard: {drawn.path} ({drawn.title})")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -61,6 +61,9 @@ class SandboxProcesses:
         self.mlflow = MlflowServer(self.workdir / "mlflow", log_path=self.logs / "mlflow.log")
         # Its targets file is the one the KServe stand-in keeps (<workdir>/prometheus/targets.json).
         self.prometheus = PrometheusServer(self.workdir / "prometheus", log_path=self.logs / "prometheus.log")
+        # The operator's own /metrics, scraped beside the runtimes: the dashboards drawn at the end need both.
+        self.operator_metrics = f"127.0.0.1:{procs.free_port()}"
+        self.prometheus.operator_target = self.operator_metrics
         self.operator: subprocess.Popen[bytes] | None = None
         self.standin: subprocess.Popen[bytes] | None = None
         self.job_standin: subprocess.Popen[bytes] | None = None
@@ -101,7 +104,8 @@ class SandboxProcesses:
 
     def start_operator(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.emulator.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow.url,
-               "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS, "MEDSERVE_PROMETHEUS_URL": self.prometheus.url}
+               "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS, "MEDSERVE_PROMETHEUS_URL": self.prometheus.url,
+               "MEDSERVE_METRICS_ADDRESS": self.operator_metrics}
         health = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         log = self.logs / "operator.log"
         self.operator = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator",

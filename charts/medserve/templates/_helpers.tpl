@@ -28,3 +28,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* An image reference from {repository, tag, digest}: repository@digest, else repository:tag (default appVersion). */}}
+{{- define "medserve.image" -}}
+{{- $image := index . 0 -}}
+{{- $chart := index . 1 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository ($image.tag | default $chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The labels of every model-runtime pod (the operator's render.model_deployment_labels). */}}
+{{- define "medserve.runtimeSelector" -}}
+app.kubernetes.io/name: medserve-model
+app.kubernetes.io/managed-by: medserve
+{{- end -}}

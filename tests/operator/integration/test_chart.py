@@ -48,7 +48,8 @@ def test_helm_lint() -> None:
 
 @pytest.mark.parametrize("values", [
     (),
-    ("operator.watchNamespaces={clinical,research}", "operator.logLevel=debug", "runtime.image=example/rt:1",
+    ("operator.watchNamespaces={clinical,research}", "operator.logLevel=debug",
+     "runtime.image.repository=example/rt", "runtime.image.tag=1",
      "mlflow.runtimeTrackingUri=http://mlflow:5000", "serviceAccount.create=false", "serviceAccount.name=ops"),
 ], ids=["defaults", "every-option"])
 def test_every_rendered_object_is_valid(values: tuple[str, ...]) -> None:
