@@ -2,7 +2,7 @@
 
 Envtest tier only (the emulator stores RBAC objects but enforces none: skipped there, with the reason).
 The chart's ServiceAccount, ClusterRole and ClusterRoleBinding are applied as `helm template` renders
-them (conftest.chart_service_account), and the children the operator creates are created with that
+them (envtest_kit.chart_service_account), and the children the operator creates are created with that
 account's token: an InferenceService owned by a ModelDeployment with `blockOwnerDeletion: true` (the
 operator's render.owner_reference) needs `update` on modeldeployments/finalizers, and is refused 403
 without it. `kubectl auth can-i` checks the verbs the operator uses are granted and the trimmed ones
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import chart_service_account
+from envtest_kit import chart_service_account
 from medserve_sandbox.controlplane import ControlPlane
 from medserve_sandbox.emulator_process import KUBECTL
 
