@@ -54,6 +54,9 @@ PROMOTION_DISABLED: Final = "PromotionDisabled"
 PROMOTION_FAILED: Final = "PromotionFailed"
 ALIAS_MOVED: Final = "AliasMoved"
 VERSION_PINNED: Final = "VersionPinned"
+PROMOTION_RECOMMENDED: Final = "PromotionRecommended"
+"""A winner against a control that pins a version, without `onConclusion.pinVersion`: the change is left to
+Git (status.recommendation says which); also the Event's reason."""
 
 # --- event reasons -------------------------------------------------------------------------------------------
 GRAPH_CREATED: Final = "InferenceGraphCreated"
@@ -147,7 +150,13 @@ class ConclusionSpec(ApiModel):
 
     promote: bool = Field(
         default=False, description="Promote a winning treatment: move the control's MLflow alias to the "
-        "treatment's model version, or pin a control without an alias to it."
+        "treatment's model version. A control that pins a version instead gets status.recommendation and an "
+        "Event saying what to change in Git, unless pinVersion is true."
+    )
+    pin_version: bool = Field(
+        default=False, description="Let the operator patch the control ModelDeployment's spec.model to the "
+        "winning version when the control pins a version (no alias). Off by default: a GitOps tool that owns "
+        "the ModelDeployment (ArgoCD with self-heal) would revert the edit, so the operator only recommends it."
     )
 
 
@@ -204,6 +213,15 @@ class ArmVersions(ApiModel):
     treatment: str = Field(description="Model version of the treatment.")
 
 
+class Recommendation(ApiModel):
+    """A promotion the operator leaves to whoever owns the ModelDeployment's spec (Git): what to set, and why."""
+
+    model_deployment: str = Field(description="The ModelDeployment whose spec.model is to change.")
+    model: str = Field(description="Registered model name to set as spec.model.name.")
+    version: str = Field(description="Model version to set as spec.model.version.")
+    reason: str = Field(description="Why: the decision and the data behind it.")
+
+
 RETRY_PROMOTION = (PROMOTION_FAILED, MODEL_DEPLOYMENT_NOT_FOUND)
 """ABTest Promoted reasons after which promotion is tried again at the next reconciliation."""
 
@@ -229,6 +247,10 @@ class ABTestStatus(ApiModel):
     started_at: Timestamp | None = Field(default=None, description="When traffic was first split.")
     evaluated_at: Timestamp | None = Field(default=None, description="When the test was last evaluated.")
     concluded_at: Timestamp | None = Field(default=None, description="When the test concluded.")
+    recommendation: Recommendation | None = Field(
+        default=None, description="The promotion to make in Git, when the control pins a version and "
+        "onConclusion.pinVersion is false."
+    )
     conditions: Conditions = Field(default_factory=list, description="Current conditions.")
 
 

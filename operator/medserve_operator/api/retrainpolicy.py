@@ -12,6 +12,7 @@ from medserve_operator.api.abtest import (
     MARGIN_DESCRIPTION,
     Hypothesis,
     MetricSpec,
+    Recommendation,
     StatisticsSpec,
     TrafficSplit,
 )
@@ -70,6 +71,10 @@ COOLDOWN_OVER: Final = "CooldownOver"
 NEVER_TRIGGERED: Final = "NeverTriggered"
 MANUAL_PROMOTION: Final = "ManualPromotion"
 DIRECT_PROMOTION: Final = "DirectPromotion"
+ALIAS_MOVED: Final = "AliasMoved"
+PROMOTION_RECOMMENDED: Final = "PromotionRecommended"
+"""A version to promote into a ModelDeployment that pins one, without `promotion.pinVersion`: the change is left
+to Git (status.recommendation says which); also the Event's reason."""
 ABTEST_RUNNING: Final = "ABTestRunning"
 ABTEST_FAILED: Final = "ABTestFailed"
 ABTEST_DELETED: Final = "ABTestDeleted"
@@ -171,10 +176,18 @@ class PromotionSpec(ApiModel):
 
     strategy: Literal["manual", "direct", "abtest"] = Field(
         default="manual",
-        description="manual: only register the version; direct: deploy it at once; abtest: run an ABTest "
-        "against the current version first.",
+        description="manual: only register the version; direct: deploy it at once (move the "
+        "ModelDeployment's alias; see pinVersion for one that pins a version); abtest: run an ABTest against the "
+        "current version first.",
     )
     ab_test: ABTestTemplate = Field(default_factory=ABTestTemplate, description="The ABTest for strategy abtest.")
+    pin_version: bool = Field(
+        default=False, description="Let the operator patch the ModelDeployment's spec.model to the new version "
+        "when it pins a version (no alias): strategy direct, and the ABTest of strategy abtest "
+        "(its onConclusion.pinVersion). Off by default: a GitOps tool that owns the ModelDeployment (ArgoCD "
+        "with self-heal) would revert the edit, so the operator records status.recommendation and an Event "
+        "instead. A ModelDeployment that follows an MLflow alias gets the alias moved either way."
+    )
 
 
 class RetrainPolicySpec(ApiModel):
@@ -255,6 +268,10 @@ class RetrainPolicyStatus(ApiModel):
     active_job: ActiveJob | None = Field(default=None, description="Running job, if any.")
     last_job: JobResult | None = Field(default=None, description="Last finished job.")
     ab_test: ABTestRecord | None = Field(default=None, description="ABTest of the last retrained version.")
+    recommendation: Recommendation | None = Field(
+        default=None, description="The promotion to make in Git, when the ModelDeployment pins a version and "
+        "promotion.pinVersion is false."
+    )
     next_schedule_time: Timestamp | None = Field(default=None, description="Next scheduled run.")
     conditions: Conditions = Field(default_factory=list, description="Current conditions.")
 

@@ -160,7 +160,7 @@ def test_drift_retrains_once_registers_and_promotes_directly(
     client = register(mlflow_server.url, "rt-direct")
     apply_md(cluster, "rt-direct", "rt-direct")
     apply_rtp(cluster, "rt-direct", modelDeployment="rt-direct", triggers={"drift": {"enabled": True}},
-              cooldown="1h", promotion={"strategy": "direct"},
+              cooldown="1h", promotion={"strategy": "direct", "pinVersion": True},
               job={"image": "ghcr.io/medserve/training:0.1.0", "backoffLimit": 0, **TRAIN})
     wait_for(lambda: condition(rtp(cluster, "rt-direct"), "TriggersReady").get("reason") == "Evaluated",
              what="the triggers evaluated")

@@ -187,6 +187,8 @@ async def test_winner_following_an_alias_moves_the_alias(world: World, events: E
     assert world.graph_steps() == [("triage", 100)]  # all traffic back to the control
     assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == \
         {"name": MODEL, "alias": "champion"}
+    assert deployment_writes(world) == []  # the alias moved; the Git-owned spec is not touched
+    assert "recommendation" not in world.status()
     reasons = events.reasons()
     assert "ABTestConcluded" in reasons and "Promoted" in reasons
 
@@ -197,8 +199,46 @@ async def test_winner_following_an_alias_moves_the_alias(world: World, events: E
         (asked, writes, moves)
 
 
-async def test_winner_against_a_pinned_control_pins_it(world: World, events: Events) -> None:
+def deployment_writes(world: World) -> list[tuple[str, str, str]]:
+    return [w for w in world.kube.log if w[1] == "modeldeployments"]
+
+
+async def test_winner_against_a_pinned_control_is_recommended_not_written(world: World, events: Events) -> None:
+    """By default a pinned control is Git's to change: status and an Event say what to set, no spec write."""
     await running(world, events)
+    world.feedback(*TREATMENT_WINS)
+    await world.reconcile()
+    assert world.status()["decision"] == "TreatmentBetter"
+    promoted = world.condition("Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "PromotionRecommended")
+    assert 'version "2"' in promoted["message"] and "onConclusion.pinVersion" in promoted["message"]
+    recommendation = world.status()["recommendation"]
+    assert {k: v for k, v in recommendation.items() if k != "reason"} == \
+        {"modelDeployment": "triage", "model": MODEL, "version": "2"}
+    assert "TreatmentBetter" in recommendation["reason"] and "ABTest ab" in recommendation["reason"]
+    assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == {"name": MODEL, "version": "1"}
+    assert deployment_writes(world) == []
+    assert world.registry.calls["set_alias"] == 0
+    recommended = [e for e in events.drain() if e.reason == "PromotionRecommended"]
+    assert len(recommended) == 1 and recommended[0].message == promoted["message"]
+
+    # Recorded once: a resync neither writes nor posts it again.
+    await world.reconcile()
+    assert deployment_writes(world) == []
+    assert "PromotionRecommended" not in events.reasons()
+
+    # Opting in afterwards lets the operator make the change it recommended.
+    stored = world.kube.objects[(API, "abtests", NS, "ab")]
+    stored["spec"]["onConclusion"] = {"promote": True, "pinVersion": True}
+    await world.reconcile()
+    promoted = world.condition("Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("True", "VersionPinned")
+    assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == {"name": MODEL, "version": "2"}
+    assert "recommendation" not in world.status()
+
+
+async def test_winner_against_a_pinned_control_pins_it_on_opt_in(world: World, events: Events) -> None:
+    await running(world, events, onConclusion={"promote": True, "pinVersion": True})
     world.feedback(*TREATMENT_WINS)
     await world.reconcile()
     promoted = world.condition("Promoted")

@@ -68,12 +68,13 @@ class World:
                           query_value=self.prometheus.query_value if prometheus else None)
         return self.rt
 
-    def deployment(self, *, drifted: bool = True) -> None:
-        """The champion ModelDeployment as its reconciler reports it, with its drift verdict."""
+    def deployment(self, *, drifted: bool = True, model: dict[str, Any] | None = None) -> None:
+        """The champion ModelDeployment as its reconciler reports it, with its drift verdict; it follows the
+        alias champion unless `model` says otherwise."""
         drift = {"type": "DriftDetected", "status": "True" if drifted else "False",
                  "reason": "DriftDetected" if drifted else "NoDrift", "message": "psi 0.31 on age"}
         self.kube.put({"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": "triage", "namespace": NS},
-                       "spec": {"model": {"name": MODEL, "alias": "champion"}},
+                       "spec": {"model": model or {"name": MODEL, "alias": "champion"}},
                        "status": {"model": {"name": MODEL, "version": "1"}, "inferenceService": "triage",
                                   "conditions": [drift]}})
 
@@ -121,9 +122,9 @@ class World:
     async def reconcile(self) -> None:
         await reconcile(self.rt, self.kube.obj(API, "retrainpolicies", NS, POLICY), LOG)
 
-    async def retrained(self, events: Events) -> str:
+    async def retrained(self, events: Events, *, model: dict[str, Any] | None = None) -> str:
         """Drift starts a Job, which succeeds and registers version 2 tagged with its name; returns the Job."""
-        self.deployment()
+        self.deployment(model=model)
         await self.reconcile()
         [job] = self.jobs()
         self.registry.add_version(MODEL, tags={JOB_NAME_TAG: job})
@@ -284,12 +285,57 @@ async def test_manual_promotion_only_records_the_version(world: World, events: E
     assert {"RetrainingSucceeded", "NewVersionAvailable"} <= set(events.reasons())
 
 
-async def test_direct_promotion_pins_the_deployment(world: World, events: Events) -> None:
+PINNED = {"name": MODEL, "version": "1"}
+
+
+def deployment_writes(world: World) -> list[tuple[str, str, str]]:
+    return [w for w in world.kube.log if w[1] == "modeldeployments"]
+
+
+async def test_direct_promotion_moves_the_alias_the_deployment_follows(world: World, events: Events) -> None:
     world.policy(strategy="direct")
     await world.retrained(events)
     promoted = world.condition("Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("True", "AliasMoved")
+    assert world.registry.aliases[(MODEL, "champion")] == "2"
+    assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == \
+        {"name": MODEL, "alias": "champion"}
+    assert deployment_writes(world) == []  # the Git-owned spec is not touched
+    assert "recommendation" not in world.status()
+    assert "Promoted" in events.reasons()
+    moves = world.registry.calls["set_alias"]
+    await world.reconcile()  # recorded once
+    assert world.registry.calls["set_alias"] == moves
+
+
+async def test_direct_promotion_of_a_pinned_deployment_is_recommended(world: World, events: Events) -> None:
+    """By default a pinned ModelDeployment is Git's to change: status and an Event say what to set."""
+    world.policy(strategy="direct")
+    job = await world.retrained(events, model=PINNED)
+    promoted = world.condition("Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "PromotionRecommended")
+    assert 'version "2"' in promoted["message"] and "promotion.pinVersion" in promoted["message"]
+    recommendation = world.status()["recommendation"]
+    assert {k: v for k, v in recommendation.items() if k != "reason"} == \
+        {"modelDeployment": "triage", "model": MODEL, "version": "2"}
+    assert job in recommendation["reason"]
+    assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == PINNED
+    assert deployment_writes(world) == []
+    assert world.registry.calls["set_alias"] == 0
+    recommended = [e for e in events.drain() if e.reason == "PromotionRecommended"]
+    assert len(recommended) == 1 and recommended[0].message == promoted["message"]
+    await world.reconcile()  # recorded once
+    assert "PromotionRecommended" not in events.reasons()
+    assert deployment_writes(world) == []
+
+
+async def test_direct_promotion_pins_the_deployment_on_opt_in(world: World, events: Events) -> None:
+    world.policy(strategy="direct", promotion={"strategy": "direct", "pinVersion": True})
+    await world.retrained(events, model=PINNED)
+    promoted = world.condition("Promoted")
     assert (promoted["status"], promoted["reason"]) == ("True", "DirectPromotion")
     assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == {"name": MODEL, "version": "2"}
+    assert "recommendation" not in world.status()
     assert "Promoted" in events.reasons()
     patches = world.kube.writes["patch"]
     await world.reconcile()  # recorded once
@@ -310,7 +356,7 @@ async def test_version_lookup_waits_for_the_registry(world: World, events: Event
     world.registry.down = False
     await world.reconcile()
     assert world.status()["lastJob"]["modelVersion"] == "2"
-    assert world.condition("Promoted")["reason"] == "DirectPromotion"
+    assert world.condition("Promoted")["reason"] == "AliasMoved"
 
 
 async def abtest_started(world: World, events: Events) -> tuple[str, str]:
@@ -331,7 +377,7 @@ async def test_abtest_promotion_creates_challenger_and_abtest(world: World, even
     ab = world.kube.obj(API, "abtests", NS, test)
     assert ab["spec"]["control"] == {"modelDeployment": "triage"}
     assert ab["spec"]["treatment"] == {"modelDeployment": challenger}
-    assert ab["spec"]["onConclusion"] == {"promote": True}
+    assert ab["spec"]["onConclusion"] == {"promote": True, "pinVersion": False}
     assert "ABTestStarted" in events.reasons()
 
     # While the ABTest runs no trigger starts a Job, even with the cooldown over.
@@ -373,6 +419,41 @@ async def test_abtest_outcome_is_recorded_and_the_challenger_removed(
     deletes = world.kube.writes["delete"]
     await world.reconcile()
     assert world.kube.writes["delete"] == deletes
+
+
+@pytest.mark.parametrize("pin", [False, True])
+async def test_the_policys_abtest_follows_its_pin_version_opt_in(world: World, events: Events, pin: bool) -> None:
+    world.policy(promotion={"strategy": "abtest", "pinVersion": pin, "abTest": {"statistics": {"interval": "1m"}}})
+    await world.retrained(events, model=PINNED)
+    test = world.kube.obj(API, "abtests", NS, str(world.status()["abTest"]["name"]))
+    assert test["spec"]["onConclusion"] == {"promote": True, "pinVersion": pin}
+    assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == PINNED
+
+
+async def test_a_recommendation_of_the_policys_abtest_is_recorded(world: World, events: Events) -> None:
+    """The champion pins a version and the policy did not opt in: the ABTest's recommendation becomes the
+    policy's, the champion's spec is left to Git, and the challenger goes."""
+    world.policy(strategy="abtest")
+    await world.retrained(events, model=PINNED)
+    record = world.status()["abTest"]
+    recommendation = {"modelDeployment": "triage", "model": MODEL, "version": "2",
+                      "reason": f"decision TreatmentBetter of ABTest {record['name']} (data from ...)"}
+    world.kube.set_status(API, "abtests", NS, record["name"], {
+        "phase": "Concluded", "decision": "TreatmentBetter", "recommendation": recommendation,
+        "conditions": [{"type": "Concluded", "status": "True", "reason": "TreatmentBetter", "message": "(...)"},
+                       {"type": "Promoted", "status": "False", "reason": "PromotionRecommended",
+                        "message": 'promote triage to version 2 by setting its spec.model to ... "2" in Git'}]})
+    events.drain()
+    await world.reconcile()
+    status = world.status()
+    promoted = world.condition("Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "PromotionRecommended")
+    assert "in Git" in promoted["message"]
+    assert status["recommendation"] == recommendation
+    assert status["abTest"]["promoted"] is False and status["abTest"]["decision"] == "TreatmentBetter"
+    assert not world.kube.has(API, "modeldeployments", NS, str(record["challenger"]))
+    assert world.kube.obj(API, "modeldeployments", NS, "triage")["spec"]["model"] == PINNED
+    assert {"PromotionRecommended", "ChallengerRemoved"} <= set(events.reasons())
 
 
 async def test_invalid_spec_fails_without_child_writes(world: World, events: Events) -> None:

@@ -102,10 +102,13 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], logger: Logger) -> Out
             versions = (outcome.started or status).get("modelVersions") or {}
             window = f"data from {(outcome.started or status).get('startedAt')} to " \
                      f"{status.get('concludedAt') or conditions.rfc3339(outcome.now)}"
-            outcome.promoted = await promote(rt.kube, rt.registry, ctx, spec, control, treatment, decision,
-                                             versions, window)
+            promotion = await promote(rt.kube, rt.registry, ctx, spec, control, treatment, decision, versions,
+                                      window)
+            outcome.promoted, outcome.recommendation = promotion.condition, promotion.recommendation
             if outcome.promoted[0] == "True":
                 outcome.event(ab.PROMOTED_EVENT, outcome.promoted[2])
+            elif outcome.promoted[1] == ab.PROMOTION_RECOMMENDED:
+                outcome.event(ab.PROMOTION_RECOMMENDED, outcome.promoted[2])
             elif outcome.promoted[1] != ab.PROMOTION_FAILED:
                 outcome.event(ab.NOT_PROMOTED_EVENT, outcome.promoted[2])
 

@@ -41,6 +41,8 @@ class Outcome(reconciler.Outcome):
     concluded: str | None = None
     """The conclusion's message, when the test concludes now."""
     promoted: Check | None = None
+    recommendation: dict[str, Any] | None = None
+    """status.recommendation, set with a Promoted=False reason=PromotionRecommended."""
 
 
 def evaluation_status(result: sequential.Evaluation) -> dict[str, Any]:
@@ -107,11 +109,15 @@ def concluded_decision(status: Mapping[str, Any]) -> ab.Decision | None:
 
 
 def promotion_pending(status: Mapping[str, Any], outcome: Outcome) -> bool:
-    """Whether promotion is to be decided now: the test concluded now, or its last try is to be retried."""
+    """Whether promotion is to be decided now: the test concluded now, its last try is to be retried, or it
+    recommended a change to Git and `onConclusion.pinVersion` now lets the operator make it."""
     if outcome.concluded is not None:
         return True
     promoted = conditions.find(status.get("conditions"), ab.PROMOTED)
-    return promoted is None or promoted.get("reason") in ab.RETRY_PROMOTION
+    if promoted is None or promoted.get("reason") in ab.RETRY_PROMOTION:
+        return True
+    return promoted.get("reason") == ab.PROMOTION_RECOMMENDED and outcome.spec is not None \
+        and outcome.spec.on_conclusion.pin_version
 
 
 def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, generation: int) -> dict[str, Any]:
@@ -156,6 +162,10 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, gene
         conds.put(ab.CONCLUDED, "True", str(status.get("decision")), outcome.concluded)
     if outcome.promoted is not None:
         conds.put(ab.PROMOTED, *outcome.promoted)
+        if outcome.recommendation is not None:
+            status["recommendation"] = outcome.recommendation
+        else:
+            status.pop("recommendation", None)
     required = ab.CONDITIONS.required
     if status.get("concludedAt"):
         status["phase"] = ab.PHASE_CONCLUDED

@@ -59,7 +59,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], logger: Logger) -> Out
         found = await jobs.list_jobs(rt.kube, ctx)
         registered = await jobs.record_finished(rt.registry, ctx, found, outcome)
         if registered is not None:
-            await promotion.promote(rt.kube, ctx, spec, deployment, *registered, outcome)
+            await promotion.promote(rt.kube, rt.registry, ctx, spec, deployment, *registered, outcome)
         ab_running = await promotion.follow_abtest(rt.kube, ctx, outcome.ab_test or ctx.status.get("abTest"),
                                                    outcome)
         if not jobs.note_active(found, ctx, outcome) and not ab_running:

@@ -191,7 +191,8 @@ def render_challenger(*, policy: str, uid: str, deployment: dict[str, Any], mode
 
 def render_abtest(*, policy: str, uid: str, namespace: str, spec: RetrainPolicySpec, challenger: str,
                   version: str) -> dict[str, Any]:
-    """The ABTest champion vs challenger from `promotion.abTest`, promoting a winner (pure)."""
+    """The ABTest champion vs challenger from `promotion.abTest`, promoting a winner; it pins a champion that
+    pins a version only when `promotion.pinVersion` says so (pure)."""
     template = spec.promotion.ab_test.model_dump(by_alias=True, exclude_none=True)
     return {
         "apiVersion": API_VERSION, "kind": ab.KIND,
@@ -202,5 +203,6 @@ def render_abtest(*, policy: str, uid: str, namespace: str, spec: RetrainPolicyS
             "ownerReferences": [owner_reference(kind=rp.KIND, name=policy, uid=uid)],
         },
         "spec": {"control": {"modelDeployment": spec.model_deployment}, "treatment": {"modelDeployment": challenger},
-                 **template, "onConclusion": {"promote": True}},
+                 **template,
+                 "onConclusion": {"promote": True, "pinVersion": spec.promotion.pin_version}},
     }

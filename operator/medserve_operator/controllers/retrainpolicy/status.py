@@ -40,6 +40,8 @@ class Outcome(reconciler.Outcome):
     promoted: Check | None = None
     ab_test: dict[str, Any] | None = None
     """status.abTest, when this reconciliation started an ABTest or recorded its outcome."""
+    recommendation: dict[str, Any] | None = None
+    """status.recommendation, set with a Promoted=False reason=PromotionRecommended."""
 
 
 def next_schedule_time(schedule: str, time_zone: str | None, now: datetime.datetime) -> str:
@@ -118,6 +120,10 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, generation: int
                   "a trigger may start a job")
     if outcome.promoted is not None:
         conds.put(rp.PROMOTED, *outcome.promoted)
+        if outcome.recommendation is not None:
+            status["recommendation"] = outcome.recommendation
+        else:
+            status.pop("recommendation", None)
     if outcome.ab_test is not None:
         status["abTest"] = outcome.ab_test
 
