@@ -120,11 +120,12 @@ class SharedLimiter:
         self.replicas = replicas
         self.prefix = prefix
         self._clock = clock
-        self.local = RateLimiter(max(1, per_minute // replicas), clock=clock)
+        # Without Redis this replica's bucket is the whole limit; as Redis's fallback, its share of it.
+        self.local = RateLimiter(per_minute if url is None else max(1, per_minute // replicas), clock=clock)
         self._client: aioredis.Redis | None = None
         self._script: Any = None
         self._retry_at = 0.0
-        self.degraded = url is None
+        self.degraded = False
         self.fallbacks = 0
         self._lock = threading.Lock()
 
@@ -191,8 +192,13 @@ class FailedAuthLimiter:
         self._lock = threading.Lock()
 
     async def blocked(self, address: str) -> float | None:
-        """Retry-After seconds when `address` has used up its failures (checked without spending one)."""
-        return (await self.window.acquire(address, 0)).retry_after
+        """Retry-After seconds when `address` has used up its failures (checked without spending one; a
+        refused attempt still counts in the aggregate)."""
+        wait = (await self.window.acquire(address, 0)).retry_after
+        if wait is not None:
+            with self._lock:
+                self._counts[address] = self._counts.get(address, 0) + 1
+        return wait
 
     async def failed(self, address: str) -> float | None:
         """Count one failure; Retry-After seconds when this one is over the limit."""
