@@ -63,7 +63,7 @@ class Load:
                         self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
                         if 200 <= r.status < 300:
                             self.ok_ids.append(json.loads(payload)["prediction_id"])
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     self.statuses[0] = self.statuses.get(0, 0) + 1  # connection refused/reset (the kill)
                     await asyncio.sleep(0.05)
 
