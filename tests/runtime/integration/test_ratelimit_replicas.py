@@ -59,6 +59,7 @@ async def test_three_replicas_hold_one_limit(cluster: tuple[RedisServer, list[Ru
     _, replicas = cluster
     urls = [r.url for r in replicas]
     codes = await blast(urls, WINDOW_S * 0.9)
+    print(f"3 replicas, {PER_MINUTE}/min over {WINDOW_S:g} s (share {SHARE}): {codes}")
     assert set(codes) <= {200, 429}, codes
     assert SHARE - 5 <= codes[200] <= SHARE + 1, codes  # not 3 x SHARE: one window for the deployment
     assert codes[429] > 0
