@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replicas sharing the limit: without Redis each allows its share of it")
     p.add_argument("--rate_limit_window_s", type=_positive_float, default=60.0,
                    help="the sliding window the per-minute limit is granted over (its share of it)")
+    p.add_argument("--prediction_cache_ttl_s", type=_non_negative_float, default=0.0,
+                   help="with --redis_url: cache predictions by model version and encoded features for this "
+                        "long (0: off)")
     p.add_argument("--auth_failures_per_minute", type=_non_negative_int, default=30,
                    help="failed authentications per client address before 429 (0: unlimited)")
     p.add_argument("--phi_hash_key_file", type=Path, default=None,
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be 1: batching and statistics live in the process (scale with replicas)")
     if args.audit_spool is not None and args.audit_dsn is None and args.audit_dsn_file is None:
         parser.error("--audit_spool is the PostgreSQL audit trail's; give --audit_dsn or --audit_dsn_file")
+    if args.prediction_cache_ttl_s > 0 and not (args.redis_url or os.environ.get("MEDSERVE_REDIS_URL")):
+        parser.error("--prediction_cache_ttl_s needs Redis: give --redis_url (or $MEDSERVE_REDIS_URL)")
     if args.enable_grpc:
         parser.error("--enable_grpc: gRPC is not served here (it would bypass API keys and the audit log)")
     # Imported after parsing: --help and argument errors answer without loading torch.

@@ -86,17 +86,22 @@ MIGRATIONS: tuple[str, ...] = (
     """.replace("{genesis}", GENESIS),
 )
 
-_INSERT = """
-INSERT INTO audit_records (writer, seq, recorded_at, event, hash, record)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
-"""
-_CHECKPOINT = """
+# One statement, so one round trip and one implicit transaction: the records and the writer's checkpoint
+# (head seq, hash and MAC) commit together or not at all. A data-modifying CTE runs even unreferenced.
+_WRITE = """
+WITH records AS (
+    INSERT INTO audit_records (writer, seq, recorded_at, event, hash, record)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
+    {conflict}
+)
 INSERT INTO audit_writers (writer, first_at, head_seq, head_hash, anchor_mac)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::text[], $5::text[])
+SELECT * FROM unnest($7::text[], $8::timestamptz[], $9::bigint[], $10::text[], $11::text[])
 ON CONFLICT (writer) DO UPDATE SET head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash,
     anchor_mac = EXCLUDED.anchor_mac, updated_at = now()
 WHERE audit_writers.head_seq < EXCLUDED.head_seq
 """
+_WRITE_NEW = _WRITE.replace("{conflict}", "")
+_WRITE_AGAIN = _WRITE.replace("{conflict}", "ON CONFLICT (writer, seq) DO NOTHING")
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ConnectionError)
 
@@ -233,10 +238,9 @@ class PostgresSink:
 
     async def _insert(self, rows: list[_Row], *, idempotent: bool) -> None:
         assert self.conn is not None
-        sql = _INSERT + (" ON CONFLICT (writer, seq) DO NOTHING" if idempotent else "")
-        async with asyncio.timeout(WRITE_TIMEOUT_S), self.conn.transaction():
-            await self.conn.execute(sql, *_columns(rows))
-            await self.conn.execute(_CHECKPOINT, *_heads(rows, self.key))
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await self.conn.execute(_WRITE_AGAIN if idempotent else _WRITE_NEW, *_columns(rows),
+                                    *_heads(rows, self.key))
 
     def _drain(self) -> bool:
         """Move the spool into the database, in order, then empty it; True when the spool is empty."""

@@ -145,6 +145,11 @@ class RuntimeMetrics:
         self.rate_limit_degraded = Gauge(names.RATE_LIMIT_DEGRADED, "1 while Redis is unreachable and the "
                                          "local share of the rate limit applies.", [names.MODEL_LABEL],
                                          registry=self.registry)
+        self.cache_lookups = Counter(names.PREDICTION_CACHE_LOOKUPS, "Prediction cache lookups per record.",
+                                     [names.MODEL_LABEL, names.RESULT_LABEL], registry=self.registry)
+
+    def observe_cache(self, hit: bool) -> None:
+        self.cache_lookups.labels(self.model, "hit" if hit else "miss").inc()
 
     def watch(self, *, audit_writable: Callable[[], bool], rate_limit_degraded: Callable[[], bool]) -> None:
         """Read the two dependency gauges at scrape time."""

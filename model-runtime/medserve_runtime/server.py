@@ -155,9 +155,16 @@ def serve(args: argparse.Namespace) -> int:
     predictions = PredictionLog(args.prediction_memory)
     arrivals = Arrivals()
     source = args.model_uri or str(args.model_dir)
+    cache = None
+    if redis_url is not None and args.prediction_cache_ttl_s > 0:
+        from medserve_runtime.predcache import PredictionCache
+
+        cache = PredictionCache(redis_url, args.model_name, ttl_s=args.prediction_cache_ttl_s,
+                                on_lookup=metrics.observe_cache)
     model = ClinicalModel(args.model_name, source, device=args.device, optimization=args.optimization,
                           max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
-                          metrics=metrics, stats=stats, predictions=predictions, arrivals=arrivals)
+                          metrics=metrics, stats=stats, predictions=predictions, arrivals=arrivals,
+                          cache=cache)
     audit: AuditTrail | None = None
     stop_reports: threading.Event | None = None
     try:

@@ -102,3 +102,26 @@ async def test_redis_stopped_degrades_to_the_local_share_and_recovers(
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert set(metric_samples(metrics, "medserve_rate_limit_degraded").values()) == {0.0}
 
+
+
+def test_prediction_cache_hits_and_holds_no_patient_identifier(
+        cluster: tuple[RedisServer, list[RuntimeProcess]], tmp_path_factory: pytest.TempPathFactory) -> None:
+    import redis
+
+    server, _ = cluster
+    rt = RuntimeProcess(tmp_path_factory.mktemp("cached"), model_dir=trained_model(tmp_path_factory),
+                        audit=False, args=[f"--redis_url={server.url}", "--prediction_cache_ttl_s=60"])
+    with rt, rt.client() as http:
+        first = http.post("/predict", json=predict_body("Zebediah-Quillfeather-8841"))
+        second = http.post("/predict", json=predict_body("another-patient-7"))  # same findings
+        assert first.status_code == second.status_code == 200
+        assert first.json()["prediction"]["probabilities"] == second.json()["prediction"]["probabilities"]
+        assert first.json()["prediction_id"] != second.json()["prediction_id"]
+        lookups = metric_samples(http.get("/metrics").text, "medserve_prediction_cache_lookups_total")
+        assert {dict(k)["result"]: v for k, v in lookups.items()} == {"hit": 1.0, "miss": 1.0}
+    client = redis.Redis.from_url(server.url)
+    keys = [k for k in client.scan_iter("medserve:pc:*")]
+    assert len(keys) == 1 and client.pttl(keys[0]) > 50_000
+    stored = keys[0] + client.get(keys[0])  # type: ignore[operator]
+    assert b"Zebediah" not in stored and b"patient" not in stored
+    client.close()
