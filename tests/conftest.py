@@ -1,5 +1,6 @@
 """Fixtures shared by every test tier: the repository's paths, emulated clusters on loopback, and the
-integration fixtures (a real MLflow server, the emulated Kubernetes API with crds/, the real operator).
+integration fixtures (a real MLflow server, the emulated Kubernetes API with crds/, the real operator,
+real PostgreSQL and Redis servers: `postgres`/`redis` for a module, which a fault test may stop and start).
 
 `emulator_factory` starts real `medserve emulator` processes (see sandbox/emulator.py) and stops them
 at the end of the test module; `cluster` is one with crds/ installed.
@@ -28,6 +29,8 @@ from kit import OperatorProcess
 from medserve_sandbox.controlplane import ControlPlane, MissingAssets
 from medserve_sandbox.emulator import EmulatorProcess
 from medserve_sandbox.mlflow_server import MlflowServer
+from medserve_sandbox.postgres_server import PostgresServer
+from medserve_sandbox.redis_server import RedisServer
 from medserve_sandbox.schemas import find_kserve_crds_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +157,17 @@ def operator(cluster: Cluster, mlflow_server: MlflowServer,
     op.start()
     yield op
     op.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster for the test module (initdb'd fresh; removed afterwards)."""
+    with PostgresServer(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real Redis server for the test module."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server

@@ -49,6 +49,13 @@ FEATURE_LABEL = "feature"
 CATEGORY_LABEL = "category"
 MODEL_INFO = "medserve_model_info"
 """Gauge {model, version, source, device, optimization}: 1 for the version serving now."""
+AUDIT_WRITABLE = "medserve_audit_writable"
+"""Gauge {model}: 1 while an audit record can be made durable (else inference gets 503)."""
+PREDICTION_CACHE_LOOKUPS = "medserve_prediction_cache_lookups"
+"""Counter family {model, result}: prediction cache lookups per record, result hit or miss."""
+RESULT_LABEL = "result"
+RATE_LIMIT_DEGRADED = "medserve_rate_limit_degraded"
+"""Gauge {model}: 1 while Redis is unreachable and each replica enforces its local share of the limit."""
 
 # The operator's series (`medserve operator` with MEDSERVE_METRICS_ADDRESS): what each object asks for and
 # what the operator found, so that alert rules and dashboards can join them with the runtimes' series. A

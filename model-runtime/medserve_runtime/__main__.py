@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -60,8 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body (413)")
     p.add_argument("--api_keys_file", type=Path, default=None,
                    help="JSON list of {id, sha256, permissions}; without it authentication is DISABLED")
-    p.add_argument("--audit_log", type=Path, default=None,
-                   help="append-only JSON-lines audit log (off if unset)")
+    audit = p.add_mutually_exclusive_group()
+    audit.add_argument("--audit_log", type=Path, default=None,
+                       help="append-only JSON-lines audit log, fsynced before each answer")
+    audit.add_argument("--audit_dsn", default=None,
+                       help="PostgreSQL URL for the audit trail (no password here: $PGPASSWORD, or --audit_dsn_file)")
+    audit.add_argument("--audit_dsn_file", type=Path, default=None,
+                       help="file holding the PostgreSQL URL, password included (a mounted Secret)")
+    p.add_argument("--audit_spool", type=Path, default=None,
+                   help="with --audit_dsn*: where records wait, fsynced, while PostgreSQL is unreachable "
+                        "(a persistent volume); without it requests get 503 then")
+    p.add_argument("--audit_key_file", type=Path, default=None,
+                   help="HMAC key of the audit chain (else $MEDSERVE_AUDIT_KEY[_FILE]; unset: unkeyed, warned)")
+    p.add_argument("--redis_url", default=None,
+                   help="Redis shared by the replicas for rate limits (else $MEDSERVE_REDIS_URL; unset: local)")
+    p.add_argument("--rate_limit_replicas", type=_positive_int, default=1,
+                   help="replicas sharing the limit: without Redis each allows its share of it")
+    p.add_argument("--rate_limit_window_s", type=_positive_float, default=60.0,
+                   help="the sliding window the per-minute limit is granted over (its share of it)")
+    p.add_argument("--prediction_cache_ttl_s", type=_non_negative_float, default=0.0,
+                   help="with --redis_url: cache predictions by model version and encoded features for this "
+                        "long (0: off)")
+    p.add_argument("--auth_failures_per_minute", type=_non_negative_int, default=30,
+                   help="failed authentications per client address before 429 (0: unlimited)")
     p.add_argument("--phi_hash_key_file", type=Path, default=None,
                    help="key for hashing patient ids (else $MEDSERVE_PHI_HASH_KEY[_FILE], else random)")
     p.add_argument("--prediction_memory", type=_positive_int, default=DEFAULT_CAPACITY,
@@ -75,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.workers != 1:
         parser.error("--workers must be 1: batching and statistics live in the process (scale with replicas)")
+    if args.audit_spool is not None and args.audit_dsn is None and args.audit_dsn_file is None:
+        parser.error("--audit_spool is the PostgreSQL audit trail's; give --audit_dsn or --audit_dsn_file")
+    if args.prediction_cache_ttl_s > 0 and not (args.redis_url or os.environ.get("MEDSERVE_REDIS_URL")):
+        parser.error("--prediction_cache_ttl_s needs Redis: give --redis_url (or $MEDSERVE_REDIS_URL)")
     if args.enable_grpc:
         parser.error("--enable_grpc: gRPC is not served here (it would bypass API keys and the audit log)")
     # Imported after parsing: --help and argument errors answer without loading torch.

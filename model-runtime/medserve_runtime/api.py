@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from kserve.errors import ModelNotReady
@@ -48,8 +49,11 @@ logger = logging.getLogger(__name__)
 
 class ClinicalApi:
     def __init__(self, model: ClinicalModel, *, hasher: PhiHasher, metrics: RuntimeMetrics,
-                 stats: VersionStats, predictions: PredictionLog) -> None:
+                 stats: VersionStats, predictions: PredictionLog,
+                 dependencies: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> None:
         self.model = model
+        # (can requests be served, details): the audit trail and the rate limiter, for /health
+        self.dependencies = dependencies or (lambda: (True, {}))
         self.hasher = hasher
         self.metrics = metrics
         self.stats = stats
@@ -144,10 +148,12 @@ class ClinicalApi:
         except ModelNotReady:
             return json_response({"status": "unavailable", "model": self.model.name, "ready": False},
                                   status_code=503)
-        return json_response({"status": "healthy", "ready": True, "model": self.model.name,
-                               "model_version": bundle.version, "device": self.model.device,
-                               "optimization": self.model.optimization,
-                               "uptime_seconds": round(time.monotonic() - self.started, 3)})
+        usable, details = self.dependencies()
+        return json_response({"status": "healthy" if usable else "unavailable", "ready": usable,
+                              "model": self.model.name, "model_version": bundle.version,
+                              "device": self.model.device, "optimization": self.model.optimization,
+                              "uptime_seconds": round(time.monotonic() - self.started, 3), **details},
+                             status_code=200 if usable else 503)
 
     async def models(self) -> Response:
         serving = self.model.serving.bundle

@@ -1,196 +1,166 @@
-"""The audit log: one JSON line per request, hash-chained so that tampering is detectable.
+"""The file audit log (`--audit_log FILE`) and the `medserve audit` command.
 
-Each record carries `seq` (1, 2, 3, ...), `prev_hash` (the previous record's `hash`, 64 zeros for the
-first) and `hash` = sha256(prev_hash + canonical JSON of the record without `hash`), canonical meaning
-sorted keys, no spaces, ASCII. Editing a field, deleting, inserting or reordering lines therefore
-breaks the chain at the first line touched; `medserve audit verify FILE` finds it. Removing whole lines
-from the end cannot be seen from the file alone (nothing after them points back).
+One JSON line per record, chained and keyed as auditchain.py describes; one file is one chain, continued
+across restarts, with a `writer_start`/`writer_stop` pair around each runtime process. Records are
+durable before the request is answered: the gate awaits the Future `record()` returns, which resolves
+after the group commit (groupcommit.py) has appended and fsynced its batch (journal.py). A torn last
+line is cut off and reported at start (in the log and in the session's `writer_start` record). When the
+file cannot be written, `writable()` is false, the gate answers 503 and readiness goes false, until a
+probe write succeeds again; a failed batch is cut off and rewound, so nothing is ever written twice.
 
-The request path only takes a lock, numbers the record and appends it to a list; a background thread
-serialises, chains and writes the batch at least every FLUSH_INTERVAL_S, so no request waits on the disk.
-Reopening an existing log continues its chain from the last line. `close()` (the server calls it on
-SIGTERM) writes what is pending and fsyncs.
+The anchor — the chain's head, MAC'd — is checkpointed after every batch to `<FILE>.anchor` (or
+`anchor_path`, ideally on another volume), so deleting the newest records or emptying the file is found
+by `medserve audit verify FILE`. `AuditLog(None)` is the disabled log: records are dropped.
+
+`medserve audit verify --dsn URL` and `medserve audit prune --dsn URL --older-than 6y` work on the
+PostgreSQL store (auditdb.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import datetime as dt
-import hashlib
 import json
 import logging
 import os
+import socket
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from medserve_runtime.auditchain import (
+    GENESIS,
+    Anchor,
+    Chain,
+    anchor_problems,
+    check_chain,
+    key_fingerprint,
+    load_key,
+    timestamp,
+)
+from medserve_runtime.groupcommit import AuditTrail, AuditUnavailable, GroupCommit, Sealed
+from medserve_runtime.journal import Journal, last_record_line
 
 logger = logging.getLogger(__name__)
 
-GENESIS = "0" * 64
-FLUSH_INTERVAL_S = 0.05
-RESERVED = frozenset({"seq", "time", "prev_hash", "hash"})
-FIELDS = (
-    "key_id", "endpoint", "status", "outcome", "latency_ms", "model_version", "prediction_id", "patient_hash",
-)  # fmt: skip
+FILE_CHAIN = "file-log"  # the anchor's chain name: one file is one chain
 
-Pending = tuple[int, float, tuple[Any, ...], dict[str, Any]]
+__all__ = ["GENESIS", "AuditLog", "AuditTrail", "AuditUnavailable", "VerifyResult", "main", "verify", "writer_identity"]
 
 
-def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
-    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+def writer_identity(model_version: str | None = None, *, started: float | None = None) -> str:
+    """pod/model version/start time: what names one writer's chain (POD_NAME as the pod's name)."""
+    pod = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{pod}/{model_version or 'unknown'}/{timestamp(started if started is not None else time.time())}"
 
 
-def _timestamp(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def anchor_file(path: Path) -> Path:
+    return path.with_name(path.name + ".anchor")
 
 
-def _tail(path: Path) -> tuple[int, str]:
-    """The (seq, hash) of the last record of an existing log, or (0, GENESIS) for an empty or new one."""
+def read_anchor(path: Path) -> Anchor | None:
+    """The anchor at `path`, or None when there is none; ValueError when it is unreadable."""
     try:
-        size = path.stat().st_size
+        data = json.loads(path.read_text())
+        return Anchor(seq=int(data["seq"]), hash=str(data["hash"]), mac=str(data["mac"]))
     except FileNotFoundError:
-        return 0, GENESIS
-    if size == 0:
-        return 0, GENESIS
-    with path.open("rb") as fh:
-        block = 1 << 16
-        while True:
-            start = max(0, size - block)
-            fh.seek(start)
-            data = fh.read()
-            if not data.endswith(b"\n"):
-                raise ValueError(
-                    f"{path}: the last line is incomplete; check it with `medserve audit verify`"
-                )
-            lines = data[:-1].rsplit(b"\n", 1)
-            if len(lines) == 2 or start == 0:
-                last = lines[-1]
-                break
-            block *= 4
-    try:
-        record = json.loads(last)
-        return int(record["seq"]), str(record["hash"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{path}: the last line is not an audit record ({exc}); cannot continue the chain"
-        ) from exc
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not an audit anchor ({exc})") from exc
 
 
-class AuditLog:
-    """Append-only, hash-chained JSON-lines log; `path=None` disables it (records are dropped)."""
+def write_anchor(path: Path, anchor: Anchor) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write(json.dumps(dataclasses.asdict(anchor)) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._lock = threading.Lock()  # guards _seq and _pending (the request path)
-        self._write_lock = threading.Lock()  # one writer at a time: keeps the chain in seq order
-        self._pending: list[Pending] = []
-        self._backlog = ""  # serialised lines a failed write left behind, retried first
-        self._closed = False
-        self._fh: IO[str] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if path is None:
-            self._seq, self._prev_hash = 0, GENESIS
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._seq, self._prev_hash = _tail(path)
-        self._fh = path.open("a", encoding="utf-8")
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
 
-    def record(
-        self,
-        *,
-        key_id: str | None,
-        endpoint: str,
-        status: int,
-        outcome: str,
-        latency_ms: float,
-        model_version: str | None = None,
-        prediction_id: str | None = None,
-        patient_hash: str | None = None,
-        **extra: str | int | float | None,
-    ) -> None:
-        if self.path is None:
-            return
-        if extra and not RESERVED.isdisjoint(extra):
-            raise ValueError(f"audit fields {sorted(RESERVED & extra.keys())} are reserved")
-        values = (key_id, endpoint, status, outcome, latency_ms, model_version, prediction_id, patient_hash)
-        now = time.time()
-        with self._lock:
-            self._seq += 1
-            self._pending.append((self._seq, now, values, extra))
-        if self._closed:  # after close (a request finishing during shutdown): write it now
-            self.flush()
+class _FileSink:
+    def __init__(self, journal: Journal, anchor_path: Path) -> None:
+        self.journal = journal
+        self.anchor_path = anchor_path
+        self.anchor_ok = True
 
-    def _serialise(self, batch: list[Pending]) -> str:
-        lines = []
-        prev = self._prev_hash
-        for seq, now, values, extra in batch:
-            record: dict[str, Any] = {
-                "seq": seq,
-                "time": _timestamp(now),
-                **dict(zip(FIELDS, values, strict=True)),
-            }
-            record.update(extra)
-            record["prev_hash"] = prev
-            prev = record["hash"] = chain_hash(prev, record)
-            lines.append(json.dumps(record, separators=(",", ":"), ensure_ascii=True, default=str))
-        self._prev_hash = prev
-        return "\n".join(lines) + "\n" if lines else ""
+    def persist(self, batch: list[Sealed], chain: Chain) -> None:
+        self.journal.append([item.line for item in batch])
+        try:
+            write_anchor(self.anchor_path, Anchor.make(FILE_CHAIN, chain.seq, chain.prev_hash, chain.key))
+            self.anchor_ok = True
+        except OSError as exc:  # the records are durable; the anchor only lags (verify allows that)
+            if self.anchor_ok:
+                logger.error("audit anchor %s could not be written: %s", self.anchor_path, exc)
+            self.anchor_ok = False
 
-    def flush(self) -> None:
-        """Write everything recorded so far (blocking; the background thread calls it periodically)."""
-        if self.path is None:
-            return
-        with self._write_lock:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            text = self._backlog + self._serialise(batch)
-            if not text:
-                return
-            try:
-                fh = self._fh if self._fh is not None else self.path.open("a", encoding="utf-8")
-                fh.write(text)
-                fh.flush()
-                if fh is not self._fh:
-                    fh.close()
-                self._backlog = ""
-            except OSError as exc:
-                self._backlog = text
-                logger.error(
-                    "audit log %s: write failed, %d bytes kept for retry: %s", self.path, len(text), exc
-                )
+    def prepare(self, chain: Chain) -> None:
+        return None
 
-    def _run(self) -> None:
-        while not self._stop.wait(FLUSH_INTERVAL_S):
-            self.flush()
+    def idle(self, chain: Chain) -> bool:
+        self.journal.probe()
+        return True
 
     def close(self) -> None:
-        if self.path is None or self._closed:
+        self.journal.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"destination": "file", "anchor_ok": self.anchor_ok}
+
+
+def _resume(journal: Journal) -> tuple[int, str]:
+    """(seq, hash) of the journal's last record, to continue its chain."""
+    if journal.size == 0:
+        return 0, GENESIS
+    last = last_record_line(journal.path, journal.size)
+    try:
+        record = json.loads(last or b"")
+        return int(record["seq"]), str(record["hash"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    # A complete but foreign last line (edited by hand): continue after the last real record, so the
+    # runtime starts; verify reports the bad line.
+    for line in reversed(journal.read_lines()):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            record = json.loads(line)
+            logger.error("audit log %s: the last line is not an audit record; continuing the chain after "
+                         "record %s (check it with `medserve audit verify`)", journal.path, record["seq"])
+            return int(record["seq"]), str(record["hash"])
+    return 0, GENESIS
+
+
+class AuditLog(AuditTrail):
+    """See the module docstring. `key=None` reads the key from the environment (auditchain.load_key)."""
+
+    def __init__(self, path: Path | None, *, key: bytes | None = None, anchor_path: Path | None = None,
+                 writer: str | None = None) -> None:
+        self.path = path
+        if path is None:
+            super().__init__(None, None)
             return
-        self._closed = True
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.flush()
-        with self._write_lock:
-            if self._fh is not None:
-                try:
-                    os.fsync(self._fh.fileno())
-                finally:
-                    self._fh.close()
-                    self._fh = None
+        key = load_key() if key is None else key
+        journal = Journal(path)
+        seq, head = _resume(journal)
+        self.anchor_path = anchor_path or anchor_file(path)
+        try:
+            anchored = read_anchor(self.anchor_path)
+        except ValueError as exc:
+            logger.error("audit log %s: %s", path, exc)
+            anchored = None
+        if anchored is not None and anchored.seq > seq:
+            logger.error("audit log %s has %d records but its anchor says %d: records were deleted",
+                         path, seq, anchored.seq)
+        start = {"key": key_fingerprint(key), "repaired_bytes": journal.repaired_bytes,
+                 "anchored_seq": anchored.seq if anchored is not None else None}
+        sink = _FileSink(journal, self.anchor_path)
+        chain = Chain(writer or writer_identity(), key, seq=seq, prev_hash=head)
+        super().__init__(GroupCommit(chain, sink, start_fields=start), sink)
 
     def __enter__(self) -> AuditLog:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclasses.dataclass
@@ -198,6 +168,7 @@ class VerifyResult:
     ok: bool
     records: int
     problems: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -207,68 +178,99 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def verify(path: Path) -> VerifyResult:
-    """Check the chain line by line; raises OSError if the file cannot be read.
-
-    After a broken line the check goes on from that line's own hash, so one edit is reported once and
-    the first problem listed is always the first line touched.
-    """
-    problems: list[str] = []
-    records = 0
-    prev_hash, prev_seq = GENESIS, 0
+def _file_records(path: Path, problems: list[str]) -> Iterator[tuple[str, dict[str, Any] | str]]:
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             where = f"line {number}"
             if not raw.endswith(b"\n"):
                 problems.append(f"{where}: incomplete last line (file truncated?)")
-                break
+                return
             try:
                 record = json.loads(raw, object_pairs_hook=_no_duplicates)
                 if not isinstance(record, dict):
                     raise ValueError("not an object")
             except ValueError as exc:
-                problems.append(f"{where}: not a JSON audit record ({exc})")
+                yield where, f"not a JSON audit record ({exc})"
                 continue
-            records += 1
-            stored, seq, link = record.pop("hash", None), record.get("seq"), record.get("prev_hash")
-            if not isinstance(stored, str) or not isinstance(seq, int) or not isinstance(link, str):
-                problems.append(f"{where}: missing or malformed seq, prev_hash or hash")
-                continue
-            found = []
-            if seq != prev_seq + 1:
-                found.append(f"seq {seq} follows {prev_seq} (a record was deleted, inserted or moved)")
-            if link != prev_hash:
-                found.append("prev_hash does not match the previous record's hash")
-            if chain_hash(link, record) != stored:
-                found.append("hash mismatch (the record was edited)")
-            if found:
-                problems.append(f"{where}: {'; '.join(found)}")
-            prev_hash, prev_seq = stored, seq
-    return VerifyResult(ok=not problems, records=records, problems=problems)
+            yield where, record
+
+
+def verify(path: Path, *, key: bytes | None = None, anchor_path: Path | None = None) -> VerifyResult:
+    """Check a file log's chain and its anchor; raises OSError if the file cannot be read."""
+    key = load_key() if key is None else key
+    anchor_path = anchor_path or anchor_file(path)
+    problems: list[str] = []
+    try:
+        anchor = read_anchor(anchor_path)
+    except ValueError as exc:
+        problems.append(str(exc))
+        anchor = None
+    report = check_chain(_file_records(path, problems), key=key)
+    if anchor is not None:
+        problems.extend(anchor_problems(anchor, FILE_CHAIN, key, report.last_seq, report.last_hash))
+    notes = report.notes
+    if anchor is None and not problems:
+        notes.append(f"no anchor at {anchor_path}: deleting the newest records could not be detected")
+    if not key:
+        notes.append("unkeyed chain (no audit key): a record edited with its chain recomputed is not detected")
+    # The torn-line problem (from the reader) comes after the records before it, as the first line touched.
+    problems = report.problems + problems
+    return VerifyResult(ok=not problems, records=report.records, problems=problems, notes=notes)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medserve audit", description="Audit log tools.")
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("verify", help="check the hash chain of audit logs (exit 0 ok, 1 tampered)")
-    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check = commands.add_parser("verify", help="check the chains of audit logs (exit 0 ok, 1 tampered)")
+    check.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    check.add_argument("--dsn", help="check every chain in this PostgreSQL database instead "
+                                     "(or $MEDSERVE_AUDIT_DSN / the file named by $MEDSERVE_AUDIT_DSN_FILE)")
+    check.add_argument("--key-file", type=Path, help="the audit key (else $MEDSERVE_AUDIT_KEY[_FILE])")
+    prune = commands.add_parser("prune", help="delete PostgreSQL audit records older than an age (audited)")
+    prune.add_argument("--dsn")
+    prune.add_argument("--older-than", required=True, help="an age such as 6y or 90d")
+    prune.add_argument("--key-file", type=Path)
     try:
         args = parser.parse_args(argv)
+        if args.command == "verify" and not args.files and args.dsn is None and not _env_dsn():
+            parser.error("name FILE(s) or --dsn")
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
+    try:
+        key = load_key(args.key_file)
+    except ValueError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    if args.command == "prune" or not args.files:
+        from medserve_runtime import auditdb
+
+        try:
+            dsn = auditdb.resolve_dsn(args.dsn)
+        except ValueError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 2
+        if args.command == "prune":
+            return auditdb.prune_main(dsn, args.older_than, key)
+        return auditdb.verify_main(dsn, key)
     status = 0
     for path in args.files:
         try:
-            result = verify(path)
+            result = verify(path, key=key)
         except OSError as exc:
             sys.stderr.write(f"{path}: cannot read: {exc.strerror or exc}\n")
             status = 2
             continue
         if result.ok:
             sys.stdout.write(f"{path}: ok, {result.records} records, chain intact\n")
-            continue
-        status = max(status, 1)
-        sys.stdout.write(f"{path}: TAMPERED, first broken at {result.problems[0]}\n")
-        for problem in result.problems[1:]:
-            sys.stdout.write(f"  {problem}\n")
+        else:
+            status = max(status, 1)
+            sys.stdout.write(f"{path}: TAMPERED, first broken at {result.problems[0]}\n")
+            for problem in result.problems[1:]:
+                sys.stdout.write(f"  {problem}\n")
+        for note in result.notes:
+            sys.stdout.write(f"  note: {note}\n")
     return status
+
+
+def _env_dsn() -> bool:
+    return bool(os.environ.get("MEDSERVE_AUDIT_DSN") or os.environ.get("MEDSERVE_AUDIT_DSN_FILE"))

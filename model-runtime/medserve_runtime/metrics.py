@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -140,6 +140,21 @@ class RuntimeMetrics:
                                 registry=self.registry)
         self.features = FeatureCollector(model)
         self.registry.register(self.features)
+        self.audit_writable = Gauge(names.AUDIT_WRITABLE, "1 while an audit record can be made durable.",
+                                    [names.MODEL_LABEL], registry=self.registry)
+        self.rate_limit_degraded = Gauge(names.RATE_LIMIT_DEGRADED, "1 while Redis is unreachable and the "
+                                         "local share of the rate limit applies.", [names.MODEL_LABEL],
+                                         registry=self.registry)
+        self.cache_lookups = Counter(names.PREDICTION_CACHE_LOOKUPS, "Prediction cache lookups per record.",
+                                     [names.MODEL_LABEL, names.RESULT_LABEL], registry=self.registry)
+
+    def observe_cache(self, hit: bool) -> None:
+        self.cache_lookups.labels(self.model, "hit" if hit else "miss").inc()
+
+    def watch(self, *, audit_writable: Callable[[], bool], rate_limit_degraded: Callable[[], bool]) -> None:
+        """Read the two dependency gauges at scrape time."""
+        self.audit_writable.labels(self.model).set_function(lambda: float(audit_writable()))
+        self.rate_limit_degraded.labels(self.model).set_function(lambda: float(rate_limit_degraded()))
 
     def register_version(self, version: str, profile: ReferenceProfile, labels: Iterable[str]) -> None:
         """Make a version's series exist at zero, so rates and drift queries start from a known point."""

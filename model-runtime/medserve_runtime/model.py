@@ -36,6 +36,7 @@ from medserve_runtime.context import current_note
 from medserve_runtime.errors import InvalidRecord, VersionUnavailable
 from medserve_runtime.loader import Device, ModelBundle, Optimization
 from medserve_runtime.metrics import RuntimeMetrics
+from medserve_runtime.predcache import PredictionCache
 from medserve_runtime.stats import PredictionLog, PredictionRecord, VersionStats
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ class Classified:
 class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type information
     def __init__(self, name: str, source: str, *, device: Device, optimization: Optimization,
                  max_batch_size: int, max_latency_ms: float, metrics: RuntimeMetrics, stats: VersionStats,
-                 predictions: PredictionLog, arrivals: Arrivals | None = None) -> None:
+                 predictions: PredictionLog, arrivals: Arrivals | None = None,
+                 cache: PredictionCache | None = None) -> None:
         super().__init__(name)
+        self.cache = cache
         self.source = source
         self.device: Device = device
         self.optimization: Optimization = optimization
@@ -176,8 +179,11 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
         note = current_note()
         note.settled()
         try:
-            # No await between picking `serving` and this call: a swap cannot close it in between.
-            probs = await serving.batcher.enqueue(x, urgent=urgent)
+            if self.cache is None:
+                # No await between picking `serving` and this call: a swap cannot close it in between.
+                probs = await serving.batcher.enqueue(x, urgent=urgent)
+            else:
+                probs = await self._cached(serving, x, urgent=urgent)
         except BatcherClosed:
             raise ModelNotReady(self.name, "the server is stopping") from None
         bundle = serving.bundle
@@ -192,6 +198,28 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
         note.predictions += len(labels)
         note.prediction_id = ids[0] if len(ids) == 1 else None
         return Classified(bundle, ids, labels, confidences, probs, raws)
+
+    async def _cached(self, serving: Serving, x: npt.NDArray[np.float32], *,
+                      urgent: bool) -> npt.NDArray[np.float32]:
+        """The prediction cache in front of the batcher: only the rows it misses run the model. The
+        serving version is fixed before the lookup, so an answer is never another version's."""
+        assert self.cache is not None
+        version = serving.bundle.version
+        rows = [row.tobytes() for row in x]
+        found = await self.cache.get(version, rows)
+        misses = [i for i, value in enumerate(found) if value is None]
+        if not misses:
+            return np.asarray(found, dtype=np.float32)
+        computed = await serving.batcher.enqueue(x[misses], urgent=urgent)
+        await self.cache.put(version, [rows[i] for i in misses], computed.tolist())
+        if len(misses) == len(rows):
+            return computed
+        probs = np.empty((len(rows), computed.shape[1]), dtype=np.float32)
+        probs[misses] = computed
+        for i, value in enumerate(found):
+            if value is not None:
+                probs[i] = value
+        return probs
 
     async def predict(self, payload: dict[str, Any] | InferRequest,
                       headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:

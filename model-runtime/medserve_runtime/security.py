@@ -168,14 +168,17 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, time of last update)
 
     def acquire(self, key_id: str, cost: int = 1) -> float | None:
-        """Take `cost` tokens; None when allowed, else the whole seconds to wait (>= 1) for Retry-After."""
-        need = min(float(cost), self.capacity)
+        """Take `cost` tokens; None when allowed, else the whole seconds to wait (>= 1) for Retry-After.
+
+        Cost 0 only looks: None while at least one token is left, nothing is taken.
+        """
+        need = min(float(max(cost, 1)), self.capacity)
         with self._lock:
             now = self._clock()
             tokens, last = self._buckets.get(key_id, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
             if tokens >= need:
-                self._buckets[key_id] = (tokens - need, now)
+                self._buckets[key_id] = (tokens - need if cost else tokens, now)
                 return None
             self._buckets[key_id] = (tokens, now)
         return float(max(1, math.ceil((need - tokens) / self.rate)))

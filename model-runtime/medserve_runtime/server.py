@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import kserve
 import kserve.logging
@@ -27,19 +28,23 @@ import kserve.model_server
 
 from medserve_runtime import routes
 from medserve_runtime.api import ClinicalApi
-from medserve_runtime.audit import AuditLog
+from medserve_runtime.audit import AuditLog, writer_identity
+from medserve_runtime.auditchain import load_key
 from medserve_runtime.batching import Arrivals
 from medserve_runtime.errors import add_exception_handlers
 from medserve_runtime.gate import Gate
+from medserve_runtime.groupcommit import AuditTrail
 from medserve_runtime.metrics import RuntimeMetrics
 from medserve_runtime.model import ClinicalModel
 from medserve_runtime.phi import PhiHasher, PhiScrubFilter
-from medserve_runtime.security import KeyStore, RateLimiter
+from medserve_runtime.ratelimit import FailedAuthLimiter, SharedLimiter
+from medserve_runtime.security import KeyStore
 from medserve_runtime.stats import PredictionLog, VersionStats
 
 logger = logging.getLogger("medserve_runtime")
 
 KEYS_POLL_SECONDS = 10.0
+AUTH_FAILURES_REPORT_S = 5.0
 
 
 def configure_logging(log_config_file: str | None) -> None:
@@ -88,6 +93,43 @@ def watch_keys(keys: KeyStore, path: Path, *, interval: float = KEYS_POLL_SECOND
     return thread
 
 
+def open_audit(args: argparse.Namespace, model_version: str | None) -> AuditTrail:
+    """The audit trail the flags name: PostgreSQL (with its spool), the file log, or none (warned)."""
+    key = load_key(args.audit_key_file)
+    if not key and (args.audit_log or args.audit_dsn or args.audit_dsn_file):
+        logger.warning("the audit chain is UNKEYED (no --audit_key_file or $MEDSERVE_AUDIT_KEY): a record "
+                       "edited with its chain recomputed would not be detected")
+    if args.audit_dsn is not None or args.audit_dsn_file is not None:
+        from medserve_runtime.auditdb import PostgresAuditLog, redact, resolve_dsn
+
+        dsn = resolve_dsn(args.audit_dsn, dsn_file=args.audit_dsn_file)
+        trail = PostgresAuditLog(dsn, key=key, writer=writer_identity(model_version), spool=args.audit_spool,
+                                 start_fields={"model": args.model_name})
+        logger.info("audit trail: PostgreSQL %s (spool %s)", redact(dsn), args.audit_spool or "none")
+        return trail
+    if args.audit_log is None:
+        logger.warning("audit log disabled (no --audit_log or --audit_dsn)")
+    return AuditLog(args.audit_log, key=key, writer=writer_identity(model_version))
+
+
+def report_auth_failures(limiter: FailedAuthLimiter, audit: AuditTrail, *,
+                         interval: float = AUTH_FAILURES_REPORT_S) -> threading.Event:
+    """One `auth_failures` audit record per client address and interval; set the Event to stop (flushes)."""
+
+    def flush() -> None:
+        for address, count in sorted(limiter.take_counts().items()):
+            audit.event("auth_failures", {"client_address": address, "count": count, "interval_s": interval})
+
+    def run() -> None:
+        while not stop.wait(interval):
+            flush()
+        flush()
+
+    stop = threading.Event()
+    threading.Thread(target=run, name="auth-failures-report", daemon=True).start()
+    return stop
+
+
 def serve(args: argparse.Namespace) -> int:
     """Load the model, start the server, block until it stops (SIGTERM), flush the audit log."""
     configure_logging(args.log_config_file)
@@ -102,31 +144,54 @@ def serve(args: argparse.Namespace) -> int:
     else:
         logger.warning("AUTHENTICATION IS DISABLED: no --api_keys_file, so every endpoint is open to anyone "
                        "who can reach this server. Never run a clinical deployment like this.")
-    limiter = RateLimiter(args.rate_limit_per_minute) if args.rate_limit_per_minute > 0 else None
-    audit = AuditLog(args.audit_log)
-    if args.audit_log is None:
-        logger.warning("audit log disabled (no --audit_log)")
+    redis_url = args.redis_url or os.environ.get("MEDSERVE_REDIS_URL") or None
+    limiter = (SharedLimiter(redis_url, args.rate_limit_per_minute, replicas=args.rate_limit_replicas,
+                             window_s=args.rate_limit_window_s) if args.rate_limit_per_minute > 0 else None)
+    auth_failures = (FailedAuthLimiter(redis_url, args.auth_failures_per_minute, replicas=args.rate_limit_replicas)
+                     if keys is not None and args.auth_failures_per_minute > 0 else None)
 
     metrics = RuntimeMetrics(args.model_name)
     stats = VersionStats()
     predictions = PredictionLog(args.prediction_memory)
     arrivals = Arrivals()
     source = args.model_uri or str(args.model_dir)
+    cache = None
+    if redis_url is not None and args.prediction_cache_ttl_s > 0:
+        from medserve_runtime.predcache import PredictionCache
+
+        cache = PredictionCache(redis_url, args.model_name, ttl_s=args.prediction_cache_ttl_s,
+                                on_lookup=metrics.observe_cache)
     model = ClinicalModel(args.model_name, source, device=args.device, optimization=args.optimization,
                           max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
-                          metrics=metrics, stats=stats, predictions=predictions, arrivals=arrivals)
+                          metrics=metrics, stats=stats, predictions=predictions, arrivals=arrivals,
+                          cache=cache)
+    audit: AuditTrail | None = None
+    stop_reports: threading.Event | None = None
     try:
         model.load()
+        audit = open_audit(args, model.version)
+        if auth_failures is not None:
+            stop_reports = report_auth_failures(auth_failures, audit)
         app = kserve.model_server.app
+        trail = audit
+
+        def dependencies() -> tuple[bool, dict[str, Any]]:
+            details: dict[str, Any] = {"audit": trail.health()}
+            if limiter is not None:
+                details["rate_limit"] = limiter.health()
+            return trail.writable(), details
+
+        metrics.watch(audit_writable=trail.writable,
+                      rate_limit_degraded=lambda: limiter is not None and limiter.health()["degraded"])
         routes.register(app, ClinicalApi(model, hasher=hasher, metrics=metrics, stats=stats,
-                                         predictions=predictions))
+                                         predictions=predictions, dependencies=dependencies))
         add_exception_handlers(app)
         app.add_middleware(Gate, keys=keys, limiter=limiter, audit=audit, metrics=metrics, stats=stats,
                            max_request_bytes=args.max_request_bytes, ready=lambda: bool(model.ready),
-                           version=lambda: model.version or "", arrivals=arrivals)
+                           version=lambda: model.version or "", arrivals=arrivals, auth_failures=auth_failures)
         logger.info("serving %s on port %d (max batch %d, max latency %g ms, rate limit %s/min, audit %s)",
                     args.model_name, args.http_port, args.max_batch_size, args.max_latency_ms,
-                    args.rate_limit_per_minute or "unlimited", args.audit_log or "off")
+                    args.rate_limit_per_minute or "unlimited", audit.health()["destination"])
         server = kserve.ModelServer(http_port=args.http_port, workers=1, enable_grpc=False,
                                     enable_docs_url=args.enable_docs_url,
                                     enable_latency_logging=args.enable_latency_logging,
@@ -135,6 +200,9 @@ def serve(args: argparse.Namespace) -> int:
         model.repository = server.registered_models
         server.start([model])
     finally:
-        audit.close()
+        if stop_reports is not None:
+            stop_reports.set()
+        if audit is not None:
+            audit.close()
     logger.info("stopped (pid %d)", os.getpid())
     return 0

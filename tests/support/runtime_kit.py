@@ -124,11 +124,13 @@ class RuntimeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def audit_records(self) -> list[dict[str, Any]]:
+    def audit_records(self, event: str | None = "request") -> list[dict[str, Any]]:
+        """The file audit log's records of `event` (None: all, with the writer_start/stop records)."""
         assert self.audit_path is not None
         if not self.audit_path.exists():
             return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+        records = [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+        return [r for r in records if event is None or r.get("event") == event]
 
     def client(self, key_id: str | None = "clinician", headers: dict[str, str] | None = None) -> httpx.Client:
         """A client sending `key_id`'s API key (None: no key) and `headers` with every request."""

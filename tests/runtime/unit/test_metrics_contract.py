@@ -21,12 +21,15 @@ def test_every_series_is_a_contract_name() -> None:
     m.observe_predictions("3", ["flu"], [0.9], [{"age": 40.0, "sex": "female"}])
     m.observe_batch("3", 1)
     m.observe_feedback("3", correct=True)
+    m.watch(audit_writable=lambda: True, rate_limit_degraded=lambda: False)
+    m.observe_cache(True)
     # prometheus_client adds a `<family>_created` gauge per counter and histogram; not ours to name.
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())
                 if not f.name.endswith("_created")}
     assert set(families) == {names.REQUEST_DURATION, names.PREDICTIONS, names.PREDICTION_CONFIDENCE,
                              names.FEEDBACK, names.BATCH_SIZE, names.FEATURE_VALUE, names.FEATURE_CATEGORY,
-                             names.MODEL_INFO}
+                             names.MODEL_INFO, names.AUDIT_WRITABLE, names.RATE_LIMIT_DEGRADED,
+                             names.PREDICTION_CACHE_LOOKUPS}
     base = {names.MODEL_LABEL, names.VERSION_LABEL}
     expected_labels = {
         names.REQUEST_DURATION: base | {names.ENDPOINT_LABEL, names.CODE_LABEL},
@@ -35,6 +38,9 @@ def test_every_series_is_a_contract_name() -> None:
         names.FEATURE_VALUE: base | {names.FEATURE_LABEL},
         names.FEATURE_CATEGORY: base | {names.FEATURE_LABEL, names.CATEGORY_LABEL},
         names.MODEL_INFO: base | {names.SOURCE_LABEL, names.DEVICE_LABEL, names.OPTIMIZATION_LABEL},
+        names.AUDIT_WRITABLE: {names.MODEL_LABEL},
+        names.RATE_LIMIT_DEGRADED: {names.MODEL_LABEL},
+        names.PREDICTION_CACHE_LOOKUPS: {names.MODEL_LABEL, names.RESULT_LABEL},
     }
     for family, labels in expected_labels.items():
         sample = families[family].samples[0]
