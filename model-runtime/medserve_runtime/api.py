@@ -118,11 +118,13 @@ class ClinicalApi:
     async def feedback(self, request: Request) -> Response:
         parsed = await _parse(request, FeedbackRequest)
         note = current_note()
-        note.prediction_id = parsed.prediction_id
         record = self.predictions.find(parsed.prediction_id)
         if record is None:
+            # Not noted for the audit record: an id this process never issued is client text, and the
+            # audit log's hash chain would make it impossible to redact.
             raise UnknownPrediction("prediction_id", "no such prediction here (unknown, or older than the "
                                     f"last {self.predictions.capacity} predictions)")
+        note.prediction_id = parsed.prediction_id  # one this process issued: a uuid, no client text
         note.model_version = record.version
         labels = self.model.labels_of(record.version)
         if parsed.outcome not in labels:
