@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key for hashing patient ids (else $MEDSERVE_PHI_HASH_KEY[_FILE], else random)")
     p.add_argument("--prediction_memory", type=_positive_int, default=DEFAULT_CAPACITY,
                    help="how many recent predictions /feedback can refer to")
+    p.add_argument("--metrics_min_cohort", type=_positive_int, default=10,
+                   help="per-record metrics (features, class, confidence) are published in cohorts of this many "
+                        "records, so that no scrape difference shows one patient")
+    p.add_argument("--metrics_token_file", type=Path, default=None,
+                   help="file holding a token GET /metrics then requires as `Authorization: Bearer` (else open)")
     limits = p.add_argument_group("server limits (slow, idle and oversized clients; outages)")
     limits.add_argument("--max_header_bytes", type=_positive_int, default=16 * 1024,
                         help="request line plus headers (431 beyond)")

@@ -16,6 +16,7 @@ offending field's path, never the offending value.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 import time
 from typing import TypeVar
@@ -48,8 +49,10 @@ logger = logging.getLogger(__name__)
 
 class ClinicalApi:
     def __init__(self, model: ClinicalModel, *, hasher: PhiHasher, metrics: RuntimeMetrics,
-                 stats: VersionStats, predictions: PredictionLog) -> None:
+                 stats: VersionStats, predictions: PredictionLog, metrics_token: str | None = None) -> None:
         self.model = model
+        self.metrics_token = metrics_token
+        """When set, GET /metrics needs `Authorization: Bearer <it>` (metrics.py says why)."""
         self.hasher = hasher
         self.metrics = metrics
         self.stats = stats
@@ -191,7 +194,12 @@ class ClinicalApi:
                               "version": bundle.version, "source": bundle.source,
                               "seconds": round(time.monotonic() - started, 3)})
 
-    async def prometheus(self) -> Response:
+    async def prometheus(self, request: Request) -> Response:
+        if self.metrics_token is not None:
+            presented = request.headers.get("authorization", "")
+            if not hmac.compare_digest(presented.encode(), f"Bearer {self.metrics_token}".encode()):
+                raise ClinicalError("authorization", "a valid scrape token is required", status=401,
+                                    code="unauthenticated")
         # The runtime's metrics, then KServe's and the process's from the default registry.
         return Response(self.metrics.render() + generate_latest(REGISTRY), media_type=CONTENT_TYPE)
 

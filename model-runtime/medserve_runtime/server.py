@@ -86,6 +86,18 @@ def watch_keys(keys: KeyStore, path: Path, *, interval: float = KEYS_POLL_SECOND
     return thread
 
 
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the metrics scrape token: {exc.strerror}") from exc
+    if not token:
+        raise ValueError(f"{path}: the metrics scrape token file is empty")
+    return token
+
+
 def serve(args: argparse.Namespace) -> int:
     """Load the model, start the server, block until it stops (SIGTERM), flush the audit log."""
     configure_logging(args.log_config_file)
@@ -105,7 +117,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.audit_log is None:
         logger.warning("audit log disabled (no --audit_log)")
 
-    metrics = RuntimeMetrics(args.model_name)
+    metrics = RuntimeMetrics(args.model_name, min_cohort=args.metrics_min_cohort)
+    metrics_token = _read_token(args.metrics_token_file)
     stats = VersionStats()
     predictions = PredictionLog(args.prediction_memory)
     arrivals = Arrivals()
@@ -119,7 +132,7 @@ def serve(args: argparse.Namespace) -> int:
         load_within(model.load, args.startup_timeout_s, redact_secrets(source))
         app = kserve.model_server.app
         routes.register(app, ClinicalApi(model, hasher=hasher, metrics=metrics, stats=stats,
-                                         predictions=predictions))
+                                         predictions=predictions, metrics_token=metrics_token))
         add_exception_handlers(app)
         app.add_middleware(Deadline, seconds=limits.request_deadline_s)  # inside the gate: it audits the 503
         app.add_middleware(Gate, keys=keys, limiter=limiter, audit=audit, metrics=metrics, stats=stats,
