@@ -20,6 +20,7 @@ traceback (phi.PhiScrubFilter), never the request.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -101,7 +102,9 @@ def _answer(status: int, message: str, field: str | None, code: str,
 async def clinical_error_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ClinicalError)  # registered for ClinicalError only
     if isinstance(exc, LoadFailed):
-        logger.warning("reload failed: %s", redact_secrets(exc.message))
+        # Not the message: it names the source the admin sent (client text); the response has it.
+        logger.warning("reload failed (the %s given cannot be loaded); the previous version keeps serving",
+                       exc.field)
     return _answer(exc.status, str(exc), exc.field, exc.code)
 
 
@@ -147,11 +150,18 @@ _KSERVE: dict[type[Exception], tuple[int, str | None, str, str]] = {
 }
 
 
+_QUOTED_FIELD = re.compile(r'"([a-z_]{1,40})"')
+
+
 async def kserve_error_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, kserve_errors.InvalidInput):
         # KServe's decoding errors (a body that is no V1/V2 request); their text is the client's own
-        # input echoed back to that client only, and never logged.
-        return _answer(400, f"body: {str(exc)[:300]}", "body", "invalid_input")
+        # input echoed back to that client only, and never logged. They quote the field they mean
+        # (kserve/utils/utils.py: 'Expected "instances" to be a list').
+        message = str(exc)[:300]
+        quoted = _QUOTED_FIELD.search(message)
+        field = quoted[1] if quoted else "body"
+        return _answer(400, f"{field}: {message}", field, "invalid_input")
     if isinstance(exc, NotImplementedError):
         # KServe's "Model versioning not supported yet." (versioned V2 routes) and a model without
         # explain(): a route this server has, for something it does not serve.
@@ -159,6 +169,11 @@ async def kserve_error_handler(request: Request, exc: Exception) -> Response:
             return _answer(404, "model_version: versions are not addressable here; use "
                                 "/v2/models/{name}/infer", "model_version", "version_unavailable")
         return _answer(404, "path: not served by this model", "path", "not_supported")
+    if isinstance(exc, kserve_errors.ModelNotReady) and request.url.path.startswith("/v2/repository/"):
+        # KServe's base ModelRepository.load loads nothing (kserve/model_repository.py), so its load
+        # route answers "not ready" for any name: it is a route this server does not serve.
+        return _answer(404, "path: the repository cannot load models here; use POST /models/reload/{name}",
+                       "path", "not_supported")
     for kind, (status, field, code, message) in _KSERVE.items():
         if isinstance(exc, kind):
             return _answer(status, message, field, code, {"retry-after": "1"} if status == 503 else None)
