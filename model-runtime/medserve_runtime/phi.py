@@ -46,7 +46,7 @@ REMEMBER_MAX = 100_000
 MAX_SCRUB_CHARS = 32_768
 """Longer texts are cut here before scrubbing (and say so): the scrubber's cost has a bound."""
 MAX_PHRASES_PER_HEAD = 8
-"""Multi-word ids sharing a first word that are remembered at once (older ones are scrubbed by word)."""
+"""Multi-word ids sharing a first word that are remembered at once (beyond it, the oldest is dropped)."""
 
 # The patterns below need "MRN" or three digits in a row, the e-mail pattern an "@": cheap searches for
 # those skip the costlier patterns on most log lines.
