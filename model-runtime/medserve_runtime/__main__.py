@@ -95,6 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key for hashing patient ids (else $MEDSERVE_PHI_HASH_KEY[_FILE], else random)")
     p.add_argument("--prediction_memory", type=_positive_int, default=DEFAULT_CAPACITY,
                    help="how many recent predictions /feedback can refer to")
+    p.add_argument("--metrics_min_cohort", type=_positive_int, default=10,
+                   help="per-record metrics (features, class, confidence) are published in cohorts of this many "
+                        "records, so that no scrape difference shows one patient")
+    p.add_argument("--metrics_token_file", type=Path, default=None,
+                   help="file holding a token GET /metrics then requires as `Authorization: Bearer` (else open)")
+    limits = p.add_argument_group("server limits (slow, idle and oversized clients; outages)")
+    limits.add_argument("--max_header_bytes", type=_positive_int, default=16 * 1024,
+                        help="request line plus headers (431 beyond)")
+    limits.add_argument("--max_headers", type=_positive_int, default=100, help="header fields (431 beyond)")
+    limits.add_argument("--header_timeout_s", type=_positive_float, default=10.0,
+                        help="from connection (or previous response) to the end of the headers (408)")
+    limits.add_argument("--body_timeout_s", type=_positive_float, default=30.0,
+                        help="from the end of the headers to the end of the body (408)")
+    limits.add_argument("--max_connections", type=_positive_int, default=1024,
+                        help="open connections at once (503 beyond)")
+    limits.add_argument("--request_deadline_s", type=_positive_float, default=30.0,
+                        help="longest a request may run in the server (503 after)")
+    limits.add_argument("--forwarded_allow_ips", default="",
+                        help="comma-separated proxy addresses whose X-Forwarded-For is believed (default: none)")
+    limits.add_argument("--registry_timeout_s", type=_positive_float, default=10.0,
+                        help="per MLflow registry call (connect and read), retried at most once")
+    limits.add_argument("--startup_timeout_s", type=_positive_float, default=60.0,
+                        help="give up loading the first model version after this (exit 2)")
     p.set_defaults(enable_grpc=False)
     return p
 

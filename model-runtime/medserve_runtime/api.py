@@ -16,6 +16,7 @@ offending field's path, never the offending value.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -50,10 +51,13 @@ logger = logging.getLogger(__name__)
 class ClinicalApi:
     def __init__(self, model: ClinicalModel, *, hasher: PhiHasher, metrics: RuntimeMetrics,
                  stats: VersionStats, predictions: PredictionLog,
-                 dependencies: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> None:
+                 dependencies: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+                 metrics_token: str | None = None) -> None:
         self.model = model
         # (can requests be served, details): the audit trail and the rate limiter, for /health
         self.dependencies = dependencies or (lambda: (True, {}))
+        self.metrics_token = metrics_token
+        """When set, GET /metrics needs `Authorization: Bearer <it>` (metrics.py says why)."""
         self.hasher = hasher
         self.metrics = metrics
         self.stats = stats
@@ -122,11 +126,13 @@ class ClinicalApi:
     async def feedback(self, request: Request) -> Response:
         parsed = await _parse(request, FeedbackRequest)
         note = current_note()
-        note.prediction_id = parsed.prediction_id
         record = self.predictions.find(parsed.prediction_id)
         if record is None:
+            # Not noted for the audit record: an id this process never issued is client text, and the
+            # audit log's hash chain would make it impossible to redact.
             raise UnknownPrediction("prediction_id", "no such prediction here (unknown, or older than the "
                                     f"last {self.predictions.capacity} predictions)")
+        note.prediction_id = parsed.prediction_id  # one this process issued: a uuid, no client text
         note.model_version = record.version
         labels = self.model.labels_of(record.version)
         if parsed.outcome not in labels:
@@ -195,7 +201,12 @@ class ClinicalApi:
                               "version": bundle.version, "source": bundle.source,
                               "seconds": round(time.monotonic() - started, 3)})
 
-    async def prometheus(self) -> Response:
+    async def prometheus(self, request: Request) -> Response:
+        if self.metrics_token is not None:
+            presented = request.headers.get("authorization", "")
+            if not hmac.compare_digest(presented.encode(), f"Bearer {self.metrics_token}".encode()):
+                raise ClinicalError("authorization", "a valid scrape token is required", status=401,
+                                    code="unauthenticated")
         # The runtime's metrics, then KServe's and the process's from the default registry.
         return Response(self.metrics.render() + generate_latest(REGISTRY), media_type=CONTENT_TYPE)
 

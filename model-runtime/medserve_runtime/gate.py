@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from medserve_runtime.accesslog import note_key
 from medserve_runtime.batching import Arrivals
 from medserve_runtime.context import RequestNote, close_note, open_note
 from medserve_runtime.groupcommit import AuditTrail, AuditUnavailable
@@ -115,6 +116,7 @@ class Gate:
                 try:
                     presented = _presented_key(headers)
                     key_id = self.keys.authenticate(presented).id  # known before a 403, for the audit
+                    note_key(scope, key_id)
                     if route.permission != ANY_KEY:
                         self.keys.authorize(presented, route.permission)
                 except AuthError as exc:

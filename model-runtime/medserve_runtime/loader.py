@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
+import os
 import re
 import shutil
 import tempfile
@@ -37,6 +39,8 @@ from medserve_contract.modelspec import (
     load_reference_profile,
 )
 
+from medserve_runtime.phi import redact_secrets
+
 logger = logging.getLogger(__name__)
 
 Optimization = Literal["none", "dynamic-int8"]
@@ -49,6 +53,17 @@ _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(
 
 class ModelLoadError(RuntimeError):
     """The source cannot be turned into a servable model; the message says which file or setting."""
+
+
+def bound_registry_calls(timeout_s: float, *, retries: int = 1) -> None:
+    """Every MLflow HTTP call: at most `timeout_s` (connect and read), at most `retries` retries, a
+    short backoff. MLflow's defaults (120 s, 7 retries, backoff factor 2) hold a reload, and its
+    lock, for minutes when the registry is down. MLflow reads these per call
+    (mlflow/environment_variables.py, mlflow/utils/rest_utils.py), so this applies to every call after."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -175,7 +190,12 @@ def _download(uri: str, target: Path) -> tuple[str, str, Path]:
               else client.get_model_version_by_alias(name, match["alias"]))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(target)))
     except MlflowException as exc:
-        raise ModelLoadError(f"cannot load {uri} from the MLflow registry: {exc.message}") from exc
+        # The message may carry the tracking URI, credentials and all: never print or return those.
+        raise ModelLoadError(f"cannot load {uri} from the MLflow registry: {redact_secrets(exc.message)}") \
+            from exc
+    except OSError as exc:  # requests' ConnectionError/Timeout after the retries, a full disk
+        raise ModelLoadError(f"cannot load {uri} from the MLflow registry: {type(exc).__name__}: "
+                             f"{redact_secrets(str(exc))[:500]}") from exc
     # The version's source is normally the run's `model/` folder; a source one level up holds it.
     files = local if (local / MODEL_FILE).is_file() else local / "model"
     return name, str(mv.version), files

@@ -22,11 +22,23 @@ serving then):
 
 Different versions have different edges; prometheus_client's Histogram fixes its buckets per metric,
 so the feature histograms are a custom collector holding numpy counts per (version, feature).
+
+Metrics that identify no one: whoever can scrape twice would otherwise read one patient's findings
+off the difference (the reviewer's differential scrape: a `_sum` delta is the exact age, a category
+counter the sex, the class counter the diagnosis). So
+- the feature histograms have no `_sum` (drift needs buckets and `_count` only), and
+- every per-record series (features, categories, predicted class, confidence) is released in
+  cohorts: a version's records are held back until at least `min_cohort` (`--metrics_min_cohort`,
+  default 10) have arrived, then published together, so any change between two scrapes mixes at
+  least that many patients. At most min_cohort - 1 records per version are unpublished at a time.
+- `/metrics` can require a scrape token (`--metrics_token_file`; api.py), so that only the
+  Prometheus holding it reads even these.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
@@ -37,11 +49,13 @@ from medserve_contract.modelspec import NumericProfile, Raw, ReferenceProfile
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DEFAULT_MIN_COHORT = 10
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MODEL_VERSION = [names.MODEL_LABEL, names.VERSION_LABEL]
 
@@ -50,22 +64,21 @@ class _VersionFeatures:
     """Counts per bin / category for one model version, written from the event loop, read by scrapes."""
 
     def __init__(self, profile: ReferenceProfile) -> None:
-        self.numeric: dict[str, tuple[list[float], npt.NDArray[np.int64], list[float]]] = {}
+        self.numeric: dict[str, tuple[list[float], npt.NDArray[np.int64]]] = {}
         self.categorical: dict[str, tuple[dict[str, int], npt.NDArray[np.int64]]] = {}
         for f in profile.features:
             if isinstance(f, NumericProfile):
-                self.numeric[f.name] = (list(f.bin_edges), np.zeros(len(f.bin_edges) + 1, np.int64), [0.0])
+                self.numeric[f.name] = (list(f.bin_edges), np.zeros(len(f.bin_edges) + 1, np.int64))
             else:
                 self.categorical[f.name] = ({c: i for i, c in enumerate(f.categories)},
                                             np.zeros(len(f.categories), np.int64))
 
     def observe(self, raw: Mapping[str, Raw]) -> None:
-        for name, (edges, counts, total) in self.numeric.items():
+        for name, (edges, counts) in self.numeric.items():
             value = raw.get(name)
             if isinstance(value, float | int):
                 # bisect_left: a value equal to an edge belongs to the bin that edge closes (le).
                 counts[bisect.bisect_left(edges, value)] += 1
-                total[0] += value
         for name, (index, counts) in self.categorical.items():
             value = raw.get(name)
             for item in value if isinstance(value, list) else [value]:
@@ -102,11 +115,15 @@ class FeatureCollector(Collector):
                                    labels=[*_MODEL_VERSION, names.FEATURE_LABEL, names.CATEGORY_LABEL])
         with self._lock:
             for version, features in self._versions.items():
-                for name, (edges, counts, total) in features.numeric.items():
+                for name, (edges, counts) in features.numeric.items():
                     cumulative = np.cumsum(counts)
                     buckets = [(_le(e), float(c)) for e, c in zip(edges, cumulative[:-1], strict=True)]
                     buckets.append(("+Inf", float(cumulative[-1])))
-                    hist.add_metric([self._model, version, name], buckets, total[0])
+                    labels = [self._model, version, name]
+                    hist.add_metric(labels, buckets, None)  # no sum: it would give away values
+                    hist.samples.append(Sample(names.FEATURE_VALUE + "_count",
+                                               dict(zip(hist._labelnames, labels, strict=True)),
+                                               float(cumulative[-1])))
                 for name, (index, counts) in features.categorical.items():
                     for category, i in index.items():
                         cats.add_metric([self._model, version, name, category], float(counts[i]))
@@ -117,11 +134,25 @@ def _le(edge: float) -> str:
     return repr(float(edge))
 
 
+@dataclasses.dataclass(slots=True)
+class _Cohort:
+    """Records of one version not yet published (see the module docstring)."""
+
+    labels: list[str] = dataclasses.field(default_factory=list)
+    confidences: list[float] = dataclasses.field(default_factory=list)
+    raws: list[Mapping[str, Raw]] = dataclasses.field(default_factory=list)
+
+
 class RuntimeMetrics:
     """All metrics of one runtime process; `render()` is the /metrics body."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, min_cohort: int = DEFAULT_MIN_COHORT) -> None:
+        if min_cohort < 1:
+            raise ValueError(f"min_cohort must be at least 1, got {min_cohort}")
         self.model = model
+        self.min_cohort = min_cohort
+        self._cohorts: dict[str, _Cohort] = {}
+        self._cohort_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         labels = _MODEL_VERSION
         self.request_duration = Histogram(
@@ -174,6 +205,20 @@ class RuntimeMetrics:
 
     def observe_predictions(self, version: str, labels: Iterable[str], confidences: Iterable[float],
                             raws: Iterable[Mapping[str, Raw]]) -> None:
+        """Hold the records back until the version has a cohort of min_cohort, then publish it."""
+        with self._cohort_lock:
+            cohort = self._cohorts.setdefault(version, _Cohort())
+            cohort.labels.extend(labels)
+            cohort.confidences.extend(confidences)
+            cohort.raws.extend(raws)
+            # V2 requests carry no raw values, callers outside a request may carry no labels.
+            if max(len(cohort.labels), len(cohort.raws)) < self.min_cohort:
+                return
+            del self._cohorts[version]
+        self._publish(version, cohort.labels, cohort.confidences, cohort.raws)
+
+    def _publish(self, version: str, labels: Iterable[str], confidences: Iterable[float],
+                 raws: Iterable[Mapping[str, Raw]]) -> None:
         for label in labels:
             self.predictions.labels(self.model, version, label).inc()
         hist = self.confidence.labels(self.model, version)

@@ -25,7 +25,7 @@ from typing import Any
 import kserve
 import numpy as np
 import numpy.typing as npt
-from kserve.errors import InvalidInput, ModelNotReady
+from kserve.errors import ModelNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from medserve_contract.modelspec import FeatureError, Raw
@@ -170,7 +170,7 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
                 where = field.format(index=i)
                 raise InvalidRecord(f"{where}.{exc.path}" if exc.path else where, exc.message) from None
         if not raws:
-            raise InvalidInput("at least one record is needed")
+            raise wire.WireError(field.format(index=0), "at least one record is needed")
         x = np.stack([spec.encode_raw(raw) for raw in raws])
         return await self._run(serving, x, raws, urgent=urgent)
 
@@ -225,13 +225,11 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
                       headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         """KServe data plane: V1 `{"instances": [clinical_data, ...]}` or a V2 FP32 [N, D] tensor."""
         if isinstance(payload, InferRequest):
-            with wire.kserve_errors():
-                serving = self.serving_for(payload.model_version or None)
+            serving = self.serving_for(payload.model_version or None)
             x = wire.v2_rows(payload, serving.bundle.spec.input_dim)
             return wire.v2_response(payload, self.name, await self._run(serving, x, []))
         records = wire.v1_instances(payload)
-        with wire.kserve_errors():
-            result = await self.classify(records, field=wire.V1_RECORD_FIELD)
+        result = await self.classify(records, field=wire.V1_RECORD_FIELD)
         return wire.v1_response(self.name, result)
 
     def get_input_types(self) -> list[dict[str, Any]]:

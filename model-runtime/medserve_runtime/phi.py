@@ -1,13 +1,22 @@
-"""Keeping patient identifiers (PHI) out of everything but the response: a keyed hash and a log scrubber.
+"""Keeping patient identifiers (PHI) and secrets out of everything but the response.
+
+The design (see also accesslog.py): no identifier-bearing text is ever formatted into a log line in
+the first place. The access log carries route templates, never paths or query strings; error
+messages name fields, never values; KServe's and uvicorn's own access and trace lines are off. What
+is here is the last line of defence for whatever slips through anyway:
 
 - `PhiHasher.hash(patient_id)` is the only form of a patient id that may appear in logs, metrics or the
   audit log: an HMAC-SHA256 under a secret key, so the same patient gets the same token (records can be
   joined) while nobody without the key can test a guessed id against it.
 - `PhiScrubFilter` rewrites log records: every raw identifier registered with `PhiHasher.remember` and
   anything shaped like an MRN, SSN, e-mail address or phone number becomes "[REDACTED]", in the message,
-  its arguments and any formatted traceback. Use `install()`: a filter added to the root logger only sees
-  records logged on the root logger itself (not those propagated from child loggers), so `install()`
-  wraps the log record factory, which every record of every logger passes through.
+  its arguments and any formatted traceback; so do secrets in URLs (`redact_secrets`). Its cost per
+  line is bounded and does not grow with the number of remembered ids: the text (capped at
+  `MAX_SCRUB_CHARS`, percent-decoded) is cut into word runs once, and each run is one set lookup. An
+  id of several words ("Jane Q. Doe") is remembered as its run sequence, looked up by its first run.
+  Use `install()`: a filter added to the root logger only sees records logged on the root logger
+  itself (not those propagated from child loggers), so `install()` wraps the log record factory,
+  which every record of every logger passes through.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import secrets
 import threading
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +43,10 @@ KEY_ENV = "MEDSERVE_PHI_HASH_KEY"
 KEY_FILE_ENV = "MEDSERVE_PHI_HASH_KEY_FILE"
 REMEMBER_TTL_S = 60.0
 REMEMBER_MAX = 100_000
+MAX_SCRUB_CHARS = 32_768
+"""Longer texts are cut here before scrubbing (and say so): the scrubber's cost has a bound."""
+MAX_PHRASES_PER_HEAD = 8
+"""Multi-word ids sharing a first word that are remembered at once (beyond it, the oldest is dropped)."""
 
 # The patterns below need "MRN" or three digits in a row, the e-mail pattern an "@": cheap searches for
 # those skip the costlier patterns on most log lines.
@@ -48,12 +62,34 @@ NUMBER_PATTERNS = re.compile(
 )
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _MAYBE_NUMBER = re.compile(r"\d{3}|mrn", re.IGNORECASE)
-# Registered ids are looked up token by token (a set lookup per word, whatever the number of ids);
-# ids that contain one of these delimiters cannot be a single token and are searched for as substrings.
-_DELIMITERS = "\\s\"'(),;:=\\[\\]{}<>|/\\\\`"
-_TOKEN = re.compile(f"[^{_DELIMITERS}]+")
-_HAS_DELIMITER = re.compile(f"[{_DELIMITERS}]")
-_TRAILING = ".,!?"
+_WORD = re.compile(r"[\w-]+")
+"""A word run: what an id is looked up as. Dots, `&`, `=`, quotes, slashes... all delimit."""
+
+# Secrets: the userinfo of any URL (scheme://user:password@host), and the values of query or
+# form parameters whose name says they are a credential.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/\s?#@'\"]*@)+", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"(?P<name>(?<![\w.-])(?:[\w.-]*(?:api[_-]?key|apikey|token|secret|passw(?:or)?d|pwd|auth\w*|"
+    r"signature|sig|credential|session|access[_-]?key|x-amz-[\w-]+)))(?P<sep>=|%3d)(?P<value>[^&\s#\"']+)",
+    re.IGNORECASE,
+)
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with URL credentials (user:password@) and credential-named parameters replaced.
+
+    For every URL the runtime prints or returns (MLFLOW_TRACKING_URI in a registry error, a query
+    string): `https://u:p%40ss@host/x?api_key=k&n=1` becomes `https://[REDACTED]@host/x?api_key=[REDACTED]&n=1`.
+    """
+    if "://" in text:
+        text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    if "=" in text or "%3d" in text.lower():
+        text = _SECRET_PARAM.sub(lambda m: f"{m['name']}{m['sep']}{REDACTED}", text)
+    return text
+
+
+def _words(text: str) -> list[str]:
+    return [w.casefold() for w in _WORD.findall(text)]
 
 
 class PhiHasher:
@@ -67,7 +103,8 @@ class PhiHasher:
         self._lock = threading.Lock()
         self._expiry: dict[str, float] = {}  # raw id -> when it stops being scrubbed
         self._order: collections.deque[tuple[float, str]] = collections.deque()
-        self._phrases: set[str] = set()  # the registered ids that contain delimiters
+        self._words: dict[str, int] = {}  # single-word ids (casefolded) -> how many live ids use it
+        self._heads: dict[str, list[tuple[str, ...]]] = {}  # first word -> multi-word ids' word runs
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, key_file: Path | None = None) -> PhiHasher:
@@ -103,16 +140,40 @@ class PhiHasher:
         now = self._clock()
         with self._lock:
             self._expire(now)
+            if patient_id not in self._expiry:
+                self._add(patient_id)
             self._expiry[patient_id] = now + ttl_s
             self._order.append((now + ttl_s, patient_id))
-            if _HAS_DELIMITER.search(patient_id) or patient_id.rstrip(_TRAILING) != patient_id:
-                self._phrases.add(patient_id)
         return self.hash(patient_id)
 
     def forget(self, patient_id: str) -> None:
         with self._lock:
-            self._expiry.pop(patient_id, None)
-            self._phrases.discard(patient_id)
+            if self._expiry.pop(patient_id, None) is not None:
+                self._drop(patient_id)
+
+    def _add(self, raw: str) -> None:
+        words = _words(raw)
+        if len(words) == 1:
+            self._words[words[0]] = self._words.get(words[0], 0) + 1
+        elif words:
+            phrases = self._heads.setdefault(words[0], [])
+            phrases.append(tuple(words))
+            del phrases[:-MAX_PHRASES_PER_HEAD]
+
+    def _drop(self, raw: str) -> None:
+        words = _words(raw)
+        if len(words) == 1:
+            left = self._words.get(words[0], 0) - 1
+            if left > 0:
+                self._words[words[0]] = left
+            else:
+                self._words.pop(words[0], None)
+        elif words and words[0] in self._heads:
+            phrases = self._heads[words[0]]
+            if tuple(words) in phrases:
+                phrases.remove(tuple(words))
+            if not phrases:
+                del self._heads[words[0]]
 
     def _expire(self, now: float) -> None:
         # Oldest first; an entry only removes its id if the id was not remembered again since.
@@ -120,22 +181,48 @@ class PhiHasher:
             expiry, raw = self._order.popleft()
             if self._expiry.get(raw) == expiry:
                 del self._expiry[raw]
-                self._phrases.discard(raw)
+                self._drop(raw)
 
     def is_registered(self, token: str) -> bool:
         expiry = self._expiry.get(token)
         return expiry is not None and expiry > self._clock()
 
-    def phrases(self) -> list[str]:
-        with self._lock:
-            return list(self._phrases) if self._phrases else []
-
     def has_registered(self) -> bool:
+        if self._order and self._order[0][0] <= self._clock():
+            with self._lock:
+                self._expire(self._clock())
         return bool(self._expiry)
+
+    def redact(self, text: str) -> str:
+        """`text` with every remembered id's words replaced: one pass, one lookup per word."""
+        words, heads = self._words, self._heads
+        matches = list(_WORD.finditer(text))
+        keys = [m[0].casefold() for m in matches]
+        spans: list[tuple[int, int]] = []
+        i = 0
+        while i < len(keys):
+            key = keys[i]
+            end = i + 1 if key in words else None
+            for phrase in heads.get(key, ()):
+                if tuple(keys[i:i + len(phrase)]) == phrase:
+                    end = max(end or 0, i + len(phrase))
+            if end is None:
+                i += 1
+                continue
+            spans.append((matches[i].start(), matches[end - 1].end()))
+            i = end
+        if not spans:
+            return text
+        out, at = [], 0
+        for start, stop in spans:
+            out += [text[at:start], REDACTED]
+            at = stop
+        out.append(text[at:])
+        return "".join(out)
 
 
 class PhiScrubFilter(logging.Filter):
-    """Replaces registered patient ids and PHI-shaped strings in log records with "[REDACTED]"."""
+    """Replaces registered patient ids, PHI-shaped strings and URL secrets in log records."""
 
     def __init__(self, hasher: PhiHasher | None = None) -> None:
         super().__init__()
@@ -144,12 +231,14 @@ class PhiScrubFilter(logging.Filter):
 
     def scrub(self, text: str) -> str:
         """The text with every PHI-looking part redacted; also usable on error messages."""
+        if len(text) > MAX_SCRUB_CHARS:
+            text = text[:MAX_SCRUB_CHARS] + f" [cut at {MAX_SCRUB_CHARS} characters]"
+        if "%" in text:
+            text = urllib.parse.unquote(text, errors="replace")
+        text = redact_secrets(text)
         hasher = self.hasher
         if hasher is not None and hasher.has_registered():
-            for phrase in hasher.phrases():
-                text = text.replace(phrase, REDACTED)
-            if any(hasher.is_registered(token.rstrip(_TRAILING)) for token in _TOKEN.findall(text)):
-                text = _TOKEN.sub(lambda m: _redact_token(m.group(0), hasher), text)
+            text = hasher.redact(text)
         if "@" in text:
             text = EMAIL.sub(REDACTED, text)
         if _MAYBE_NUMBER.search(text):
@@ -192,10 +281,3 @@ class PhiScrubFilter(logging.Filter):
         if self._previous_factory is not None:
             logging.setLogRecordFactory(self._previous_factory)
             self._previous_factory = None
-
-
-def _redact_token(token: str, hasher: PhiHasher) -> str:
-    core = token.rstrip(_TRAILING)
-    if core and hasher.is_registered(core):
-        return REDACTED + token[len(core) :]
-    return token

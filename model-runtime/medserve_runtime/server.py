@@ -3,9 +3,9 @@
 KServe 0.21 has no hook for extra routes or middleware on its REST server: `RESTServer` builds its
 routes at start on the module-level FastAPI app `kserve.model_server.app`, which is importable and
 is the app it serves. So the runtime adds its routes (routes.py), its exception handlers (errors.py)
-and its gate middleware to that app before `kserve.ModelServer.start()`; KServe's V1/V2 routes,
-exception handlers and timing middleware are then added by KServe itself, exactly as for its own
-servers.
+and its middlewares (access log, gate, deadline) to that app before the server starts; KServe's
+V1/V2 routes are then added by KServe itself, exactly as for its own servers, on a REST server with
+the runtime's limits and error handlers (serving.py).
 
 gRPC stays off: KServe's gRPC server would answer inference without the gate (no API key, no audit
 record), which a clinical deployment must not allow. One uvicorn worker only: the micro-batcher,
@@ -26,7 +26,8 @@ import kserve
 import kserve.logging
 import kserve.model_server
 
-from medserve_runtime import routes
+from medserve_runtime import loader, routes
+from medserve_runtime.accesslog import AccessLog, Deadline, quiet_third_party_loggers
 from medserve_runtime.api import ClinicalApi
 from medserve_runtime.audit import AuditLog, writer_identity
 from medserve_runtime.auditchain import load_key
@@ -36,9 +37,10 @@ from medserve_runtime.gate import Gate
 from medserve_runtime.groupcommit import AuditTrail
 from medserve_runtime.metrics import RuntimeMetrics
 from medserve_runtime.model import ClinicalModel
-from medserve_runtime.phi import PhiHasher, PhiScrubFilter
+from medserve_runtime.phi import PhiHasher, PhiScrubFilter, redact_secrets
 from medserve_runtime.ratelimit import FailedAuthLimiter, SharedLimiter
 from medserve_runtime.security import KeyStore
+from medserve_runtime.serving import RuntimeServer, limits_from_args, load_within
 from medserve_runtime.stats import PredictionLog, VersionStats
 
 logger = logging.getLogger("medserve_runtime")
@@ -58,11 +60,7 @@ def configure_logging(log_config_file: str | None) -> None:
         root.addHandler(stderr)
     root.setLevel(logging.INFO)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # uvicorn's AccessFormatter rebuilds the line from the record's argument tuple, which the PHI
-    # scrubber has already folded into the (scrubbed) message; format the access log from the message.
-    for handler in logging.getLogger("uvicorn.access").handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(process)s %(name)s %(message)s",
-                                               kserve.logging.KSERVE_LOGGER_DATE_FORMAT))
+    quiet_third_party_loggers()  # they print raw request lines; accesslog.py writes the access log
 
 
 def watch_keys(keys: KeyStore, path: Path, *, interval: float = KEYS_POLL_SECONDS) -> threading.Thread:
@@ -130,6 +128,18 @@ def report_auth_failures(limiter: FailedAuthLimiter, audit: AuditTrail, *,
     return stop
 
 
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the metrics scrape token: {exc.strerror}") from exc
+    if not token:
+        raise ValueError(f"{path}: the metrics scrape token file is empty")
+    return token
+
+
 def serve(args: argparse.Namespace) -> int:
     """Load the model, start the server, block until it stops (SIGTERM), flush the audit log."""
     configure_logging(args.log_config_file)
@@ -150,7 +160,8 @@ def serve(args: argparse.Namespace) -> int:
     auth_failures = (FailedAuthLimiter(redis_url, args.auth_failures_per_minute, replicas=args.rate_limit_replicas)
                      if keys is not None and args.auth_failures_per_minute > 0 else None)
 
-    metrics = RuntimeMetrics(args.model_name)
+    metrics = RuntimeMetrics(args.model_name, min_cohort=args.metrics_min_cohort)
+    metrics_token = _read_token(args.metrics_token_file)
     stats = VersionStats()
     predictions = PredictionLog(args.prediction_memory)
     arrivals = Arrivals()
@@ -165,10 +176,12 @@ def serve(args: argparse.Namespace) -> int:
                           max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
                           metrics=metrics, stats=stats, predictions=predictions, arrivals=arrivals,
                           cache=cache)
+    limits = limits_from_args(args)
+    loader.bound_registry_calls(args.registry_timeout_s)
     audit: AuditTrail | None = None
     stop_reports: threading.Event | None = None
     try:
-        model.load()
+        load_within(model.load, args.startup_timeout_s, redact_secrets(source))
         audit = open_audit(args, model.version)
         if auth_failures is not None:
             stop_reports = report_auth_failures(auth_failures, audit)
@@ -184,19 +197,19 @@ def serve(args: argparse.Namespace) -> int:
         metrics.watch(audit_writable=trail.writable,
                       rate_limit_degraded=lambda: limiter is not None and limiter.health()["degraded"])
         routes.register(app, ClinicalApi(model, hasher=hasher, metrics=metrics, stats=stats,
-                                         predictions=predictions, dependencies=dependencies))
+                                         predictions=predictions, dependencies=dependencies,
+                                         metrics_token=metrics_token))
         add_exception_handlers(app)
+        app.add_middleware(Deadline, seconds=limits.request_deadline_s)  # inside the gate: it audits the 503
         app.add_middleware(Gate, keys=keys, limiter=limiter, audit=audit, metrics=metrics, stats=stats,
                            max_request_bytes=args.max_request_bytes, ready=lambda: bool(model.ready),
                            version=lambda: model.version or "", arrivals=arrivals, auth_failures=auth_failures)
+        app.add_middleware(AccessLog)
         logger.info("serving %s on port %d (max batch %d, max latency %g ms, rate limit %s/min, audit %s)",
                     args.model_name, args.http_port, args.max_batch_size, args.max_latency_ms,
                     args.rate_limit_per_minute or "unlimited", audit.health()["destination"])
-        server = kserve.ModelServer(http_port=args.http_port, workers=1, enable_grpc=False,
-                                    enable_docs_url=args.enable_docs_url,
-                                    enable_latency_logging=args.enable_latency_logging,
-                                    access_log_format=args.access_log_format, event_loop=args.event_loop,
-                                    timeout_keep_alive=args.timeout_keep_alive)
+        server = RuntimeServer(http_port=args.http_port, enable_docs_url=args.enable_docs_url,
+                               event_loop=args.event_loop, limits=limits)
         model.repository = server.registered_models
         server.start([model])
     finally:

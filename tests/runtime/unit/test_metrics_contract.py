@@ -51,3 +51,31 @@ def test_every_series_is_a_contract_name() -> None:
     feedback = {s.labels[names.OUTCOME_LABEL]: s.value for s in families[names.FEEDBACK].samples
                 if s.name == names.FEEDBACK_TOTAL}
     assert feedback == {names.OUTCOME_CORRECT: 1.0, names.OUTCOME_INCORRECT: 0.0}
+
+
+def _scrape(m: RuntimeMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(m.render().decode()) for s in f.samples
+            if not s.name.endswith("_created")}
+
+
+def test_a_differential_scrape_reveals_no_one() -> None:
+    """One patient between two scrapes changes nothing per-record; a cohort of min_cohort does, and
+    then never with a feature `_sum` that would be the patient's value."""
+    profile = ReferenceProfile(samples=10, features=[
+        NumericProfile(name="age", bin_edges=[30.0, 60.0], proportions=[0.3, 0.4, 0.3]),
+        CategoricalProfile(type="categorical", name="sex", categories=["female", "male"], proportions=[0.5, 0.5]),
+    ])
+    m = RuntimeMetrics("triage", min_cohort=3)
+    m.register_version("3", profile, ["flu", "sepsis"])
+    before = _scrape(m)
+    m.observe_predictions("3", ["sepsis"], [0.97], [{"age": 87.0, "sex": "male"}])
+    assert _scrape(m) == before
+    m.observe_predictions("3", ["flu", "flu"], [0.6, 0.7], [{"age": 20.0, "sex": "female"}] * 2)
+    after = _scrape(m)
+    changed = {name for (name, _), value in after.items() if before.get((name, _)) != value}
+    assert {names.FEATURE_VALUE_BUCKET, names.FEATURE_CATEGORY_TOTAL, names.PREDICTIONS_TOTAL} <= changed
+    assert not [name for name, _ in after if name == names.FEATURE_VALUE + "_sum"]
+    counts = [v for (name, _), v in after.items() if name == names.FEATURE_VALUE + "_count"]
+    assert counts == [3.0]  # drift's denominator stays
+    assert 87.0 not in {v for (name, _), v in after.items() if name.startswith(names.FEATURE_VALUE)}

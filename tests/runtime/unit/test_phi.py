@@ -169,3 +169,60 @@ def test_uninstall_restores_the_factory(hasher: PhiHasher) -> None:
     assert logging.getLogRecordFactory() is not before
     scrubber.uninstall()
     assert logging.getLogRecordFactory() is before
+
+
+@pytest.mark.parametrize("template", [
+    "GET /predict/{id}.json", "?patient={id}&x=1", "a&{id}&b", "{id}%26x", "path=%2F{id}%2F",
+    "id.{id}.", "{pct}", "x+{id}+y", "({id})",
+])
+def test_registered_ids_are_found_whatever_surrounds_them(hasher: PhiHasher, template: str) -> None:
+    hasher.remember(PATIENT)
+    pct = "".join(f"%{b:02X}" for b in PATIENT.encode())
+    scrubbed = PhiScrubFilter(hasher).scrub(template.format(id=PATIENT, pct=pct))
+    assert PATIENT not in scrubbed and "ZX81" not in scrubbed and REDACTED in scrubbed
+
+
+def test_multi_word_ids_match_across_any_separators(hasher: PhiHasher) -> None:
+    hasher.remember("Jane Q. Doe")
+    scrub = PhiScrubFilter(hasher).scrub
+    for text in ["Jane+Q.+Doe", "name=Jane%20Q.%20Doe&x", "JANE Q DOE"]:
+        assert scrub(text).count(REDACTED) == 1 and "Doe" not in scrub(text), text
+    assert scrub("Jane Austen") == "Jane Austen"  # a first word alone is not the id
+
+
+class CountingDict(dict[str, int]):
+    lookups = 0
+
+    def __contains__(self, key: object) -> bool:
+        CountingDict.lookups += 1
+        return super().__contains__(key)
+
+
+def test_scrub_cost_does_not_grow_with_the_number_of_remembered_ids(hasher: PhiHasher) -> None:
+    """The reviewer's DoS: one str.replace per remembered id per line. Now one set lookup per word."""
+    for i in range(20_000):
+        hasher.remember(f"batch-id-{i:06d}")
+    counting = CountingDict(hasher._words)
+    hasher._words = counting
+    text = "served request id=abc latency 12 ms " * 3  # 21 words
+    CountingDict.lookups = 0
+    PhiScrubFilter(hasher).scrub(text)
+    assert CountingDict.lookups == 21
+    long_line = "word " * 100_000
+    assert len(PhiScrubFilter(hasher).scrub(long_line)) < 40_000  # cut, and it says so
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("cannot reach http://mlflow:s3cr%40t@mlflow.svc:5000/api/2.0", "s3cr"),
+    ("API request to https://user:p4ss@host/x failed", "p4ss"),
+    ("GET /predict?api_key=msk_live_123&x=1", "msk_live_123"),
+    ("url https://h/x?token=abc.def&sig=zz9", "abc.def"),
+    ("url https://h/x?X-Amz-Signature=deadbeef", "deadbeef"),
+    ("password=hunter2 in body", "hunter2"),
+])
+def test_secrets_in_urls_are_redacted(text: str, secret: str) -> None:
+    from medserve_runtime.phi import redact_secrets
+
+    assert secret not in redact_secrets(text)
+    assert secret not in PhiScrubFilter().scrub(text)
+    assert redact_secrets("http://u:p@mlflow.svc:5000/x") == f"http://{REDACTED}@mlflow.svc:5000/x"
