@@ -1,1 +1,1 @@
-"""operator/medserve_operator/controllers"""
+"""One package per kind: thin kopf handlers, named reconcile steps, status serialised in one place, pure renderers."""

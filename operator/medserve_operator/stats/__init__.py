@@ -1,1 +1,4 @@
-"""operator/medserve_operator/stats"""
+"""The statistics: the drift alarm rule, the always-valid sequential A/B test, their simulators.
+
+Pure numpy/scipy code shared by the operator and the simulators.
+"""
