@@ -47,7 +47,7 @@ lint: $(STAMP) ## ruff and the import-layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP) ## mypy --strict over medserve_operator and medserve_runtime
+typecheck: $(STAMP) ## mypy --strict over the operator, the runtime, the contract and the sandbox
 	$(BIN)/mypy
 
 unit: $(STAMP) ## the unit tier alone (no servers; about 30 s)
