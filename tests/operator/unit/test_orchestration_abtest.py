@@ -10,12 +10,10 @@ the promotion written to MLflow or to the control ModelDeployment, and the Event
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from fakes import Clock, Events, FakeKube, FakePrometheus, FakeRegistry, kopf_events
+from fakes import Clock, Events, FakeKube, FakePrometheus, FakeRegistry
 from medserve_operator.clients.kube import ApiError
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.abtest import Runtime, reconcile
@@ -30,20 +28,6 @@ IG_API, IG = "serving.kserve.io/v1alpha1", "inferencegraphs"
 NS = "icu"
 MODEL = "triage-classifier"
 LOG = logging.getLogger("test.abtest")
-
-
-@pytest.fixture
-async def events() -> AsyncIterator[Events]:
-    with kopf_events() as captured:
-        yield captured
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The reconciler reads time.monotonic() for statistics.interval; this moves it on without sleeping."""
-    fake = Clock(time.monotonic)
-    monkeypatch.setattr(time, "monotonic", fake)
-    return fake
 
 
 class World:

@@ -9,12 +9,10 @@ status written, the write counts and the Events posted through kopf.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from fakes import Clock, Events, FakeKube, FakePrometheus, FakeRegistry, kopf_events
+from fakes import Clock, Events, FakeKube, FakePrometheus, FakeRegistry
 from medserve_operator.clients.kube import ApiError
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.modeldeployment import Runtime, reconcile
@@ -29,20 +27,6 @@ ISVC_API, ISVC = "serving.kserve.io/v1beta1", "inferenceservices"
 NS = "icu"
 MODEL = "triage-classifier"
 LOG = logging.getLogger("test.modeldeployment")
-
-
-@pytest.fixture
-async def events() -> AsyncIterator[Events]:
-    with kopf_events() as captured:
-        yield captured
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The reconciler reads time.monotonic() for monitoring.interval; this moves it on without sleeping."""
-    fake = Clock(time.monotonic)
-    monkeypatch.setattr(time, "monotonic", fake)
-    return fake
 
 
 class World:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from fakes import Events, FakeKube, FakePrometheus, FakeRegistry, kopf_events
+from fakes import Events, FakeKube, FakePrometheus, FakeRegistry
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.retrainpolicy import Runtime, reconcile
 
@@ -36,12 +35,6 @@ POLICY = "triage-on-drift"
 POLICY_LABEL = "medserve.io/retrain-policy"
 JOB_NAME_TAG = "medserve.io/job-name"
 LOG = logging.getLogger("test.retrainpolicy")
-
-
-@pytest.fixture
-async def events() -> AsyncIterator[Events]:
-    with kopf_events() as captured:
-        yield captured
 
 
 def rfc3339(when: datetime.datetime) -> str:
