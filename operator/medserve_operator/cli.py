@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("medserve_operator.tools.crdgen", "write crds/*.yaml (and the chart's copy) from the API models"),
     "validate": ("medserve_operator.tools.validate", "check manifests offline against the API models"),
+    "render": ("medserve_operator.tools.render", "print the KServe and batch objects the operator would create"),
     "operator": ("medserve_operator.main", "run the operator (kopf) against the current kubeconfig"),
     "emulator": ("medserve_sandbox.emulator", "run the Kubernetes API emulator on loopback"),
     "sandbox": ("medserve_sandbox.run", "run the whole system on loopback (the demo)"),

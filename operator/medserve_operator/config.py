@@ -5,8 +5,23 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import cast
+
+from medserve_operator.api.modeldeployment import DEPLOYMENT_MODES, DeploymentMode
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/medserve/model-runtime:0.1.0"
+DEFAULT_DEPLOYMENT_MODE: DeploymentMode = "Serverless"
+
+
+class ConfigError(ValueError):
+    """A setting of the operator's environment that it cannot run with."""
+
+
+def deployment_mode(value: str) -> DeploymentMode:
+    """A deployment mode as the configuration names it (Serverless or Standard)."""
+    if value not in DEPLOYMENT_MODES:
+        raise ConfigError(f"deployment mode {value!r}: must be one of {', '.join(DEPLOYMENT_MODES)}")
+    return cast("DeploymentMode", value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -24,6 +39,8 @@ class OperatorConfig:
     DriftDetected condition then says PrometheusNotConfigured)."""
     metrics_address: str | None = None
     """HOST:PORT where the operator serves its own /metrics (`state_metrics`); None serves none."""
+    deployment_mode: DeploymentMode = DEFAULT_DEPLOYMENT_MODE
+    """The KServe deployment mode of ModelDeployments whose spec.runtime.deploymentMode is unset."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -37,4 +54,5 @@ class OperatorConfig:
             registry_timeout=float(env.get("MEDSERVE_REGISTRY_TIMEOUT") or 5.0),
             prometheus_url=env.get("MEDSERVE_PROMETHEUS_URL") or None,
             metrics_address=env.get("MEDSERVE_METRICS_ADDRESS") or None,
+            deployment_mode=deployment_mode(env.get("MEDSERVE_DEPLOYMENT_MODE") or DEFAULT_DEPLOYMENT_MODE),
         )

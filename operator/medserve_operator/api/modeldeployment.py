@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import Field
 
 from medserve_operator.api.common import (
     AGE,
     API_VERSION_DESCRIPTION,
+    DNS1123_SUBDOMAIN,
     MLFLOW_MODEL_NAME,
     MODEL_ALIAS,
     MODEL_VERSION,
@@ -18,6 +19,7 @@ from medserve_operator.api.common import (
     CelRule,
     Conditions,
     ConditionSet,
+    Duration,
     LocalObjectReference,
     PositiveDuration,
     PrinterColumn,
@@ -43,6 +45,12 @@ CONDITIONS = ConditionSet(required=(MODEL_RESOLVED, INFERENCE_SERVICE_READY), ne
 READY_NEGATIVE: Final = (DEGRADED,)
 """The negative conditions that hold Ready back (DriftDetected does not)."""
 
+# KServe's own condition types on an InferenceService (pkg/apis/serving/v1beta1/inference_service_status.go).
+KSERVE_PREDICTOR_READY: Final = "PredictorReady"
+KSERVE_INGRESS_READY: Final = "IngressReady"
+KSERVE_LATEST_DEPLOYMENT_READY: Final = "LatestDeploymentReady"
+KSERVE_CANARY_READY: Final = "CanaryPredictorReady"
+
 # --- reasons --------------------------------------------------------------------------------------------------
 RESOLVED: Final = "Resolved"
 ISVC_READY: Final = "InferenceServiceReady"
@@ -52,6 +60,9 @@ ISVC_NOT_READY: Final = "InferenceServiceNotReady"
 ISVC_MISSING: Final = "InferenceServiceMissing"
 ISVC_FAILED: Final = "InferenceServiceFailed"
 """The InferenceService could not be written (the API server refused it); the operator retries."""
+ISVC_UNSUPPORTED: Final = "UnsupportedInMode"
+"""The spec asks for something the InferenceService's deployment mode cannot do (a scaling metric the HPA
+does not know, a change of mode KServe refuses); nothing is written until the spec changes."""
 DRIFTED: Final = "DriftDetected"
 NO_DRIFT: Final = "NoDrift"
 INSUFFICIENT_DATA: Final = "InsufficientData"
@@ -63,8 +74,16 @@ INVALID_DRIFT_DATA: Final = "InvalidDriftData"
 
 # --- event reasons -------------------------------------------------------------------------------------------
 ROLLOUT_STARTED: Final = "RolloutStarted"
+ROLLOUT_PROMOTED: Final = "RolloutPromoted"
+"""The canary served its share (for rollout.canaryDuration); it is given all traffic."""
 ROLLOUT_COMPLETE: Final = "RolloutComplete"
+"""KServe reports the new version serving all traffic."""
 ISVC_CREATED: Final = "InferenceServiceCreated"
+
+DeploymentMode = Literal["Serverless", "Standard"]
+"""How KServe runs the predictor: Serverless (a Knative Service, scale to zero, revisions) or Standard (a
+Deployment with an HPA; KServe's former RawDeployment)."""
+DEPLOYMENT_MODES: Final[tuple[str, ...]] = get_args(DeploymentMode)
 
 Phase = Literal["Pending", "Resolving", "Deploying", "Ready", "Degraded", "Failed"]
 PHASE_RESOLVING: Final = "Resolving"
@@ -106,8 +125,28 @@ class BatchingSpec(ApiModel):
     )
 
 
+class Toleration(ApiModel):
+    """A Kubernetes toleration, passed through to the predictor's pods as is."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty with Exists matches all.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default).")
+    value: str | None = Field(default=None, max_length=63, description="Taint value, for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
 class RuntimeSpec(ApiModel):
     """How the model runtime container runs."""
+
+    deployment_mode: DeploymentMode | None = Field(
+        default=None,
+        description="KServe deployment mode: Serverless (Knative) or Standard (Deployment and HPA); unset "
+        "uses the operator's default. KServe refuses to change it on an existing InferenceService.",
+    )
 
     image: str = Field(default="", max_length=512, description='Runtime image; "" uses the operator\'s default.')
     protocol: Literal["v1", "v2"] = Field(default="v2", description="KServe inference protocol.")
@@ -118,6 +157,24 @@ class RuntimeSpec(ApiModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Request batching.")
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Compute resources of the runtime container."
+    )
+    service_account_name: str | None = Field(
+        default=None, pattern=DNS1123_SUBDOMAIN, max_length=253,
+        description="ServiceAccount of the runtime's pods: its cloud identity, and the storage credentials "
+        "KServe's storage initializer reads from it.",
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None, description="Secrets to pull the runtime image from a private registry."
+    )
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None,
+        description="Node labels the runtime's pods must run on (Serverless: needs Knative's "
+        "kubernetes.podspec-nodeselector).",
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None,
+        description="Taints the runtime's pods tolerate, e.g. of GPU nodes (Serverless: needs Knative's "
+        "kubernetes.podspec-tolerations).",
     )
 
 
@@ -150,6 +207,11 @@ class RolloutSpec(ApiModel):
         le=100,
         description="Share of traffic the new version gets first when the resolved version changes; "
         "0 switches at once.",
+    )
+    canary_duration: Duration = Field(
+        default="0s",
+        description="How long the canary serves its share, once KServe reports it serving, before the new "
+        "version takes all traffic; 0s promotes it as soon as it serves.",
     )
 
 
@@ -246,6 +308,18 @@ class DriftStatus(ApiModel):
     samples: int | None = Field(default=None, ge=0, description="Samples in the window.")
 
 
+class RolloutStatus(ApiModel):
+    """A rollout in progress: where it stands, as the operator read it from KServe."""
+
+    stage: Literal["Canary", "Promoting"] = Field(
+        description="Canary: the new version gets rollout.canaryTrafficPercent; Promoting: it was given all "
+        "traffic and the operator waits for KServe to report it serving all of it."
+    )
+    canary_serving_since: Timestamp | None = Field(
+        default=None, description="When KServe first reported the canary serving its share."
+    )
+
+
 class ModelDeploymentStatus(ApiModel):
     """The observed state of a ModelDeployment."""
 
@@ -257,7 +331,11 @@ class ModelDeploymentStatus(ApiModel):
     previous_model: ServedModel | None = Field(
         default=None, description="The version the canary replaces, while a rollout is in progress."
     )
+    rollout: RolloutStatus | None = Field(default=None, description="The rollout in progress, if any.")
     inference_service: str | None = Field(default=None, description="Name of the KServe InferenceService.")
+    deployment_mode: DeploymentMode | None = Field(
+        default=None, description="The deployment mode the InferenceService was created in."
+    )
     url: str | None = Field(default=None, description="URL of the inference endpoint.")
     drift: DriftStatus | None = Field(default=None, description="Latest drift evaluation.")
     conditions: Conditions = Field(default_factory=list, description="Current conditions.")

@@ -65,7 +65,7 @@ def test_model_deployment_defaults() -> None:
             "resources": {"limits": {}, "requests": {}},
         },
         "scaling": {"minReplicas": 1, "maxReplicas": 3, "metric": "concurrency", "target": 8},
-        "rollout": {"canaryTrafficPercent": 10},
+        "rollout": {"canaryTrafficPercent": 10, "canaryDuration": "0s"},
         "monitoring": {
             "interval": "5m",
             "drift": {
@@ -447,7 +447,7 @@ FULL_MD: dict[str, Any] = {
         "resources": {"limits": {"cpu": "2", "nvidia.com/gpu": 1}, "requests": {"memory": "1Gi"}},
     },
     "scaling": {"minReplicas": 0, "maxReplicas": 10, "metric": "rps", "target": 100},
-    "rollout": {"canaryTrafficPercent": 0},
+    "rollout": {"canaryTrafficPercent": 0, "canaryDuration": "15m"},
     "monitoring": {
         "interval": "30s",
         "drift": {

@@ -1,9 +1,11 @@
-"""The InferenceService renderer: plain dict assertions, and validation against KServe's real schema."""
+"""The InferenceService renderer: plain dict assertions, validation against KServe's real schema (both
+modes) and against Knative's podspec field masks (Serverless; tests/support/knative_masks.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import knative_masks
 import pytest
 from medserve_operator.api import ModelDeploymentSpec, parse_spec
 from medserve_operator.controllers.modeldeployment import render
@@ -37,15 +39,41 @@ def test_identity_owner_and_labels() -> None:
     assert meta["annotations"]["medserve.io/model-uri"] == "models:/sepsis-risk/3"
 
 
-def test_restricted_pod_security() -> None:
+def test_restricted_security_is_on_the_container_only() -> None:
+    """Knative masks a pod-level securityContext by default (fieldmask.go PodSecurityContextMask)."""
     predictor = rendered()["spec"]["predictor"]
-    pod, container = predictor["securityContext"], predictor["containers"][0]["securityContext"]
-    assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "securityContext" not in predictor
+    container = predictor["containers"][0]["securityContext"]
+    assert container["runAsNonRoot"] is True and container["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert (container["runAsUser"], container["runAsGroup"]) == (1000, 1000)
     assert container["allowPrivilegeEscalation"] is False
     assert container["readOnlyRootFilesystem"] is True
     assert container["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"] for m in predictor["containers"][0]["volumeMounts"]}
     assert "/tmp" in mounts  # a writable scratch dir, since the root filesystem is read-only
+
+
+def test_protocol_env_and_deployment_mode_annotation() -> None:
+    for mode, annotation in (("Serverless", "Knative"), ("Standard", "Standard")):
+        isvc = rendered(spec(scaling={"metric": "cpu"}), mode=mode)
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == annotation
+        env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+        assert env["PROTOCOL"] == "v2"
+        assert ("STORAGE_URI" in env) is (mode == "Standard")
+    assert "--protocol=v2" in rendered()["spec"]["predictor"]["containers"][0]["args"]
+
+
+def test_pass_through_pod_fields() -> None:
+    s = spec(runtime={"serviceAccountName": "triage-runtime", "imagePullSecrets": [{"name": "regcred"}],
+                      "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]})
+    predictor = rendered(s)["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == "triage-runtime"
+    assert predictor["imagePullSecrets"] == [{"name": "regcred"}]
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert predictor["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    for field in ("serviceAccountName", "imagePullSecrets", "nodeSelector", "tolerations"):
+        assert field not in rendered()["spec"]["predictor"]
 
 
 def test_settings_are_carried_to_the_runtime() -> None:
@@ -63,7 +91,7 @@ def test_settings_are_carried_to_the_runtime() -> None:
     assert container["resources"] == {"limits": {"cpu": "2", "memory": "1Gi"}}
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 6)
     assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("rps", 50)
-    assert {"name": "api-keys", "secret": {"secretName": "keys", "defaultMode": 0o440}} in predictor["volumes"]
+    assert {"name": "api-keys", "secret": {"secretName": "keys", "defaultMode": 0o444}} in predictor["volumes"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
@@ -72,16 +100,34 @@ def test_gpu_requests_a_device_and_no_keys_means_no_key_volume() -> None:
     s = spec(runtime={"device": "gpu"}, security={"auditLog": False})
     predictor = rendered(s)["spec"]["predictor"]
     container = predictor["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert not any(a.startswith("--api_keys_file") or a.startswith("--audit_log") for a in container["args"])
     assert {v["name"] for v in predictor["volumes"]} == {"tmp"}
 
 
 def test_canary_only_when_asked() -> None:
+    before = render.ModelVersion("sepsis-risk", "2")
     assert "canaryTrafficPercent" not in rendered()["spec"]["predictor"]
-    assert rendered(canary=True)["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert rendered(canary_from=before)["spec"]["predictor"]["canaryTrafficPercent"] == 10
     no_canary = spec(rollout={"canaryTrafficPercent": 0})
-    assert "canaryTrafficPercent" not in rendered(no_canary, canary=True)["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in rendered(no_canary, canary_from=before)["spec"]["predictor"]
+
+
+def test_standard_canary_beside_the_stable_predictor_and_retargeting() -> None:
+    s = spec(scaling={"metric": "cpu", "target": 70}, rollout={"canaryTrafficPercent": 30})
+    isvc_spec = rendered(s, mode="Standard", canary_from=render.ModelVersion("sepsis-risk", "2"))["spec"]
+    stable, canaries = isvc_spec["predictor"], isvc_spec["canary"]
+    assert stable["name"] == "v2" and "--model_uri=models:/sepsis-risk/2" in stable["containers"][0]["args"]
+    assert [(c["predictor"]["name"], c["trafficPercent"]) for c in canaries] == [("v3", 30)]
+    assert not set(render.CANARY_FIXED_FIELDS) & set(canaries[0]["predictor"])
+    promoted = rendered(s, mode="Standard")["spec"]
+    assert "canary" not in promoted and promoted["predictor"]["name"] == "v3"
+
+
+def test_standard_mode_refuses_knative_metrics() -> None:
+    with pytest.raises(render.RenderError) as caught:
+        rendered(spec(scaling={"metric": "concurrency"}), mode="Standard")
+    assert caught.value.field == "spec.scaling.metric"
 
 
 def test_differs_ignores_server_defaults_but_sees_changes() -> None:
@@ -93,6 +139,43 @@ def test_differs_ignores_server_defaults_but_sees_changes() -> None:
     assert render.inference_service_differs(rendered(model_version="4"), actual)
     canary_left = {**actual, "spec": {"predictor": {**actual["spec"]["predictor"], "canaryTrafficPercent": 10}}}
     assert render.inference_service_differs(desired, canary_left)
+    pod_field_left = {**actual, "spec": {"predictor": {**actual["spec"]["predictor"], "nodeSelector": {"a": "b"}}}}
+    assert render.inference_service_differs(desired, pod_field_left)
+    standard = rendered(spec(scaling={"metric": "cpu"}), mode="Standard", canary_from=render.ModelVersion("m", "1"))
+    promoted = rendered(spec(scaling={"metric": "cpu"}), mode="Standard")
+    assert render.inference_service_differs(promoted, standard)  # the canary entry must go
+
+
+def test_quantities_compare_by_value() -> None:
+    """KServe's webhook stores quantities in canonical form: not a difference."""
+    s = spec(runtime={"resources": {"limits": {"cpu": "0.5", "memory": "1024Mi"}, "requests": {"cpu": 1}}})
+    desired = rendered(s)
+    actual = rendered(s)
+    container = actual["spec"]["predictor"]["containers"][0]
+    container["resources"] = {"limits": {"cpu": "500m", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "2Gi"}}
+    assert not render.inference_service_differs(desired, actual)
+    container["resources"]["limits"]["cpu"] = "600m"
+    assert render.inference_service_differs(desired, actual)
+    assert manifest.quantity_value("1.5Gi") == 1536 * 1024 ** 2
+    assert manifest.quantity_value("2e3") == 2000 and manifest.quantity_value("two") is None
+
+
+def test_serverless_render_passes_knatives_default_field_masks() -> None:
+    s = spec(runtime={"resources": {"limits": {"cpu": "1"}}, "serviceAccountName": "sa",
+                      "imagePullSecrets": [{"name": "regcred"}]}, security={"apiKeySecretRef": {"name": "keys"}})
+    for canary in (None, render.ModelVersion("sepsis-risk", "2")):
+        assert knative_masks.disallowed(rendered(s, canary_from=canary)["spec"]["predictor"]) == []
+
+
+def test_knative_masks_name_what_a_cluster_must_enable() -> None:
+    s = spec(runtime={"nodeSelector": {"gpu": "a100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]})
+    predictor = rendered(s)["spec"]["predictor"]
+    assert sorted(knative_masks.disallowed(predictor)) == ["nodeSelector", "tolerations"]
+    enabled = {"kubernetes.podspec-nodeselector": "enabled", "kubernetes.podspec-tolerations": "enabled"}
+    assert knative_masks.disallowed(predictor, enabled) == []
+    # What the renderer used to write: a pod-level securityContext is masked by default.
+    assert knative_masks.disallowed({**predictor, "securityContext": manifest.RESTRICTED_POD_SECURITY},
+                                    enabled) == [f"securityContext.{k}" for k in manifest.RESTRICTED_POD_SECURITY]
 
 
 def test_label_value_is_made_safe() -> None:
@@ -100,13 +183,21 @@ def test_label_value_is_made_safe() -> None:
     assert len(manifest.label_value("x" * 100)) == 63
 
 
-def test_valid_against_kserve_schema() -> None:
+def kserve_schemas() -> Any:
     schemas = pytest.importorskip("medserve_sandbox.schemas")
     directory = schemas.find_kserve_crds_dir()
     if directory is None:
         pytest.skip("KServe CRD schemas not found (../shared/upstream/kserve); cannot validate the render")
     registry = schemas.SchemaRegistry()
     registry.add_kserve_crds(directory)
-    s = spec(runtime={"resources": {"limits": {"cpu": "1"}}}, security={"apiKeySecretRef": {"name": "keys"}})
-    for canary in (False, True):
-        registry.admit(rendered(s, canary=canary), old=None, field_validation="Strict")
+    return registry
+
+
+def test_valid_against_kserve_schema_in_both_modes() -> None:
+    registry = kserve_schemas()
+    s = spec(runtime={"resources": {"limits": {"cpu": "1"}}, "serviceAccountName": "sa",
+                      "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+             scaling={"metric": "cpu"}, security={"apiKeySecretRef": {"name": "keys"}})
+    for mode in ("Serverless", "Standard"):
+        for canary in (None, render.ModelVersion("sepsis-risk", "2")):
+            registry.admit(rendered(s, mode=mode, canary_from=canary), old=None, field_validation="Strict")

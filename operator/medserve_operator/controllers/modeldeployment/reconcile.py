@@ -4,8 +4,8 @@
 
 1. `resolve`: the version pinned in status, re-resolved in MLflow when due (versions are immutable:
    once; aliases move: every `monitoring.interval`);
-2. `decide_rollout` (pure): whether a changed version rolls out as a canary beside the serving one, or a
-   canary is complete;
+2. `decide_rollout` (pure): whether a changed version rolls out as a canary beside the serving one, the
+   canary is promoted, or KServe reports the new version serving all traffic (per deployment mode);
 3. `apply`: render the InferenceService and create or replace it (`kit.apply.apply_child`);
 4. `evaluate`: every `monitoring.interval` on the periodic path, drift and accuracy from the monitor
    (monitoring.py: Prometheus and the reference profile), which status.py turns into `status.drift` and
@@ -18,13 +18,14 @@ child InferenceService — runs the same idempotent function, so a look that fin
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from medserve_operator.api import modeldeployment as md
 from medserve_operator.api.common import parse_duration
-from medserve_operator.api.modeldeployment import ModelDeploymentSpec
+from medserve_operator.api.modeldeployment import ModelDeploymentSpec, RolloutSpec
 from medserve_operator.clients.kube import ApiError, KubeClient
 from medserve_operator.clients.mlflow import MlflowRegistry, RegistryError, ResolvedModel
 from medserve_operator.config import OperatorConfig
@@ -32,10 +33,11 @@ from medserve_operator.controllers.modeldeployment import monitoring, render
 from medserve_operator.controllers.modeldeployment.monitoring import Evaluation, Monitor
 from medserve_operator.controllers.modeldeployment.status import (
     Outcome,
+    canary_serving,
     compute_status,
-    isvc_ready,
     pinned_model,
     running_version,
+    serves_all_traffic,
 )
 from medserve_operator.kit import Logger, conditions
 from medserve_operator.kit.apply import apply_child, get_child
@@ -79,10 +81,16 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], logger: Logger, *, per
         outcome.inference_service = current
         if outcome.resolved is None:
             return
-        rollout = decide_rollout(current, ctx.status, outcome.resolved, spec.rollout.canary_traffic_percent)
-        outcome.previous_model = rollout.previous
+        outcome.mode, refused = deployment_mode(rt, spec, current)
+        if refused is not None:
+            outcome.isvc_error, outcome.isvc_error_reason = refused, md.ISVC_UNSUPPORTED
+            outcome.previous_model = ctx.status.get("previousModel")
+            outcome.rollout = ctx.status.get("rollout")
+            return
+        rollout = decide_rollout(current, ctx.status, outcome.resolved, spec.rollout, outcome.mode)
+        outcome.previous_model, outcome.rollout = rollout.previous, rollout.stage
         outcome.events.extend(rollout.events)
-        await apply(rt, ctx, spec, outcome, current)
+        await apply(rt, ctx, spec, outcome, current, canary=rollout.canary)
         if outcome.retry is None and periodic and \
                 _due(rt.last_evaluation, ctx.uid, spec, asked=_monitoring_asked(spec)):
             rt.last_evaluation[ctx.uid] = time.monotonic()
@@ -131,48 +139,104 @@ def _due(last_looks: dict[str, float], uid: str, spec: ModelDeploymentSpec, *, a
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
-    """What `decide_rollout` decided: the version a canary replaces (None: no canary), and the Events."""
+    """What `decide_rollout` decided: the version a canary replaces (None: no rollout in progress), the
+    rollout's stage for `status.rollout`, whether the canary is rendered, and the Events."""
 
     previous: dict[str, Any] | None
+    stage: dict[str, Any] | None = None
+    canary: bool = False
     events: tuple[Event, ...] = ()
 
 
 def decide_rollout(current: Mapping[str, Any] | None, status: Mapping[str, Any], new: ResolvedModel,
-                   canary_percent: int) -> Rollout:
-    """Canary or not (pure): a changed version rolls out beside the serving one; a Ready canary is complete."""
+                   rollout: RolloutSpec, mode: md.DeploymentMode, *, now: datetime.datetime | None = None) -> Rollout:
+    """Where a rollout stands (pure), from the InferenceService as stored and as KServe reports it.
+
+    A changed version starts a canary beside the version serving now (stage Canary). Once KServe reports the
+    canary serving its share (`status.canary_serving`) for `rollout.canaryDuration`, it is promoted (stage
+    Promoting: Serverless drops canaryTrafficPercent, Standard retargets the predictor to the canary). The
+    rollout is complete only when KServe reports the new version serving all traffic
+    (`status.serves_all_traffic`); until then previousModel stays in status.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    percent = rollout.canary_traffic_percent
     running = running_version(current)
     previous = status.get("previousModel")
+    stage = dict(status.get("rollout") or {}) if previous else {}
     events: list[Event] = []
     if current is not None and running and running != new.version:
         # A new version: roll it out as a canary beside the one serving now. status.model names it, unless an
         # earlier write of the InferenceService failed after status had already moved on to the new version.
         model = status.get("model") or {}
         previous = model if model.get("version") == running else {"name": new.name, "version": running}
-        if canary_percent > 0:
-            events.append(("Normal", md.ROLLOUT_STARTED,
-                           f"rolling out version {new.version} (from {previous.get('version')}) with "
-                           f"{canary_percent}% canary traffic"))
-        else:
-            previous = None
-    elif previous and isvc_ready(current) and previous.get("version") != new.version:
+        if percent == 0:
+            return Rollout(None)
+        events.append(("Normal", md.ROLLOUT_STARTED, f"rolling out version {new.version} (from "
+                                                     f"{previous.get('version')}) with {percent}% canary traffic"))
+        return Rollout(previous, {"stage": "Canary"}, canary=True, events=tuple(events))
+    if current is None or not previous or previous.get("version") == new.version:
+        return Rollout(None)  # nothing rolls out (or rolled back to the version that was serving)
+    if stage.get("stage", "Canary") == "Canary":
+        stage["stage"] = "Canary"
+        if not canary_serving(current, mode, version=new.version, percent=percent):
+            return Rollout(previous, stage, canary=True)
+        since = stage.setdefault("canaryServingSince", _rfc3339(now))
+        if (now - _parse_rfc3339(since)).total_seconds() < parse_duration(rollout.canary_duration):
+            return Rollout(previous, stage, canary=True)
+        events.append(("Normal", md.ROLLOUT_PROMOTED,
+                       f"version {new.version} served {percent}% of the traffic since {since}; giving it all"))
+        return Rollout(previous, {**stage, "stage": "Promoting"}, events=tuple(events))
+    if serves_all_traffic(current, mode, version=new.version):
         events.append(("Normal", md.ROLLOUT_COMPLETE,
                        f"version {new.version} serves all traffic (replaced {previous.get('version')})"))
-        previous = None
-    if previous is not None and previous.get("version") == new.version:
-        previous = None  # rolled back to the version that was serving: no canary to keep
-    return Rollout(previous, tuple(events))
+        return Rollout(None, events=tuple(events))
+    return Rollout(previous, stage)
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_rfc3339(text: str) -> datetime.datetime:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)  # unreadable: counts as long ago
+
+
+def deployment_mode(rt: Runtime, spec: ModelDeploymentSpec, current: Mapping[str, Any] | None,
+                    ) -> tuple[md.DeploymentMode, str | None]:
+    """The mode to render in, and why the spec cannot have its way (KServe refuses a change of mode).
+
+    An existing InferenceService keeps its mode when the spec names none (a changed operator default
+    applies to new ones only).
+    """
+    existing = render.mode_of(dict(current)) if current else None
+    wanted = spec.runtime.deployment_mode
+    if existing is not None and wanted is not None and wanted != existing:
+        return existing, (f"spec.runtime.deploymentMode: KServe cannot move an InferenceService from {existing} "
+                          f"to {wanted} (validateDeploymentMode); set it back, or delete the InferenceService for "
+                          "the operator to create it anew")
+    return wanted or existing or rt.config.deployment_mode, None
 
 
 async def apply(rt: Runtime, ctx: Context, spec: ModelDeploymentSpec, outcome: Outcome,
-                current: dict[str, Any] | None) -> None:
+                current: dict[str, Any] | None, *, canary: bool) -> None:
     """Create or replace the InferenceService; a refusal is recorded in status, then retried by kopf."""
-    assert outcome.resolved is not None
+    assert outcome.resolved is not None and outcome.mode is not None
     new = outcome.resolved
-    desired = render.render_inference_service(
-        name=ctx.name, namespace=ctx.namespace, uid=ctx.uid, spec=spec, model_name=new.name,
-        model_version=new.version, image=spec.runtime.image or rt.config.runtime_image,
-        mlflow_uri=rt.config.runtime_mlflow_uri, canary=outcome.previous_model is not None,
-    )
+    previous = outcome.previous_model
+    try:
+        desired = render.render_inference_service(
+            name=ctx.name, namespace=ctx.namespace, uid=ctx.uid, spec=spec, model_name=new.name,
+            model_version=new.version, image=spec.runtime.image or rt.config.runtime_image,
+            mlflow_uri=rt.config.runtime_mlflow_uri, mode=outcome.mode,
+            canary_from=render.ModelVersion(str(previous.get("name") or new.name), str(previous["version"]))
+            if canary and previous else None,
+        )
+    except render.RenderError as exc:
+        outcome.isvc_error, outcome.isvc_error_reason = str(exc), md.ISVC_UNSUPPORTED
+        return
     try:
         applied = await apply_child(rt.kube, render.INFERENCE_SERVICE, desired, current,
                                     differs=render.inference_service_differs)

@@ -1,8 +1,23 @@
 """The ModelDeployment's status, serialised in one place: from what a reconciliation found (`Outcome`) to
-`status` (pure), and back from a status to the version it pins.
+`status` (pure), and back from a status to the version it pins; and what KServe reports, read the way
+KServe's own code defines it.
 
 `Ready` is derived from ModelResolved and InferenceServiceReady, held back by Degraded (accuracy); drift is
 reported by DriftDetected and never held against Ready (the model still answers).
+
+Reading KServe 0.20 (kserve/kserve `pkg/apis/serving/v1beta1/inference_service_status.go`):
+- `status.observedGeneration` is NOT the InferenceService's: `PropagateStatus` copies the Knative Service's
+  and `PropagateRawStatus` the first Deployment's, so it is never compared with `metadata.generation`.
+- `Ready` is KServe's living condition set over `PredictorReady` and `IngressReady` (`conditionSet`).
+  Serverless: `PredictorReady` is the Knative Service's Ready, `LatestDeploymentReady` its
+  ConfigurationsReady (`PropagateCrossComponentStatus`), and `components.predictor` carries
+  `latestCreatedRevision`, `latestReadyRevision`, `latestRolledoutRevision` (set when the latest ready
+  revision gets 100%) and `traffic` (the Knative Service's resolved targets); KServe itself counts the
+  model Loaded only when latestCreatedRevision == latestReadyRevision (`PropagateModelStatus`).
+  Standard: `PredictorReady` comes from the stable Deployments' Available/Progressing conditions
+  (`PropagateRawStatus`); each canary is reported in `canaryStatuses` (name, ready = the canary Deployment
+  has available replicas, trafficPercent) with `CanaryPredictorReady`, both cleared when the spec has no
+  canary (`components/predictor.go`, `reconcileCanaryDeployments`).
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ from medserve_operator.api import modeldeployment as md
 from medserve_operator.api.common import READY
 from medserve_operator.api.modeldeployment import DriftStatus, ModelDeploymentSpec, ServedModel
 from medserve_operator.clients.mlflow import ModelNotFound, RegistryError, ResolvedModel
-from medserve_operator.controllers.modeldeployment import monitoring
+from medserve_operator.controllers.modeldeployment import monitoring, render
 from medserve_operator.controllers.modeldeployment.monitoring import Evaluation
 from medserve_operator.controllers.modeldeployment.render import MODEL_VERSION_LABEL
 from medserve_operator.kit import conditions, reconciler
@@ -32,7 +47,12 @@ class Outcome(reconciler.Outcome):
     inference_service: dict[str, Any] | None = None
     isvc_error: str | None = None
     """Why the InferenceService could not be written, when the API server refused it."""
+    isvc_error_reason: str = md.ISVC_FAILED
+    mode: md.DeploymentMode | None = None
+    """The deployment mode the InferenceService runs (or is created) in."""
     previous_model: dict[str, Any] | None = None
+    rollout: dict[str, Any] | None = None
+    """`status.rollout` while a canary rolls out (None: none)."""
     drift_enabled: bool | None = None
     """Whether the spec asks for drift evaluation (None: the spec was not read). False drops DriftDetected."""
     min_accuracy: float | None = None
@@ -59,15 +79,99 @@ def served_model(resolved: ResolvedModel, *, resolved_at: str) -> dict[str, Any]
                        resolved_at=resolved_at).model_dump(by_alias=True, exclude_none=True)
 
 
-def isvc_ready(isvc: Mapping[str, Any] | None) -> bool:
-    """Whether KServe reports the InferenceService Ready for its latest generation."""
-    if not isvc:
+def _status(isvc: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (isvc or {}).get("status") or {}
+
+
+def _spec(isvc: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (isvc or {}).get("spec") or {}
+
+
+def _predictor_status(isvc: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (_status(isvc).get("components") or {}).get("predictor") or {}
+
+
+def isvc_mode(isvc: Mapping[str, Any] | None, default: md.DeploymentMode = "Serverless") -> md.DeploymentMode:
+    return (render.mode_of(dict(isvc)) if isvc else None) or default
+
+
+def newest_not_ready(isvc: Mapping[str, Any] | None, mode: md.DeploymentMode) -> str | None:
+    """Why the newest deployment KServe made is not serving yet (None: it is), from the mode's own fields."""
+    status = _status(isvc)
+    if mode == "Serverless":
+        if conditions.find(status.get("conditions"), md.KSERVE_LATEST_DEPLOYMENT_READY) is not None and \
+                not conditions.is_true(status.get("conditions"), md.KSERVE_LATEST_DEPLOYMENT_READY):
+            return "its latest deployment is not ready"
+        predictor = _predictor_status(isvc)
+        created, ready = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
+        if created and created != ready:
+            return f"revision {created} is not ready yet (serving: {ready or 'none'})"
+        return None
+    if _spec(isvc).get("canary") and not conditions.is_true(status.get("conditions"), md.KSERVE_CANARY_READY):
+        return "its canary is not ready yet"
+    return None
+
+
+def isvc_ready(isvc: Mapping[str, Any] | None, mode: md.DeploymentMode | None = None) -> bool:
+    """Whether KServe reports the InferenceService serving: Ready, and its newest deployment ready."""
+    if not isvc or not conditions.is_true(_status(isvc).get("conditions"), READY):
         return False
-    status = isvc.get("status") or {}
-    generation = isvc.get("metadata", {}).get("generation")
-    fresh = status.get("observedGeneration") is None or generation is None or \
-        status["observedGeneration"] >= generation
-    return fresh and conditions.is_true(status.get("conditions"), READY)
+    return newest_not_ready(isvc, mode or isvc_mode(isvc)) is None
+
+
+def canary_serving(isvc: Mapping[str, Any] | None, mode: md.DeploymentMode, *, version: str, percent: int) -> bool:
+    """Whether KServe reports the canary of `version` serving `percent`% beside the previous version.
+
+    Serverless: the stored predictor asks for canaryTrafficPercent `percent`, and the traffic's latest-
+    revision target is the newest revision (created == ready) at `percent`%, the rest on another revision
+    (KServe's "prev" target). Standard: `spec.canary` names the version's predictor at `percent`%, and
+    canaryStatuses reports it ready at that share with CanaryPredictorReady True.
+    """
+    if not isvc_ready(isvc, mode):
+        return False
+    if mode == "Serverless":
+        if (_spec(isvc).get("predictor") or {}).get("canaryTrafficPercent") != percent:
+            return False
+        predictor = _predictor_status(isvc)
+        newest = predictor.get("latestReadyRevision")
+        traffic = predictor.get("traffic") or []
+        latest = [t for t in traffic if t.get("latestRevision")]
+        others = [t for t in traffic if not t.get("latestRevision")]
+        return bool(newest) and newest == predictor.get("latestCreatedRevision") and len(latest) == 1 and \
+            latest[0].get("revisionName") == newest and latest[0].get("percent") == percent and \
+            all(t.get("revisionName") != newest for t in others) and (percent == 100 or bool(others))
+    name = render.predictor_name(version)
+    wanted = [c for c in _spec(isvc).get("canary") or [] if (c.get("predictor") or {}).get("name") == name]
+    if len(wanted) != 1 or wanted[0].get("trafficPercent") != percent:
+        return False
+    reported = [c for c in _status(isvc).get("canaryStatuses") or [] if c.get("name") == name]
+    return len(reported) == 1 and reported[0].get("ready") is True and reported[0].get("trafficPercent") == percent
+
+
+def serves_all_traffic(isvc: Mapping[str, Any] | None, mode: md.DeploymentMode, *, version: str) -> bool:
+    """Whether KServe reports the InferenceService's predictor for `version` serving all traffic, no canary.
+
+    Serverless: no canaryTrafficPercent stored, and all traffic on the latest ready revision, which is also
+    the latest created and the latest rolled out. Standard: no `spec.canary`, the predictor retargeted to the
+    version's name, and neither canaryStatuses nor CanaryPredictorReady left in status (KServe clears them
+    once it has reconciled the spec without a canary).
+    """
+    if not isvc_ready(isvc, mode) or running_version(isvc) != version:
+        return False
+    status, spec = _status(isvc), _spec(isvc)
+    if mode == "Serverless":
+        if "canaryTrafficPercent" in (spec.get("predictor") or {}):
+            return False
+        predictor = _predictor_status(isvc)
+        newest = predictor.get("latestReadyRevision")
+        traffic = predictor.get("traffic") or []
+        return bool(newest) and newest == predictor.get("latestCreatedRevision") == \
+            predictor.get("latestRolledoutRevision") and bool(traffic) and \
+            all(t.get("revisionName") == newest for t in traffic) and \
+            sum(int(t.get("percent") or 0) for t in traffic) == 100
+    return not spec.get("canary") and (spec.get("predictor") or {}).get("name") == render.predictor_name(version) \
+        and not status.get("canaryStatuses") and \
+        conditions.find(status.get("conditions"), md.KSERVE_CANARY_READY) is None
 
 
 def running_version(isvc: Mapping[str, Any] | None) -> str | None:
@@ -104,6 +208,10 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, gene
         status["previousModel"] = outcome.previous_model
     else:
         status.pop("previousModel", None)
+    if outcome.rollout and outcome.previous_model:
+        status["rollout"] = outcome.rollout
+    else:
+        status.pop("rollout", None)
 
     _inference_service_condition(status, conds, outcome, name)
     _monitoring_conditions(status, conds, outcome)
@@ -116,7 +224,7 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, gene
 def _inference_service_condition(status: dict[str, Any], conds: Conditions, outcome: Outcome, name: str) -> None:
     isvc, resolved = outcome.inference_service, outcome.resolved
     if outcome.isvc_error is not None:
-        conds.put(md.INFERENCE_SERVICE_READY, "False", md.ISVC_FAILED, outcome.isvc_error)
+        conds.put(md.INFERENCE_SERVICE_READY, "False", outcome.isvc_error_reason, outcome.isvc_error)
         if isvc is None:
             return
     if isvc is None:
@@ -125,26 +233,33 @@ def _inference_service_condition(status: dict[str, Any], conds: Conditions, outc
                   "no InferenceService yet: the model is not resolved")
         return
     status["inferenceService"] = name
+    if outcome.mode is not None:
+        status["deploymentMode"] = outcome.mode
     isvc_status = isvc.get("status") or {}
     if isvc_status.get("url"):
         status["url"] = isvc_status["url"]
     if outcome.isvc_error is not None:
         return
+    mode = outcome.mode or isvc_mode(isvc)
     ready = conditions.find(isvc_status.get("conditions"), READY)
-    if isvc_ready(isvc):
+    waiting = newest_not_ready(isvc, mode)
+    if ready is not None and ready.get("status") == "True" and waiting is None:
         canary = f" (canary: {outcome.previous_model['version']} → {resolved.version})" \
             if outcome.previous_model and resolved else ""
         conds.put(md.INFERENCE_SERVICE_READY, "True", md.ISVC_READY, f"InferenceService {name} is ready{canary}")
     elif ready is None:
         conds.put(md.INFERENCE_SERVICE_READY, "Unknown", md.ISVC_PENDING,
                   f"waiting for KServe to report InferenceService {name}")
-    elif ready.get("status") == "True":  # ready, but KServe has not yet seen our latest change
+    elif ready.get("status") == "True":  # serving, but the newest revision or canary is not up yet
         conds.put(md.INFERENCE_SERVICE_READY, "Unknown", md.ISVC_UPDATING,
-                  f"waiting for KServe to roll out generation {isvc['metadata'].get('generation')} of "
-                  f"InferenceService {name}")
+                  f"InferenceService {name} serves, but {waiting}")
     else:
-        conds.put(md.INFERENCE_SERVICE_READY, "False", str(ready.get("reason") or md.ISVC_NOT_READY),
-                  str(ready.get("message") or f"InferenceService {name} is not ready"))
+        # KServe's Ready carries no reason of its own when PredictorReady or IngressReady is the cause.
+        cause = next((c for c in (ready, conditions.find(isvc_status.get("conditions"), md.KSERVE_PREDICTOR_READY),
+                                  conditions.find(isvc_status.get("conditions"), md.KSERVE_INGRESS_READY))
+                      if c is not None and c.get("status") != "True" and c.get("reason")), ready)
+        conds.put(md.INFERENCE_SERVICE_READY, "False", str(cause.get("reason") or md.ISVC_NOT_READY),
+                  str(cause.get("message") or ready.get("message") or f"InferenceService {name} is not ready"))
 
 
 _DRIFT_CONDITION: dict[str, tuple[ConditionStatus, str]] = {
