@@ -147,21 +147,21 @@ def _parsed(docs: Iterator[tuple[str, int, Any]],
     for label, index, doc in docs:
         found = validate.validate_document(doc)
         if found:
-            prefix = f"{label}: {validate._object_label(doc, index)}"
+            prefix = f"{label}: {validate.object_label(doc, index)}"
             problems.extend(f"{prefix}: {path}: {message}" for path, message in found)
             continue
         yield label, index, api.parse_object(doc)
 
 
-def _documents(arguments: list[str], stdin: Any, fatal: list[str]) -> Iterator[tuple[str, int, Any]]:
+def medserve_documents(arguments: list[str], stdin: Any, fatal: list[str]) -> Iterator[tuple[str, int, Any]]:
     """(file label, document number, medserve document) of every file the arguments name."""
-    for label, path, error in validate._expand(arguments):
+    for label, path, error in validate.expand_paths(arguments):
         if error is not None:
             fatal.append(error)
             continue
         try:
             text = stdin.read() if path is None else path.read_text(encoding="utf-8")
-            raw = list(yaml.load_all(text, Loader=validate._UniqueKeyLoader))
+            raw = list(yaml.load_all(text, Loader=validate.UniqueKeyLoader))
         except (OSError, UnicodeDecodeError) as exc:
             fatal.append(f"{label}: cannot read: {exc}")
             continue
@@ -169,7 +169,7 @@ def _documents(arguments: list[str], stdin: Any, fatal: list[str]) -> Iterator[t
             fatal.append(f"{label}: YAML syntax error: {exc}")
             continue
         for index, doc in enumerate(raw, start=1):
-            for item in validate._documents(doc):
+            for item in validate.list_items(doc):
                 if isinstance(item, Mapping) and validate.is_medserve_document(item):
                     yield label, index, item
 
@@ -241,7 +241,7 @@ def main(argv: list[str]) -> int:
 async def _run(renderer: Renderer, paths: list[str]) -> int:
     fatal: list[str] = []
     problems: list[str] = []
-    parsed = list(_parsed(_documents(paths, sys.stdin, fatal), problems))
+    parsed = list(_parsed(medserve_documents(paths, sys.stdin, fatal), problems))
     for _, _, obj in parsed:
         renderer.remember(obj)
     rendered: list[dict[str, Any]] = []

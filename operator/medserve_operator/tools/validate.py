@@ -30,11 +30,11 @@ STDIN = "-"
 STDIN_LABEL = "<stdin>"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses duplicate mapping keys, as kubectl does, instead of keeping the last."""
 
 
-def _construct_mapping_unique(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Hashable, Any]:
+def _construct_mapping_unique(loader: UniqueKeyLoader, node: yaml.MappingNode) -> dict[Hashable, Any]:
     seen: set[Hashable] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
@@ -48,7 +48,7 @@ def _construct_mapping_unique(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
     return dict(loader.construct_pairs(node))
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_unique)
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_unique)
 
 
 def is_medserve_document(doc: Mapping[str, Any]) -> bool:
@@ -93,7 +93,7 @@ class FileReport:
     fatal: str | None = None
 
 
-def _object_label(doc: Mapping[str, Any], index: int) -> str:
+def object_label(doc: Mapping[str, Any], index: int) -> str:
     kind = doc.get("kind") if isinstance(doc.get("kind"), str) else "<no kind>"
     metadata = doc.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
@@ -102,7 +102,7 @@ def _object_label(doc: Mapping[str, Any], index: int) -> str:
     return f"{kind}/{name}"
 
 
-def _documents(doc: Any) -> Iterator[Any]:
+def list_items(doc: Any) -> Iterator[Any]:
     """A document, or the items of a `v1 List` (what `kubectl get -o yaml` writes)."""
     if isinstance(doc, Mapping) and doc.get("apiVersion") == "v1" and doc.get("kind") == "List":
         items = doc.get("items")
@@ -115,7 +115,7 @@ def check_text(text: str, label: str) -> FileReport:
     """Check the YAML text of one file (named `label` in the messages)."""
     report = FileReport(label)
     try:
-        raw_docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+        raw_docs = list(yaml.load_all(text, Loader=UniqueKeyLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{label}:{mark.line + 1}" if mark is not None else label
@@ -126,7 +126,7 @@ def check_text(text: str, label: str) -> FileReport:
         return report
     # Documents are numbered by their position in the file; the items of a List share its number.
     for index, raw in enumerate(raw_docs, start=1):
-        for doc in _documents(raw):
+        for doc in list_items(raw):
             if doc is None:
                 continue
             if not isinstance(doc, Mapping):
@@ -139,14 +139,14 @@ def check_text(text: str, label: str) -> FileReport:
                 continue
             problems = validate_document(doc)
             if problems:
-                prefix = f"{label}: {_object_label(doc, index)}"
+                prefix = f"{label}: {object_label(doc, index)}"
                 report.problems.extend(f"{prefix}: {path}: {message}" for path, message in problems)
             else:
                 report.valid += 1
     return report
 
 
-def _expand(arguments: list[str]) -> Iterator[tuple[str, Path | None, str | None]]:
+def expand_paths(arguments: list[str]) -> Iterator[tuple[str, Path | None, str | None]]:
     """(label, path or None for stdin, error) for every file the arguments name."""
     for argument in arguments:
         if argument == STDIN:
@@ -168,7 +168,7 @@ def _expand(arguments: list[str]) -> Iterator[tuple[str, Path | None, str | None
 def check_paths(arguments: list[str], stdin: TextIO) -> list[FileReport]:
     """Check every file the arguments name (files, directories, `-`)."""
     reports: list[FileReport] = []
-    for label, path, error in _expand(arguments):
+    for label, path, error in expand_paths(arguments):
         if error is not None:
             reports.append(FileReport(label, fatal=error))
             continue
