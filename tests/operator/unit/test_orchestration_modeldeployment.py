@@ -286,6 +286,30 @@ async def test_standard_mode_canary_is_spec_canary_and_promotion_retargets(world
     assert "RolloutComplete" in events.reasons()
 
 
+async def test_resyncs_during_a_canary_write_nothing(world: World, events: Events, clock: Clock) -> None:
+    """A canary waiting for KServe (or for rollout.canaryDuration) is looked at again without any write."""
+    runtime, scaling = {"deploymentMode": "Standard"}, {"metric": "cpu"}
+    world.registry.add_version(MODEL)
+    world.apply(model={"name": MODEL, "version": "1"}, runtime=runtime, scaling=scaling)
+    await world.reconcile()
+    world.kserve_reports()
+    await world.reconcile(periodic=True)
+    world.registry.add_version(MODEL)
+    world.apply(model={"name": MODEL, "version": "2"}, runtime=runtime, scaling=scaling,
+                rollout={"canaryTrafficPercent": 10, "canaryDuration": "1h"})
+    await world.reconcile()
+    await world.reconcile(periodic=True)  # not yet reported: waits
+    world.kserve_reports()
+    await world.reconcile(periodic=True)  # serving: canaryServingSince recorded, held for the hour
+    assert world.status()["rollout"]["stage"] == "Canary" and "canaryServingSince" in world.status()["rollout"]
+    before = dict(world.kube.writes)
+    for _ in range(3):
+        clock.advance(61)
+        await world.reconcile(periodic=True)
+    assert dict(world.kube.writes) == before
+    assert world.isvc()["spec"]["canary"][0]["trafficPercent"] == 10
+
+
 async def test_standard_scaling_change_is_not_stuck_deploying(world: World, events: Events) -> None:
     """A change KServe's child Deployment does not see (replicas go to the HPA) leaves observedGeneration
     where it was; readiness is read from the conditions, so the deployment stays Ready."""
