@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     arms.add_argument("--peer", action="append", default=[], metavar="NAME=URL",
                       help="another arm (its --model_name) and its base URL; feedback for its predictions is "
                            "forwarded there (repeatable)")
-    arms.add_argument("--peer_url_template", default=None,
+    arms.add_argument("--peer_url_template", default=os.environ.get("MEDSERVE_PEER_URL_TEMPLATE") or None,
                       help="the base URL of any other arm, {arm} standing for its name (e.g. KServe's "
                            "http://{arm}-predictor.NAMESPACE.svc.cluster.local)")
     arms.add_argument("--peer_timeout_s", type=_positive_float, default=5.0,

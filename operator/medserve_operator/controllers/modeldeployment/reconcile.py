@@ -172,6 +172,7 @@ async def apply(rt: Runtime, ctx: Context, spec: ModelDeploymentSpec, outcome: O
         name=ctx.name, namespace=ctx.namespace, uid=ctx.uid, spec=spec, model_name=new.name,
         model_version=new.version, image=spec.runtime.image or rt.config.runtime_image,
         mlflow_uri=rt.config.runtime_mlflow_uri, canary=outcome.previous_model is not None,
+        peer_url_template=rt.config.runtime_peer_url_template.replace("{namespace}", ctx.namespace),
     )
     try:
         applied = await apply_child(rt.kube, render.INFERENCE_SERVICE, desired, current,

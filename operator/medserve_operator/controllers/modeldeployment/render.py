@@ -68,11 +68,14 @@ def render_inference_service(
     image: str,
     mlflow_uri: str,
     canary: bool = False,
+    peer_url_template: str | None = None,
 ) -> dict[str, Any]:
     """A KServe v1beta1 InferenceService whose predictor runs the medserve model runtime.
 
     `canary` keeps the previous revision serving and sends `rollout.canaryTrafficPercent` of the
-    traffic to this one, which is how KServe rolls out a new model version.
+    traffic to this one, which is how KServe rolls out a new model version. `peer_url_template` (with
+    `{arm}`) is where this runtime, as an A/B test's arm, forwards feedback for another arm's predictions
+    (model-runtime arms.py): the same for every ModelDeployment, so no ABTest writes into an arm.
     """
     model_uri = f"models:/{model_name}/{model_version}"
     scaling, runtime = spec.scaling, spec.runtime
@@ -97,6 +100,7 @@ def render_inference_service(
             {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri},
             {"name": "MEDSERVE_MODEL_DEPLOYMENT", "value": name},
             {"name": "MEDSERVE_MODEL_VERSION", "value": model_version},
+            *([{"name": "MEDSERVE_PEER_URL_TEMPLATE", "value": peer_url_template}] if peer_url_template else []),
         ],
         "ports": [{"containerPort": RUNTIME_PORT, "name": "http1", "protocol": "TCP"}],
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
