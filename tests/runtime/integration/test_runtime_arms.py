@@ -26,11 +26,9 @@ def arms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Runtime
     runtimes: dict[str, RuntimeProcess] = {}
     try:
         for arm, other in (("arm-a", "arm-b"), ("arm-b", "arm-a")):
-            rt = RuntimeProcess(tmp_path_factory.mktemp(arm), model_dir=model_dir,
+            rt = RuntimeProcess(tmp_path_factory.mktemp(arm), model_dir=model_dir, port=ports[arm],
                                 args=[f"--model_name={arm}", f"--peer={other}=http://127.0.0.1:{ports[other]}",
                                       "--peer_timeout_s=2"])
-            rt.port = ports[arm]
-            rt.cmd = [c if not c.startswith("--http_port=") else f"--http_port={rt.port}" for c in rt.cmd]
             runtimes[arm] = rt.start()
         yield runtimes
     finally:
