@@ -346,7 +346,7 @@ class GraphStandin:
                     "spec": {"containers": [{"name": name, "image": "kserve/router:sandbox-stand-in",
                                              "args": ["--graph-json", json.dumps(graph.get("spec") or {})]}]}}
         current = await self.kube.get(DEPLOYMENT_API, DEPLOYMENTS, namespace, name)
-        desired = {"apiVersion": DEPLOYMENT_API, "kind": "Deployment",
+        desired: dict[str, Any] = {"apiVersion": DEPLOYMENT_API, "kind": "Deployment",
                    "metadata": {"name": name, "namespace": namespace, "labels": {GRAPH_LABEL: name},
                                 "ownerReferences": [{"apiVersion": GRAPH_API, "kind": "InferenceGraph", "name": name,
                                                      "uid": meta["uid"], "controller": True}]},
@@ -354,7 +354,7 @@ class GraphStandin:
         if current is None:
             current = await self.kube.create(DEPLOYMENT_API, DEPLOYMENTS, namespace, desired)
         elif (current.get("spec") or {}).get("template") != template:
-            desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            desired["metadata"] = {**desired["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
             current = await self.kube.replace(DEPLOYMENT_API, DEPLOYMENTS, namespace, desired)
         status = {"observedGeneration": current["metadata"].get("generation", 1), "replicas": 1,
                   "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
