@@ -17,9 +17,9 @@ So, here:
   clinical body (`clinical_data`: /predict; `requests`: /batch_predict; `prediction_id` + `outcome`:
   /feedback) is served by the clinical route, as if sent there, with that route's permission, audit
   endpoint and limits; a V1 `instances` or V2 `inputs` body, or anything else, stays KServe's. Only those
-  two paths are read ahead, so nothing else pays for it. Every answer names the arm in the header
-  `X-Medserve-Arm: <arm>/<version>` (for direct callers), and the clinical answers say it in the body (`model_name`,
-  `model_version`), which is what comes back through the router.
+  two paths are read ahead, so nothing else pays for it. Every answer to a POST names the arm in the
+  header `X-Medserve-Arm: <arm>/<version>` (for direct callers), and the clinical answers say it in
+  the body (`model_name`, `model_version`), which is what comes back through the router.
 - Ground truth reaches the arm that predicted without a sticky router: with peers configured, prediction
   ids are `<arm>.<hex>` (`<arm>` is `--model_name`, the ModelDeployment's name), and feedback for an id
   another arm issued is forwarded (`Peers.forward_feedback`) to that arm's URL: `--peer NAME=URL`, else
@@ -106,7 +106,7 @@ class GraphPaths:
         self.max_request_bytes = max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):  # probes, scrapes: as they are
             await self.app(scope, receive, send)
             return
         arm_header = (ARM_HEADER.encode(), f"{self.model_name}/{self.version() or ''}".encode("latin-1"))

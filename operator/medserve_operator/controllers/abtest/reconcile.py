@@ -99,7 +99,8 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], logger: Logger) -> Out
                 if outcome.concluded is not None:
                     concluded = True
                     await apply_graph(rt, ctx, spec, str(control.service), None, outcome)
-        if concluded and outcome.graph is not None:
+        released = conditions.is_true(status.get("conditions"), ab.TREATMENT_RELEASED)
+        if concluded and outcome.graph is not None and not released:
             outcome.drain_seconds = rt.config.graph_drain_seconds
             outcome.router = await observe_router(rt, ctx, outcome.graph, treatment.service or treatment.deployment)
         if concluded and promotion_pending(status, outcome):
