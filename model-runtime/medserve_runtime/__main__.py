@@ -100,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "records, so that no scrape difference shows one patient")
     p.add_argument("--metrics_token_file", type=Path, default=None,
                    help="file holding a token GET /metrics then requires as `Authorization: Bearer` (else open)")
+    arms = p.add_argument_group("A/B test arms behind KServe's InferenceGraph router (arms.py)")
+    arms.add_argument("--peer", action="append", default=[], metavar="NAME=URL",
+                      help="another arm (its --model_name) and its base URL; feedback for its predictions is "
+                           "forwarded there (repeatable)")
+    arms.add_argument("--peer_url_template", default=os.environ.get("MEDSERVE_PEER_URL_TEMPLATE") or None,
+                      help="the base URL of any other arm, {arm} standing for its name (e.g. KServe's "
+                           "http://{arm}-predictor.NAMESPACE.svc.cluster.local)")
+    arms.add_argument("--peer_timeout_s", type=_positive_float, default=5.0,
+                      help="longest a forwarded feedback request may take (503 after)")
     limits = p.add_argument_group("server limits (slow, idle and oversized clients; outages)")
     limits.add_argument("--max_header_bytes", type=_positive_int, default=16 * 1024,
                         help="request line plus headers (431 beyond)")

@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from medserve_runtime import loader
+from medserve_runtime.arms import Peers
 from medserve_runtime.context import current_note
 from medserve_runtime.errors import ClinicalError, DuplicateFeedback, LoadFailed, UnknownPrediction, json_response
 from medserve_runtime.insights import clinical_insights, confidence_level
@@ -52,8 +53,10 @@ class ClinicalApi:
     def __init__(self, model: ClinicalModel, *, hasher: PhiHasher, metrics: RuntimeMetrics,
                  stats: VersionStats, predictions: PredictionLog,
                  dependencies: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
-                 metrics_token: str | None = None) -> None:
+                 metrics_token: str | None = None, peers: Peers | None = None) -> None:
         self.model = model
+        self.peers = peers
+        """The other arms of an A/B test, which take feedback for their own predictions (arms.py)."""
         # (can requests be served, details): the audit trail and the rate limiter, for /health
         self.dependencies = dependencies or (lambda: (True, {}))
         self.metrics_token = metrics_token
@@ -127,6 +130,10 @@ class ClinicalApi:
         parsed = await _parse(request, FeedbackRequest)
         note = current_note()
         record = self.predictions.find(parsed.prediction_id)
+        if record is None and self.peers is not None:
+            forwarded = await self.peers.forward_feedback(parsed.prediction_id, request, await request.body())
+            if forwarded is not None:
+                return forwarded
         if record is None:
             # Not noted for the audit record: an id this process never issued is client text, and the
             # audit log's hash chain would make it impossible to redact.

@@ -72,6 +72,8 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
         self.metrics = metrics
         self.stats = stats
         self.predictions = predictions
+        self.id_prefix = ""
+        """Before every prediction id: `<arm>.` when the runtime is an arm with peers (arms.py)."""
         self.arrivals = arrivals or Arrivals()
         self._serving: Serving | None = None
         self._labels: dict[str, list[str]] = {}
@@ -190,7 +192,7 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
         top = probs.argmax(axis=1)
         labels = [bundle.spec.labels[i] for i in top]
         confidences = [float(c) for c in probs[np.arange(len(top)), top]]
-        ids = [uuid.uuid4().hex for _ in labels]
+        ids = [self.id_prefix + uuid.uuid4().hex for _ in labels]
         for prediction_id, label in zip(ids, labels, strict=True):
             self.predictions.remember(prediction_id, PredictionRecord(bundle.version, label))
         self.metrics.observe_predictions(bundle.version, labels, confidences, raws)

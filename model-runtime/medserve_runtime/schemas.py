@@ -55,7 +55,7 @@ class BatchPredictRequest(_Strict):
 
 
 class FeedbackRequest(_Strict):
-    prediction_id: Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
+    prediction_id: Annotated[str, StringConstraints(min_length=1, max_length=128), Printable]
     outcome: Annotated[str, StringConstraints(min_length=1, max_length=128), Printable] = Field(
         description="The observed ground truth: one of the model's labels (e.g. the confirmed diagnosis).")
 

@@ -29,6 +29,7 @@ import kserve.model_server
 from medserve_runtime import loader, routes
 from medserve_runtime.accesslog import AccessLog, Deadline, quiet_third_party_loggers
 from medserve_runtime.api import ClinicalApi
+from medserve_runtime.arms import GraphPaths, Peers, parse_peers
 from medserve_runtime.audit import AuditLog, writer_identity
 from medserve_runtime.auditchain import load_key
 from medserve_runtime.batching import Arrivals
@@ -176,6 +177,11 @@ def serve(args: argparse.Namespace) -> int:
                           max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
                           metrics=metrics, stats=stats, predictions=predictions, arrivals=arrivals,
                           cache=cache)
+    peers = None
+    if args.peer or args.peer_url_template:
+        peers = Peers(args.model_name, peers=parse_peers(args.peer), url_template=args.peer_url_template,
+                      timeout_s=args.peer_timeout_s)
+        model.id_prefix = peers.id_prefix
     limits = limits_from_args(args)
     loader.bound_registry_calls(args.registry_timeout_s)
     audit: AuditTrail | None = None
@@ -198,12 +204,15 @@ def serve(args: argparse.Namespace) -> int:
                       rate_limit_degraded=lambda: limiter is not None and limiter.health()["degraded"])
         routes.register(app, ClinicalApi(model, hasher=hasher, metrics=metrics, stats=stats,
                                          predictions=predictions, dependencies=dependencies,
-                                         metrics_token=metrics_token))
+                                         metrics_token=metrics_token, peers=peers))
         add_exception_handlers(app)
         app.add_middleware(Deadline, seconds=limits.request_deadline_s)  # inside the gate: it audits the 503
         app.add_middleware(Gate, keys=keys, limiter=limiter, audit=audit, metrics=metrics, stats=stats,
                            max_request_bytes=args.max_request_bytes, ready=lambda: bool(model.ready),
                            version=lambda: model.version or "", arrivals=arrivals, auth_failures=auth_failures)
+        # Outside the gate: a clinical body at the router's path gets the clinical route's policy.
+        app.add_middleware(GraphPaths, model_name=args.model_name, version=lambda: model.version,
+                           max_request_bytes=args.max_request_bytes)
         app.add_middleware(AccessLog)
         logger.info("serving %s on port %d (max batch %d, max latency %g ms, rate limit %s/min, audit %s)",
                     args.model_name, args.http_port, args.max_batch_size, args.max_latency_ms,

@@ -41,6 +41,16 @@ class OperatorConfig:
     """HOST:PORT where the operator serves its own /metrics (`state_metrics`); None serves none."""
     deployment_mode: DeploymentMode = DEFAULT_DEPLOYMENT_MODE
     """The KServe deployment mode of ModelDeployments whose spec.runtime.deploymentMode is unset."""
+    router_headers_propagate: tuple[str, ...] | None = None
+    """The cluster's KServe `router.headers.propagate` (inferenceservice-config ConfigMap), mirrored so that
+    an ABTest can say whether the arms' API keys reach them (HeadersPropagated); None: the key is absent,
+    as in KServe's default config, and the router forwards no header."""
+    graph_drain_seconds: float = 30.0
+    """How long a router pod keeps answering after it is told to stop (KServe's router: drainSleepDuration);
+    an arm is removed only this long after every router pod routes away from it."""
+    runtime_peer_url_template: str = "http://{arm}-predictor.{namespace}.svc.cluster.local"
+    """Where one arm reaches another for feedback on its predictions: KServe's in-cluster predictor
+    Service of the InferenceService named {arm} (the ModelDeployment), in the same namespace."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -55,4 +65,13 @@ class OperatorConfig:
             prometheus_url=env.get("MEDSERVE_PROMETHEUS_URL") or None,
             metrics_address=env.get("MEDSERVE_METRICS_ADDRESS") or None,
             deployment_mode=deployment_mode(env.get("MEDSERVE_DEPLOYMENT_MODE") or DEFAULT_DEPLOYMENT_MODE),
+            router_headers_propagate=_patterns(env.get("MEDSERVE_ROUTER_HEADERS_PROPAGATE")),
+            graph_drain_seconds=float(env.get("MEDSERVE_GRAPH_DRAIN_SECONDS") or 30.0),
+            runtime_peer_url_template=env.get("MEDSERVE_RUNTIME_PEER_URL_TEMPLATE")
+            or "http://{arm}-predictor.{namespace}.svc.cluster.local",
         )
+
+
+def _patterns(value: str | None) -> tuple[str, ...] | None:
+    """MEDSERVE_ROUTER_HEADERS_PROPAGATE: comma-separated, as KServe joins them; unset: no propagate key."""
+    return None if value is None else tuple(value.split(",")) if value else ()

@@ -47,6 +47,8 @@ logger = logging.getLogger("medserve.graph-standin")
 
 GRAPH_API, GRAPH_PLURAL = "serving.kserve.io/v1alpha1", "inferencegraphs"
 ISVC_API, ISVC_PLURAL = "serving.kserve.io/v1beta1", "inferenceservices"
+DEPLOYMENT_API, DEPLOYMENTS = "apps/v1", "deployments"
+GRAPH_LABEL = "serving.kserve.io/inferencegraph"
 ARM_HEADER = "X-Medserve-Arm"
 REMEMBERED_PREDICTIONS = 100_000
 STICKY_PATHS = ("/predict", "/batch_predict")
@@ -328,7 +330,37 @@ class GraphStandin:
             routes = ", ".join(f"{s.name}={s.weight}" for s in steps)
             logger.info("InferenceGraph %s/%s routes %s", *key,
                         f"by weight to {routes}" if not_ready is None else f"nowhere: {not_ready.reason}")
+        await self.write_router_deployment(graph)
         await self.write_status(graph, router)
+
+    async def write_router_deployment(self, graph: dict[str, Any]) -> None:
+        """The router's Deployment as KServe's graph controller makes it in Standard mode: named after the graph,
+        its pod template carrying the graph's spec as `--graph-json` (kserve
+        pkg/controller/v1alpha1/inferencegraph/raw_ig.go `createInferenceGraphPodSpec`), owned by the graph.
+        This process routes by the new steps at once, so the Deployment is reported rolled out (every replica
+        updated and available at its generation) as soon as its template changes: that is what the operator
+        waits for before it removes an arm (controllers/abtest/router.py)."""
+        meta = graph["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        template = {"metadata": {"labels": {GRAPH_LABEL: name}},
+                    "spec": {"containers": [{"name": name, "image": "kserve/router:sandbox-stand-in",
+                                             "args": ["--graph-json", json.dumps(graph.get("spec") or {})]}]}}
+        current = await self.kube.get(DEPLOYMENT_API, DEPLOYMENTS, namespace, name)
+        desired: dict[str, Any] = {"apiVersion": DEPLOYMENT_API, "kind": "Deployment",
+                   "metadata": {"name": name, "namespace": namespace, "labels": {GRAPH_LABEL: name},
+                                "ownerReferences": [{"apiVersion": GRAPH_API, "kind": "InferenceGraph", "name": name,
+                                                     "uid": meta["uid"], "controller": True}]},
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {GRAPH_LABEL: name}}, "template": template}}
+        if current is None:
+            current = await self.kube.create(DEPLOYMENT_API, DEPLOYMENTS, namespace, desired)
+        elif (current.get("spec") or {}).get("template") != template:
+            desired["metadata"] = {**desired["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
+            current = await self.kube.replace(DEPLOYMENT_API, DEPLOYMENTS, namespace, desired)
+        status = {"observedGeneration": current["metadata"].get("generation", 1), "replicas": 1,
+                  "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+                  "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}
+        if current.get("status") != status:
+            await procs.patch_status(self.kube, DEPLOYMENT_API, DEPLOYMENTS, current, status)
 
     async def write_status(self, graph: dict[str, Any], router: GraphRouter) -> None:
         old = graph.get("status") or {}

@@ -1,6 +1,6 @@
 """The resource types the emulator serves, and the discovery and OpenAPI documents built from them.
 
-Built-in types are a fixed table (core/v1, batch/v1, events.k8s.io/v1, coordination.k8s.io/v1,
+Built-in types are a fixed table (core/v1, apps/v1 deployments, batch/v1, events.k8s.io/v1, coordination.k8s.io/v1,
 apiextensions.k8s.io/v1, rbac.authorization.k8s.io/v1); custom types come and go with the
 CustomResourceDefinitions stored in the emulator. The discovery documents are the legacy ones
 (APIVersions, APIGroupList, APIGroup, APIResourceList); kubectl asks for aggregated discovery first and
@@ -95,6 +95,7 @@ def builtin_types() -> list[ResourceType]:
         _builtin("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
         _builtin("", "v1", "services", "Service", status=True, short_names=["svc"], categories=["all"]),
         _builtin("", "v1", "pods", "Pod", status=True, short_names=["po"], categories=["all"]),
+        _builtin("apps", "v1", "deployments", "Deployment", status=True, short_names=["deploy"], categories=["all"]),
         _builtin("batch", "v1", "jobs", "Job", status=True, categories=["all"]),
         _builtin("batch", "v1", "cronjobs", "CronJob", status=True, short_names=["cj"], categories=["all"]),
         _builtin("events.k8s.io", "v1", "events", "Event"),

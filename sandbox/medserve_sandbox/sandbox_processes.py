@@ -105,7 +105,9 @@ class SandboxProcesses:
     def start_operator(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.emulator.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow.url,
                "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS, "MEDSERVE_PROMETHEUS_URL": self.prometheus.url,
-               "MEDSERVE_METRICS_ADDRESS": self.operator_metrics}
+               "MEDSERVE_METRICS_ADDRESS": self.operator_metrics,
+               # The graph stand-in switches routes in its own process: no router pod drains for 30 s.
+               "MEDSERVE_GRAPH_DRAIN_SECONDS": "2"}
         health = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         log = self.logs / "operator.log"
         self.operator = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator",

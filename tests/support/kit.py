@@ -27,7 +27,8 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow_url,
-               "MEDSERVE_RESYNC_SECONDS": "1", "MEDSERVE_REGISTRY_TIMEOUT": "2"}
+               "MEDSERVE_RESYNC_SECONDS": "1", "MEDSERVE_REGISTRY_TIMEOUT": "2",
+               "MEDSERVE_GRAPH_DRAIN_SECONDS": "1"}  # the graph stand-in has no router pods to drain
         env.pop("MEDSERVE_PROMETHEUS_URL", None)
         if self.prometheus_url:
             env["MEDSERVE_PROMETHEUS_URL"] = self.prometheus_url

@@ -81,10 +81,10 @@ class RuntimeProcess:
 
     def __init__(self, workdir: Path, *, model_dir: Path | None = None, model_uri: str | None = None,
                  keys: bool = True, audit: bool = True, args: Sequence[str] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = procs.free_port()
+        self.port = port or procs.free_port()
         self.log_path = workdir / "runtime.log"
         self.audit_path = workdir / "audit.jsonl" if audit else None
         self.keys_path = write_keys(workdir / "keys.json") if keys else None

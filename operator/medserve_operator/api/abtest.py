@@ -33,6 +33,12 @@ GRAPH_READY: Final = "GraphReady"
 METRICS_AVAILABLE: Final = "MetricsAvailable"
 CONCLUDED: Final = "Concluded"
 PROMOTED: Final = "Promoted"
+HEADERS_PROPAGATED: Final = "HeadersPropagated"
+"""Whether KServe's router forwards the arms' API key (controllers/abtest/router.py `forwards`)."""
+TREATMENT_ROUTED_AWAY: Final = "TreatmentRoutedAway"
+"""Concluded: every router pod runs the control-only graph (its lastTransitionTime: since when)."""
+TREATMENT_RELEASED: Final = "TreatmentReleased"
+"""Concluded: routed away for the router's drain time; the treatment may now be deleted."""
 
 CONDITIONS = ConditionSet(required=(ARMS_READY, GRAPH_READY, METRICS_AVAILABLE),
                           announced=(ARMS_READY, GRAPH_READY, METRICS_AVAILABLE, READY))
@@ -41,6 +47,13 @@ get Events of their own."""
 
 # --- reasons --------------------------------------------------------------------------------------------------
 ARM_NOT_READY: Final = "ArmNotReady"
+KEY_FORWARDED: Final = "KeyForwarded"
+NO_KEYS_REQUIRED: Final = "NoKeysRequired"
+KEY_NOT_FORWARDED: Final = "KeyNotForwarded"
+ROUTER_SWITCHING: Final = "RouterSwitching"
+ROUTER_SWITCHED: Final = "RouterSwitched"
+DRAINING: Final = "Draining"
+RELEASED: Final = "Released"
 IDENTICAL_ARMS: Final = "IdenticalArms"
 VERSION_CHANGED: Final = "VersionChanged"
 GRAPH_FAILED: Final = "InferenceGraphFailed"

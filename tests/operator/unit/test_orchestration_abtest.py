@@ -9,6 +9,8 @@ the promotion written to MLflow or to the control ModelDeployment, and the Event
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
@@ -355,3 +357,56 @@ async def test_a_graph_write_that_fails_is_reported_and_retried(world: World, ev
     world.kube.before_write = None
     await world.reconcile()
     assert world.graph_steps() == [("triage", 70), ("triage-v2", 30)]
+
+
+def kserve_rolls_out_router(world: World, *, old_pods: int = 0) -> None:
+    """Play KServe's graph controller and the Deployment controller: the router Deployment named after the
+    graph (kserve raw_ig.go createInferenceGraphPodSpec) runs the graph's current spec as --graph-json."""
+    graph = world.kube.obj(IG_API, IG, NS, "ab")
+    world.kube.put({"apiVersion": "apps/v1", "kind": "Deployment", "plural": "deployments",
+                    "metadata": {"name": "ab", "namespace": NS, "generation": 3},
+                    "spec": {"replicas": 1, "template": {"spec": {"containers": [
+                        {"name": "ab", "args": ["--graph-json", json.dumps(graph["spec"])]}]}}},
+                    "status": {"observedGeneration": 3, "replicas": 1 + old_pods, "updatedReplicas": 1,
+                               "availableReplicas": 1}})
+
+
+async def test_the_treatment_is_released_only_once_every_router_pod_routes_away(world: World,
+                                                                                 events: Events) -> None:
+    await running(world, events, control_model={"name": MODEL, "alias": "champion"})
+    world.feedback(*TREATMENT_WINS)
+    await world.reconcile()
+    assert world.graph_steps() == [("triage", 100)]
+    # The graph says control-only, but no router pod runs that graph yet.
+    assert world.condition("TreatmentReleased")["reason"] == "RouterSwitching"
+    kserve_rolls_out_router(world, old_pods=1)
+    await world.reconcile()
+    routed = world.condition("TreatmentRoutedAway")
+    assert (routed["status"], routed["reason"]) == ("False", "RouterSwitching")
+    assert "1 old" in routed["message"]
+    kserve_rolls_out_router(world)
+    await world.reconcile()
+    assert world.condition("TreatmentRoutedAway")["status"] == "True"
+    released = world.condition("TreatmentReleased")
+    assert (released["status"], released["reason"]) == ("False", "Draining")  # the router's 30 s drain
+    world.rt.config = dataclasses.replace(world.rt.config, graph_drain_seconds=0)
+    await world.reconcile()
+    released = world.condition("TreatmentReleased")
+    assert (released["status"], released["reason"]) == ("True", "Released")
+
+
+@pytest.mark.parametrize(("propagate", "status", "reason"), [
+    (None, "False", "KeyNotForwarded"),
+    (("Authorization",), "True", "KeyForwarded"),
+])
+async def test_arms_requiring_keys_the_router_does_not_forward_are_reported(
+        world: World, events: Events, propagate: tuple[str, ...] | None, status: str, reason: str) -> None:
+    world.rt.config = dataclasses.replace(world.rt.config, router_headers_propagate=propagate)
+    await running(world, events)
+    for arm in ("triage", "triage-v2"):
+        stored = world.kube.obj(API, "modeldeployments", NS, arm)
+        stored["spec"]["security"] = {"apiKeySecretRef": {"name": "api-keys"}}
+        world.kube.put(stored)
+    await world.reconcile()
+    condition = world.condition("HeadersPropagated")
+    assert (condition["status"], condition["reason"]) == (status, reason)

@@ -395,10 +395,17 @@ async def test_abtest_promotion_creates_challenger_and_abtest(world: World, even
 async def test_abtest_outcome_is_recorded_and_the_challenger_removed(
         world: World, events: Events, decision: str, acted: dict[str, Any], won: bool, reason: str) -> None:
     test, challenger = await abtest_started(world, events)
-    world.kube.set_status(API, "abtests", NS, test, {
-        "phase": "Concluded", "decision": decision,
-        "conditions": [{"type": "Concluded", "status": "True", "reason": decision, "message": f"{decision} (...)"},
-                       acted]})
+    concluded = {"phase": "Concluded", "decision": decision,
+                 "conditions": [{"type": "Concluded", "status": "True", "reason": decision,
+                                 "message": f"{decision} (...)"}, acted,
+                                {"type": "TreatmentReleased", "status": "False", "reason": "Draining"}]}
+    world.kube.set_status(API, "abtests", NS, test, concluded)
+    await world.reconcile()
+    # KServe's router may still send requests to the challenger: it stays, and nothing is recorded yet.
+    assert world.kube.has(API, "modeldeployments", NS, challenger)
+    assert world.status()["abTest"].get("promoted") is None
+    concluded["conditions"][-1] = {"type": "TreatmentReleased", "status": "True", "reason": "Released"}
+    world.kube.set_status(API, "abtests", NS, test, concluded)
     events.drain()
     await world.reconcile()
     status = world.status()
@@ -435,7 +442,8 @@ async def test_a_recommendation_of_the_policys_abtest_is_recorded(world: World, 
         "phase": "Concluded", "decision": "TreatmentBetter", "recommendation": recommendation,
         "conditions": [{"type": "Concluded", "status": "True", "reason": "TreatmentBetter", "message": "(...)"},
                        {"type": "Promoted", "status": "False", "reason": "PromotionRecommended",
-                        "message": 'promote triage to version 2 by setting its spec.model to ... "2" in Git'}]})
+                        "message": 'promote triage to version 2 by setting its spec.model to ... "2" in Git'},
+                       {"type": "TreatmentReleased", "status": "True", "reason": "Released"}]})
     events.drain()
     await world.reconcile()
     status = world.status()

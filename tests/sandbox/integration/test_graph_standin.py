@@ -233,6 +233,12 @@ def test_weight_change_reroutes_on_the_same_port(cluster: EmulatorProcess, stand
         assert after["status"]["url"] == url
         arms_used = {client.post("/predict", json={}).headers["X-Medserve-Arm"] for _ in range(100)}
         assert arms_used == {"challenger"}
+        # The router's Deployment (KServe raw_ig.go) runs the new graph, rolled out: what the operator waits for.
+        deployment = json.loads(cluster.kubectl("get", "deployments.apps", "triage-ab", "-o", "json").stdout)
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[0] == "--graph-json" and json.loads(args[1]) == after["spec"]
+        assert deployment["status"]["observedGeneration"] == deployment["metadata"]["generation"]
+        assert deployment["status"]["updatedReplicas"] == deployment["status"]["replicas"] == 1
         # The champion takes no new traffic, but the feedback on its earlier predictions still reaches it.
         for pid in old:
             response = client.post("/feedback", json={"prediction_id": pid})

@@ -35,8 +35,10 @@ from medserve_operator.clients.mlflow import MlflowRegistry
 from medserve_operator.clients.prometheus import PrometheusClient
 from medserve_operator.config import OperatorConfig
 from medserve_operator.controllers.abtest import render
+from medserve_operator.controllers.abtest import status as status_mod
 from medserve_operator.controllers.abtest.evaluate import evaluate
 from medserve_operator.controllers.abtest.promote import Arm, promote
+from medserve_operator.controllers.abtest.router import router_rolled_out, router_workloads
 from medserve_operator.controllers.abtest.status import (
     Outcome,
     compute_status,
@@ -86,6 +88,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], logger: Logger) -> Out
         else:
             outcome.graph = await get_child(rt.kube, render.INFERENCE_GRAPH, ctx.namespace, ctx.name)
         graph_ready = conditions.is_true(((outcome.graph or {}).get("status") or {}).get("conditions"), READY)
+        outcome.headers = status_mod.headers_check(rt.config.router_headers_propagate, keyed_arms(control, treatment))
 
         if not concluded and arms_ready and graph_ready:
             started_at = status.get("startedAt") or start(spec, control, treatment, outcome)
@@ -96,6 +99,10 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], logger: Logger) -> Out
                 if outcome.concluded is not None:
                     concluded = True
                     await apply_graph(rt, ctx, spec, str(control.service), None, outcome)
+        released = conditions.is_true(status.get("conditions"), ab.TREATMENT_RELEASED)
+        if concluded and outcome.graph is not None and not released:
+            outcome.drain_seconds = rt.config.graph_drain_seconds
+            outcome.router = await observe_router(rt, ctx, outcome.graph, treatment.service or treatment.deployment)
         if concluded and promotion_pending(status, outcome):
             decision = outcome.evaluation.decision if outcome.concluded is not None and outcome.evaluation \
                 else concluded_decision(status)
@@ -150,6 +157,26 @@ def check_arms(control: Arm, treatment: Arm, versions: Mapping[str, Any] | None)
                         "paused (restore the version, or delete and re-create the ABTest)")
     return ("True", ab.ARMS_READY, f"{control.deployment} serves version {control.model.get('version')}, "
                                    f"{treatment.deployment} version {treatment.model.get('version')}")
+
+
+def keyed_arms(*arms: Arm) -> list[str]:
+    """The arms whose ModelDeployment requires an API key (spec.security.apiKeySecretRef)."""
+    return [arm.deployment for arm in arms
+            if (((arm.body or {}).get("spec") or {}).get("security") or {}).get("apiKeySecretRef")]
+
+
+async def observe_router(rt: Runtime, ctx: Context, graph: Mapping[str, Any], treatment: str) -> tuple[bool, str]:
+    """Whether every pod of the graph's router (its Deployment or Knative Service) routes away from
+    `treatment` (router.py says how KServe runs the router)."""
+    workload = None
+    for kind in router_workloads(graph):
+        try:
+            workload = await get_child(rt.kube, kind, ctx.namespace, ctx.name)
+        except ApiError as exc:
+            return False, f"the router's {kind.plural} cannot be read: {exc}"
+        if workload is not None:
+            break
+    return router_rolled_out(workload, released=[treatment])
 
 
 def start(spec: ABTestSpec, control: Arm, treatment: Arm, outcome: Outcome) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from medserve_operator.api import abtest as ab
 from medserve_operator.api.abtest import ABTestSpec
 from medserve_operator.api.common import READY
+from medserve_operator.controllers.abtest.router import forwarded_key_header
 from medserve_operator.kit import conditions, reconciler
 from medserve_operator.kit import status as kit_status
 from medserve_operator.kit.conditions import Check, Conditions
@@ -43,6 +44,11 @@ class Outcome(reconciler.Outcome):
     promoted: Check | None = None
     recommendation: dict[str, Any] | None = None
     """status.recommendation, set with a Promoted=False reason=PromotionRecommended."""
+    headers: Check | None = None
+    """HeadersPropagated: whether the router forwards the arms' API key."""
+    router: tuple[bool, str] | None = None
+    """Concluded: whether every router pod routes away from the treatment (router.router_rolled_out)."""
+    drain_seconds: float = 30.0
 
 
 def evaluation_status(result: sequential.Evaluation) -> dict[str, Any]:
@@ -120,6 +126,40 @@ def promotion_pending(status: Mapping[str, Any], outcome: Outcome) -> bool:
         and outcome.spec.on_conclusion.pin_version
 
 
+def headers_check(patterns: tuple[str, ...] | None, keyed_arms: list[str]) -> Check:
+    """HeadersPropagated (pure): arms that require an API key get it only if the router forwards its header."""
+    if not keyed_arms:
+        return ("True", ab.NO_KEYS_REQUIRED, "no arm requires an API key")
+    header = forwarded_key_header(patterns)
+    if header is not None:
+        return ("True", ab.KEY_FORWARDED, f"KServe's router forwards {header}, which carries the API key "
+                                          f"{', '.join(keyed_arms)} require")
+    return ("False", ab.KEY_NOT_FORWARDED,
+            f"{', '.join(keyed_arms)} require an API key, but KServe's router forwards neither Authorization nor "
+            "X-Api-Key (router.headers.propagate in the inferenceservice-config ConfigMap; the operator's "
+            "MEDSERVE_ROUTER_HEADERS_PROPAGATE mirrors it): every request through the graph gets 401")
+
+
+def release_checks(current: list[dict[str, Any]] | None, router: tuple[bool, str], *, treatment: str,
+                   now: datetime.datetime, drain_seconds: float) -> tuple[Check, Check]:
+    """TreatmentRoutedAway and TreatmentReleased (pure): released once the router has routed away from the
+    treatment for `drain_seconds`, timed from the routed-away condition's lastTransitionTime."""
+    done, why = router
+    if not done:
+        waiting = f"waiting before {treatment} may be removed: {why}"
+        return ("False", ab.ROUTER_SWITCHING, why), ("False", ab.ROUTER_SWITCHING, waiting)
+    routed: Check = ("True", ab.ROUTER_SWITCHED, why)
+    previous = conditions.find(current, ab.TREATMENT_ROUTED_AWAY)
+    since = conditions.parse_time(str(previous.get("lastTransitionTime"))) \
+        if previous is not None and previous.get("status") == "True" else None
+    waited = (now - since).total_seconds() if since is not None else 0.0
+    if waited >= drain_seconds:
+        return routed, ("True", ab.RELEASED, f"no router pod has routed to {treatment} for {waited:g} s: it may "
+                                             "be removed")
+    return routed, ("False", ab.DRAINING, f"router pods told to stop answer for up to {drain_seconds:g} s "
+                                          f"(KServe's drainSleepDuration); {waited:g} s so far")
+
+
 def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, generation: int) -> dict[str, Any]:
     """The new status from the current one and what this reconciliation found (pure)."""
     now = conditions.rfc3339(outcome.now)
@@ -160,6 +200,14 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, gene
     if outcome.concluded is not None:
         status["concludedAt"] = now
         conds.put(ab.CONCLUDED, "True", str(status.get("decision")), outcome.concluded)
+    if outcome.headers is not None:
+        conds.put(ab.HEADERS_PROPAGATED, *outcome.headers)
+    if outcome.router is not None:
+        treatment = outcome.spec.treatment.model_deployment if outcome.spec is not None else "the treatment"
+        routed, released = release_checks(current.get("conditions"), outcome.router, treatment=treatment,
+                                          now=outcome.now, drain_seconds=outcome.drain_seconds)
+        conds.put(ab.TREATMENT_ROUTED_AWAY, *routed)
+        conds.put(ab.TREATMENT_RELEASED, *released)
     if outcome.promoted is not None:
         conds.put(ab.PROMOTED, *outcome.promoted)
         if outcome.recommendation is not None:

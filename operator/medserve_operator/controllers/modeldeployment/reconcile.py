@@ -231,6 +231,7 @@ async def apply(rt: Runtime, ctx: Context, spec: ModelDeploymentSpec, outcome: O
             name=ctx.name, namespace=ctx.namespace, uid=ctx.uid, spec=spec, model_name=new.name,
             model_version=new.version, image=spec.runtime.image or rt.config.runtime_image,
             mlflow_uri=rt.config.runtime_mlflow_uri, mode=outcome.mode,
+            peer_url_template=rt.config.runtime_peer_url_template.replace("{namespace}", ctx.namespace),
             canary_from=render.ModelVersion(str(previous.get("name") or new.name), str(previous["version"]))
             if canary and previous else None,
         )

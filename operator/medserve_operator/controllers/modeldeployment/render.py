@@ -180,14 +180,22 @@ def runtime_volumes(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], li
 
 
 def runtime_container(*, name: str, spec: ModelDeploymentSpec, model: ModelVersion, image: str, mlflow_uri: str,
-                      mode: DeploymentMode, mounts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The kserve-container running the model runtime for `model`."""
+                      mode: DeploymentMode, mounts: list[dict[str, Any]],
+                      peer_url_template: str | None = None) -> dict[str, Any]:
+    """The kserve-container running the model runtime for `model`.
+
+    `peer_url_template` (with `{arm}`) is where this runtime, as an A/B test's arm, forwards feedback for
+    another arm's predictions (model-runtime arms.py): the same for every ModelDeployment, so no ABTest
+    writes into an arm.
+    """
     env: list[dict[str, Any]] = [
         {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri},
         {"name": "MEDSERVE_MODEL_DEPLOYMENT", "value": name},
         {"name": "MEDSERVE_MODEL_VERSION", "value": model.version},
         {"name": "PROTOCOL", "value": spec.runtime.protocol},
     ]
+    if peer_url_template:
+        env.append({"name": "MEDSERVE_PEER_URL_TEMPLATE", "value": peer_url_template})
     if mode == "Standard":
         env.append({"name": "STORAGE_URI", "value": storage_uri(model)})
     container: dict[str, Any] = {
@@ -232,14 +240,14 @@ def scaling_fields(spec: ModelDeploymentSpec, mode: DeploymentMode) -> dict[str,
 
 
 def render_predictor(*, name: str, spec: ModelDeploymentSpec, model: ModelVersion, image: str, mlflow_uri: str,
-                     mode: DeploymentMode) -> dict[str, Any]:
+                     mode: DeploymentMode, peer_url_template: str | None = None) -> dict[str, Any]:
     """The predictor serving `model`: scaling, the pod fields, the runtime container and its volumes."""
     volumes, mounts = runtime_volumes(spec)
     predictor: dict[str, Any] = {
         **scaling_fields(spec, mode),
         **pod_fields(spec),
         "containers": [runtime_container(name=name, spec=spec, model=model, image=image, mlflow_uri=mlflow_uri,
-                                         mode=mode, mounts=mounts)],
+                                         mode=mode, mounts=mounts, peer_url_template=peer_url_template)],
         "volumes": volumes,
     }
     if mode == "Standard":
@@ -272,6 +280,7 @@ def render_inference_service(
     mlflow_uri: str,
     mode: DeploymentMode = "Serverless",
     canary_from: ModelVersion | None = None,
+    peer_url_template: str | None = None,
 ) -> dict[str, Any]:
     """A KServe v1beta1 InferenceService in deployment `mode` whose predictor runs the medserve model runtime.
 
@@ -281,12 +290,14 @@ def render_inference_service(
     cannot run.
     """
     model = ModelVersion(model_name, model_version)
-    predictor = render_predictor(name=name, spec=spec, model=model, image=image, mlflow_uri=mlflow_uri, mode=mode)
+    predictor = render_predictor(name=name, spec=spec, model=model, image=image, mlflow_uri=mlflow_uri, mode=mode,
+                                 peer_url_template=peer_url_template)
     isvc_spec: dict[str, Any] = {"predictor": predictor}
     percent = spec.rollout.canary_traffic_percent
     if canary_from is not None and percent > 0 and canary_from != model:
         stable = render_predictor(name=name, spec=spec, model=canary_from, image=image, mlflow_uri=mlflow_uri,
-                                  mode=mode) if mode == "Standard" else predictor
+                                  mode=mode, peer_url_template=peer_url_template) if mode == "Standard" \
+            else predictor
         isvc_spec = canary_spec(stable=stable, canary=predictor, mode=mode, percent=percent)
     return {
         "apiVersion": INFERENCE_SERVICE.api_version,

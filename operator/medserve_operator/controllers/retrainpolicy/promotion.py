@@ -15,7 +15,10 @@ reason=ABTestRunning`). When the ABTest has concluded and acted, `follow_abtest`
 `Promoted=True reason=ABTestWon` (the ABTest moved the champion to the new version), `Promoted=False
 reason=PromotionRecommended` with the ABTest's recommendation (the champion pins a version and the policy did
 not opt in), or `Promoted=False reason=ABTestLost`/`ABTestInconclusive` with the ABTest's statistics — and
-removes the challenger. The concluded ABTest stays as the record (its graph sends
+removes the challenger, in this order: the ABTest routes all traffic to the champion, waits until every
+pod of KServe's router does (its Deployment or Knative Service, not the graph's status, says so), then for
+the router's drain time, and reports `TreatmentReleased=True`; only then is the challenger deleted, so
+that no request through the split reaches an arm that is gone. The concluded ABTest stays as the record (its graph sends
 all traffic to the champion). While an ABTest runs, no trigger starts another Job.
 """
 
@@ -132,6 +135,9 @@ async def follow_abtest(kube: KubeClient, ctx: Context, record: Mapping[str, Any
     test_status = (test or {}).get("status") or {}
     acted = conditions.find(test_status.get("conditions"), ab.PROMOTED)
     if test is not None and (acted is None or acted.get("reason") in ab.RETRY_PROMOTION):
+        return True
+    if test is not None and not conditions.is_true(test_status.get("conditions"), ab.TREATMENT_RELEASED):
+        # The graph may still send requests to the challenger: deleting it now answers them 502.
         return True
     version, decision = record.get("modelVersion"), test_status.get("decision")
     if test is None:
