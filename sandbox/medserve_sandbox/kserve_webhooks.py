@@ -13,7 +13,10 @@ Followed, each in KServe's own words (kserve/kserve at aaac4e29, 0.20.0):
   order: `validateInferenceServiceName` (IsvcNameFmt), `validateInferenceServiceAutoscaler`, `validatePredictor`,
   the exactly-one-implementation rule (component.go `validateExactlyOneImplementation`,
   `ExactlyOneErrorFor`), the custom predictor's `PROTOCOL` env (predictor_custom.go `validateCustomProtocol`),
-  the component extension's replica bounds (component.go `ComponentExtensionSpec.Validate`), and
+  the component extension's replica bounds (component.go `ComponentExtensionSpec.Validate`), the scaling
+  fields per mode (`validateAutoScalingCompExtension`: in Standard with autoscalerClass hpa,
+  `validateScalingHPACompExtension`; otherwise, unless Knative's class annotation says HPA,
+  `validateScalingKPACompExtension`: metric concurrency or rps, no deploymentStrategy), and
   `validateCanarySpecs` (`spec.canary` needs the Standard annotation, a model, unique names, 0..100 each,
   sum <= 100, fixed replicas).
 - pkg/apis/serving/v1alpha1/inference_graph_validation.go `validateInferenceGraph`: name, the `root` node,
@@ -134,6 +137,35 @@ def _validate_extension(extension: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _validate_autoscaling(annotations: Mapping[str, Any], extension: Mapping[str, Any]) -> str | None:
+    """inference_service_validation.go `validateAutoScalingCompExtension` (the annotation as the defaulter left
+    it: the cluster default when there is none)."""
+    mode = annotations.get(DEPLOYMENT_MODE_ANNOTATION)
+    metric, target = extension.get("scaleMetric"), extension.get("scaleTarget")
+    if mode == STANDARD:
+        if annotations.get(AUTOSCALER_CLASS_ANNOTATION) != "hpa":
+            return None
+        metric = metric or "cpu"
+        if metric not in ("cpu", "memory"):
+            return f"[{metric}] is not a supported metric"
+        if isinstance(target, int):
+            if (metric == "cpu" and target < 1) or target > 100:
+                return "the target utilization percentage should be a [1-100] integer"
+            if metric == "memory" and target < 1:
+                return "the target memory should be greater than 1 MiB"
+        return None
+    if annotations.get("autoscaling.knative.dev/class") == "hpa.autoscaling.knative.dev":
+        return None if (metric or "cpu") in ("cpu", "memory") else f"[{metric}] is not a supported metric"
+    if extension.get("deploymentStrategy") is not None:
+        return "customizing deploymentStrategy is only supported for raw deployment mode"
+    metric = metric or "concurrency"
+    if metric not in ("concurrency", "rps"):
+        return f"[{metric}] is not a supported metric"
+    if metric == "rps" and isinstance(target, int) and target < 1:
+        return "the target for rps should be greater than 1"
+    return None
+
+
 def _validate_component(predictor: Mapping[str, Any]) -> str | None:
     if len(_implementations(predictor)) != 1:
         return f"exactly one of [{PREDICTOR_TYPE_NAMES}] must be specified in PredictorSpec"
@@ -177,6 +209,13 @@ def validate_inference_service(obj: Mapping[str, Any], old: Mapping[str, Any] | 
         if _dict(predictor.get(implementation)).get("name"):
             return "the 'name' field is not allowed in standard predictor"
     if (error := _validate_component(predictor)) is not None:
+        return error
+    defaulted = dict(annotations)
+    if DEPLOYMENT_MODE_ANNOTATION in defaulted:
+        defaulted[DEPLOYMENT_MODE_ANNOTATION] = normalise_mode(str(defaulted[DEPLOYMENT_MODE_ANNOTATION]))
+    elif normalise_mode(default_mode) == STANDARD:
+        defaulted[DEPLOYMENT_MODE_ANNOTATION] = STANDARD  # DefaultInferenceService writes only Standard/ModelMesh
+    if (error := _validate_autoscaling(defaulted, predictor)) is not None:
         return error
     return _validate_canaries(spec, predictor, annotations, default_mode=default_mode)
 

@@ -146,6 +146,20 @@ def test_protocol_env_and_replicas() -> None:
     assert kserve_webhooks.validate_inference_service(isvc(maxReplicas=0, minReplicas=4), None) is None
 
 
+def test_scaling_fields_per_mode() -> None:
+    """validateAutoScalingCompExtension: Knative's KPA takes concurrency or rps only; Standard without an
+    autoscalerClass annotation checks nothing; Standard with hpa takes cpu or memory."""
+    knative = {"serving.kserve.io/deploymentMode": "Serverless"}
+    assert kserve_webhooks.validate_inference_service(isvc(annotations=knative, scaleMetric="cpu"), None) == \
+        "[cpu] is not a supported metric"
+    assert kserve_webhooks.validate_inference_service(isvc(annotations=knative, scaleMetric="rps", scaleTarget=5),
+                                                      None) is None
+    assert kserve_webhooks.validate_inference_service(isvc(scaleMetric="cpu", scaleTarget=70), None) is None
+    hpa = {"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "hpa"}
+    assert kserve_webhooks.validate_inference_service(isvc(annotations=hpa, scaleMetric="concurrency"), None) == \
+        "[concurrency] is not a supported metric"
+
+
 def graph(steps: list[dict[str, Any]], name: str = "ab", router: str = "Splitter") -> dict[str, Any]:
     return {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "InferenceGraph",
             "metadata": {"name": name, "namespace": "default"},
@@ -175,7 +189,8 @@ def test_graph_root_targets_and_step_names() -> None:
         'Node "root" of InferenceGraph "ab" contains more than one step with name "a"'
     both = [{"name": "a", "serviceName": "a", "serviceUrl": "http://a", "weight": 100}]
     assert kserve_webhooks.validate_inference_graph(graph(both)) == \
-        'Step 0 ("a") in node "root" of InferenceGraph "ab" specifies more than one of nodeName, serviceName, serviceUrl'
+        'Step 0 ("a") in node "root" of InferenceGraph "ab" specifies more than one of nodeName, serviceName, ' \
+        "serviceUrl"
 
 
 # --- Knative's field masks (fieldmask.go, k8s_validation.go) ------------------------------------------------
@@ -249,8 +264,9 @@ def test_mode_resolution(annotation: str | None, recorded: str | None, default: 
 
 
 def deployment(generation: int = 1, ready: int = 1, new_ready: bool = True) -> kserve_status.DeploymentView:
-    return kserve_status.DeploymentView(name="sepsis-predictor", generation=generation, replica_set="sepsis-predictor-ab",
-                                        ready_pods=ready, new_ready=new_ready, url="http://127.0.0.1:9001")
+    return kserve_status.DeploymentView(name="sepsis-predictor", generation=generation,
+                                        replica_set="sepsis-predictor-ab", ready_pods=ready, new_ready=new_ready,
+                                        url="http://127.0.0.1:9001")
 
 
 def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
