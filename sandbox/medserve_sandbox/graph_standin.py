@@ -304,7 +304,7 @@ class GraphStandin:
         else:
             for type_ in ("ConfigurationsReady", "Ready", "RoutesReady"):
                 conditions.mark(type_, "True")  # the router's Knative Service, whose pod spec KServe writes
-            status["observedGeneration"] = old.get("observedGeneration", 0)
+            # The Knative branch copies only the conditions and the URL: no observedGeneration.
         conditions.mark("Stopped", "False")
         status["url"] = router.url
         status["conditions"] = conditions.as_list()
