@@ -1,47 +1,57 @@
-"""A local stand-in for KServe's InferenceGraph router: every Splitter graph becomes a local HTTP listener.
+"""A local stand-in for KServe's InferenceGraph controller and its router: every graph gets a loopback listener.
 
-It watches the InferenceGraphs in the emulated API (polling, every half second) and gives each one its own
-listener on 127.0.0.1 (one port per graph, all served by this one process), then writes the status as
-KServe's controller does: `url`, `observedGeneration` and the `Ready` condition. The root node must be a
-`Splitter`; each of its steps names a `serviceUrl` (used as is) or a `serviceName`, the InferenceService of
-that name in the graph's namespace, reached at its `status.url` (which the sandbox's KServe stand-in writes).
-A graph whose service has no URL yet is not Ready (`ServiceNotReady`); its `url` is written all the same,
-since its listener is up and answers 503 (with a JSON error) until the graph can route.
+It watches the InferenceGraphs in the emulated API (polling, every half second), resolves each step's
+target as KServe's graph controller does, serves the graph as KServe's router does, and writes the status
+as the controller writes it (kserve/kserve at aaac4e29, 0.20.0):
 
-Routing keeps the URL contract of KServe's router: each request goes to one step, drawn with probability
-weight / sum(weights), at the same path and query (`POST /`, the graph root, goes to the step's
-`/v1/models/<serviceName>:predict`, or to its serviceUrl as is), and the step's answer comes back unchanged
-plus an `X-Medserve-Arm: <step name>` header. A weight change takes effect on the next request, on the same
-port. One thing KServe's router cannot do and this one must: the runtime's `POST /feedback` is only
-understood by the arm that made the prediction, so the prediction ids seen in `/predict` and
-`/batch_predict` answers are remembered (a bounded LRU) and their feedback goes to that arm, even once the
-graph no longer routes to it (a concluded A/B test still gets its late ground truth); an id it never
-saw (e.g. after a restart) is offered to each step in turn until one does not answer 404.
+- Step URLs (pkg/controller/v1alpha1/inferencegraph/controller.go `Reconcile`, and pkg/controller/v1beta1/
+  inferenceservice/utils/utils.go `GetPredictorEndpoint`): a step's `serviceUrl` is used as written; a
+  `serviceName` becomes the InferenceService's `status.address.url` plus `/v1/models/<model>:predict`, or
+  `/v2/models/<model>/infer` when the predictor's first container has env `PROTOCOL=v2` (predictor_custom.go
+  `GetProtocol`), nothing when it has `MULTI_MODEL_SERVER=true` (`IsMMSPredictor`); `<model>` is the
+  container's `--model_name` argument (`GetModelName`, `getModelNameFromArgs`), else the service's name.
+  While a named InferenceService is missing or has no address the controller returns before writing any
+  status, so the graph's status stays as it was, and its router is not (re)built.
+- Routing (cmd/router/main.go): every request, whatever its method and path (but `/readyz`), runs the
+  `root` node: a Splitter draws a step by weight (`pickupRoute`, a draw in 0..99 against the running sum),
+  a step naming another node runs that node (`executeStep`); the step is called with POST at its URL and
+  the client's body (`callService`): the client's path and query are NOT forwarded, and of its headers only
+  those matching one of the `router.headers.propagate` patterns (`--propagate-header`, regular
+  expressions, the router's `PROPAGATE_HEADERS`) are, plus `Content-Type: application/json` when none was
+  propagated. The step's status code and body come back; of its headers none, the router sets
+  `Content-Type: application/json` when the body is JSON (`graphHandler`). A failed call answers 500 with
+  `{"error": "Failed to process request", "cause": ...}` (`prepareErrorResponse`). `GET /readyz` answers
+  200 (`readyHandler`). Switch, Sequence and Ensemble nodes answer 500 here (not emulated).
+- Status (controller.go `Reconcile`, raw_ig.go `PropagateRawStatus`): in Standard mode (the graph's mode
+  by `GetDeploymentMode`, the cluster default from `--default-deployment-mode`) `url`, `observedGeneration`
+  from the router Deployment (whose generation moves when the router's graph JSON, with the resolved URLs,
+  changes), and the conditions `Ready` True and `Stopped` False; in Knative mode the router's Knative
+  Service's conditions (`ConfigurationsReady`, `Ready`, `RoutesReady`) plus `Stopped` False, and `url` once
+  Ready.
 
-What it does NOT emulate: the router Deployment and its scaling (minReplicas, resources, affinity), the
-Sequence, Ensemble and Switch routers (a graph using one is `UnsupportedRouter`), steps that point at other
-nodes, step conditions and header-based routing, routerTimeouts, TLS, or authentication between router and
-services. Nothing here is a production proxy: bodies are buffered whole, and nothing is retried.
+What it does NOT emulate: the router Deployment's pods and scaling, rolling the router (a change takes
+effect on the next request, on the same port), routerTimeouts, TLS and the Istio-mesh check, step
+conditions, `dependency: Hard`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+import re
 import sys
-from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from aiohttp import web
 from medserve_operator.clients.kube import KubeClient
 from medserve_operator.kit.conditions import now_rfc3339
-from multidict import CIMultiDict
 
 from medserve_sandbox import procs
+from medserve_sandbox.kserve_status import Conditions
+from medserve_sandbox.kserve_webhooks import DEPLOYMENT_MODE_ANNOTATION, KNATIVE, STANDARD, normalise_mode
 
 logger = logging.getLogger("medserve.graph-standin")
 
@@ -49,81 +59,99 @@ GRAPH_API, GRAPH_PLURAL = "serving.kserve.io/v1alpha1", "inferencegraphs"
 ISVC_API, ISVC_PLURAL = "serving.kserve.io/v1beta1", "inferenceservices"
 DEPLOYMENT_API, DEPLOYMENTS = "apps/v1", "deployments"
 GRAPH_LABEL = "serving.kserve.io/inferencegraph"
-ARM_HEADER = "X-Medserve-Arm"
-REMEMBERED_PREDICTIONS = 100_000
-STICKY_PATHS = ("/predict", "/batch_predict")
-# RFC 9110 section 7.6.1, plus what the proxy itself recomputes: the body length, and its encoding (httpx
-# hands back the decoded body).
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade"})
-NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
-NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
+READINESS_PATH = "/readyz"  # pkg/constants/constants.go RouterReadinessEndpoint
 
 
-@dataclass(frozen=True)
-class Step:
-    """One Splitter step, resolved to where its traffic goes."""
-
-    name: str
-    weight: int
-    base_url: str  # other paths are appended to it
-    root_url: str  # where `POST /`, the graph root, goes
+class NotResolved(Exception):
+    """A step's InferenceService is missing or has no address: the controller requeues, writing nothing."""
 
 
-class NotReady(Exception):
-    """The graph cannot route: `reason` and `message` become its Ready=False condition."""
+def model_name(isvc: dict[str, Any]) -> str:
+    """utils.go `GetModelName` for a custom predictor: `--model_name` in the first container's args."""
+    containers = ((isvc.get("spec") or {}).get("predictor") or {}).get("containers") or []
+    args = [str(a) for a in (containers[0].get("args") or [])] if containers else []
+    name = ""
+    for i, arg in enumerate(args):
+        if arg.startswith("--model_name"):
+            parts = arg.split("=")
+            if len(parts) == 2:
+                name = parts[1]
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                name = args[i + 1]
+    return name or str(isvc["metadata"]["name"])
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
+
+def predictor_endpoint(isvc: dict[str, Any]) -> str:
+    """utils.go `GetPredictorEndpoint` for a predictor of custom containers (medserve's)."""
+    address = ((isvc.get("status") or {}).get("address") or {}).get("url")
+    if not address:
+        raise NotResolved(f"service {isvc['metadata']['name']} is not ready")
+    containers = ((isvc.get("spec") or {}).get("predictor") or {}).get("containers") or []
+    env = {e.get("name"): str(e.get("value", "")) for e in (containers[0].get("env") or [])} if containers else {}
+    if env.get("MULTI_MODEL_SERVER") == "true":
+        return str(address)
+    protocol = env.get("PROTOCOL", "v1")
+    name = model_name(isvc)
+    if protocol == "v1":
+        return f"{address}/v1/models/{name}:predict"
+    if protocol == "v2":
+        return f"{address}/v2/models/{name}/infer"
+    return str(address)
 
 
-def parse_steps(graph: dict[str, Any], service_urls: dict[tuple[str, str], str]) -> list[Step]:
-    """The root Splitter's steps with their targets resolved; NotReady when the graph cannot route."""
+def resolve_graph(graph: dict[str, Any], services: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """The graph spec with every serviceName step's serviceUrl filled in, as the controller hands the router."""
     namespace = graph["metadata"]["namespace"]
-    root = (graph.get("spec", {}).get("nodes") or {}).get("root")
-    if not isinstance(root, dict):
-        raise NotReady("InvalidGraph", "spec.nodes.root is missing: the graph has no entry node")
-    router_type = root.get("routerType")
-    if router_type != "Splitter":
-        raise NotReady("UnsupportedRouter", f"routerType {router_type} is not emulated by the sandbox "
-                       "(only Splitter is)")
-    steps: list[Step] = []
-    for i, raw in enumerate(root.get("steps") or []):
-        name = str(raw.get("name") or raw.get("serviceName") or f"step-{i}")
-        weight = raw.get("weight", 0)
-        if not isinstance(weight, int) or weight < 0:
-            raise NotReady("InvalidGraph", f"spec.nodes.root.steps[{i}].weight must be a non-negative integer")
-        if service_url := raw.get("serviceUrl"):
-            steps.append(Step(name, weight, service_url.rstrip("/"), service_url))
-        elif service := raw.get("serviceName"):
-            url = service_urls.get((namespace, service))
-            if not url:
-                raise NotReady("ServiceNotReady", f"step {name}: InferenceService {namespace}/{service} "
-                               "does not exist or has no status.url yet")
-            base = url.rstrip("/")
-            steps.append(Step(name, weight, base, f"{base}/v1/models/{service}:predict"))
-        else:
-            raise NotReady("InvalidGraph", f"spec.nodes.root.steps[{i}] has neither serviceName nor serviceUrl "
-                           "(steps that point at other nodes are not emulated)")
-    if not steps or sum(s.weight for s in steps) <= 0:
-        raise NotReady("InvalidGraph", "a Splitter needs at least one step with a positive weight")
-    return steps
+    spec: dict[str, Any] = json.loads(json.dumps(graph.get("spec") or {}))
+    for node in (spec.get("nodes") or {}).values():
+        for step in node.get("steps") or []:
+            service = step.get("serviceName")
+            if not service:
+                continue
+            isvc = services.get((namespace, service))
+            if isvc is None:
+                raise NotResolved(f"Failed to find graph service {service}")
+            if not step.get("serviceUrl"):
+                step["serviceUrl"] = predictor_endpoint(isvc)
+    return spec
 
 
-def error_response(status: int, code: str, message: str, *, arm: str | None = None) -> web.Response:
-    headers = {ARM_HEADER: arm} if arm else None
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+def compile_patterns(patterns: list[str]) -> list[re.Pattern[str]]:
+    """main.go `compilePatterns`: Go's regexp.MatchString finds a match anywhere, as re.search does."""
+    return [re.compile(p) for p in patterns]
+
+
+def propagated_headers(headers: Any, patterns: list[re.Pattern[str]]) -> list[tuple[str, str]]:
+    """`callService`: each header (canonical name) matching some pattern, once; Content-Type defaulted."""
+    out: list[tuple[str, str]] = []
+    matched: set[str] = set()
+    names = list(dict.fromkeys(headers.keys()))
+    for pattern in patterns:
+        for name in names:
+            canonical = "-".join(part.capitalize() for part in name.split("-"))
+            if canonical not in matched and pattern.search(canonical):
+                matched.add(canonical)
+                out += [(canonical, v) for v in headers.getall(name)]
+    if not any(k.lower() == "content-type" for k, _ in out):
+        out.append(("Content-Type", "application/json"))
+    return out
+
+
+class RoutingError(Exception):
+    """The router could not answer from a step: `status` and `message` become its error response."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 class GraphRouter:
-    """One graph's listener on 127.0.0.1: its routes follow the graph's spec, replaced in place on change."""
+    """One graph's listener on 127.0.0.1, running the router's contract on the resolved graph spec."""
 
-    def __init__(self, key: tuple[str, str], http: httpx.AsyncClient, rng: random.Random) -> None:
-        self.key, self.http, self.rng = key, http, rng
-        self.steps: list[Step] = []
-        self.not_ready: NotReady | None = NotReady("Initializing", "the graph has not been read yet")
-        self.arms: OrderedDict[str, Step] = OrderedDict()  # prediction_id -> the step that made it, oldest first
+    def __init__(self, key: tuple[str, str], http: httpx.AsyncClient, rng: random.Random,
+                 patterns: list[re.Pattern[str]]) -> None:
+        self.key, self.http, self.rng, self.patterns = key, http, rng, patterns
+        self.spec: dict[str, Any] | None = None
         self.port = 0
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -136,146 +164,83 @@ class GraphRouter:
     async def start(self) -> None:
         await self.runner.setup()
         for attempt in range(3):
-            # free_port() hands out a port that another process may take before we bind it: pick again.
-            port = procs.free_port()
+            port = procs.free_port()  # another process may take it before the bind: pick again
             try:
                 await web.TCPSite(self.runner, "127.0.0.1", port).start()
             except OSError:
-                if attempt < 2:
-                    continue
-                await self.runner.cleanup()
-                raise
+                if attempt == 2:
+                    await self.runner.cleanup()
+                    raise
+                continue
             self.port = port
             return
 
     async def close(self) -> None:
         await self.runner.cleanup()
 
-    def update(self, steps: list[Step], not_ready: NotReady | None) -> bool:
-        """Route by `steps` from the next request on (or answer 503 while `not_ready`); True if that changed."""
-        changed = (steps, describe(not_ready)) != (self.steps, describe(self.not_ready))
-        self.steps, self.not_ready = steps, not_ready
-        return changed
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        steps, not_ready = self.steps, self.not_ready
-        if not_ready is not None:
-            return error_response(503, "graph_not_ready", f"InferenceGraph {'/'.join(self.key)} is not ready: "
-                                  f"{not_ready.reason}: {not_ready.message}")
+        if request.path == READINESS_PATH:
+            return web.Response(status=200)
+        spec = self.spec
         body = await request.read()
-        if request.method == "POST" and request.path == "/feedback":
-            return await self.feedback(request, body, steps)
-        step = self.rng.choices(steps, weights=[s.weight for s in steps])[0]
-        response = await self.forward(request, body, step)
-        if request.method == "POST" and request.path in STICKY_PATHS and 200 <= response.status < 300:
-            self.remember(response, step)
-        return response
-
-    async def feedback(self, request: web.Request, body: bytes, steps: list[Step]) -> web.Response:
-        """Feedback goes to the arm that made the prediction: the one remembered, else the one that knows it."""
-        pid = prediction_id(body)
-        remembered = self.arms.get(pid) if pid is not None else None
-        if remembered is not None:
-            # Even when the graph no longer routes to it (a concluded A/B test): ground truth that arrives late
-            # still belongs to the model that made the prediction.
-            return await self.forward(request, body, remembered)
-        # An id not seen here (made before a restart, or straight at an arm): only its arm answers other than 404.
-        not_found: web.Response | None = None
-        failed: web.Response | None = None
-        for step in steps:
-            response = await self.send(request, body, step)
-            if isinstance(response, Failed):
-                failed = response.response
-            elif response.status != 404:
-                if pid is not None:
-                    self.note(pid, step)
-                return response
-            else:
-                not_found = response
-        if not_found is not None:
-            return not_found
-        return failed if failed is not None else error_response(503, "graph_not_ready", "the graph has no steps")
-
-    async def forward(self, request: web.Request, body: bytes, step: Step) -> web.Response:
-        response = await self.send(request, body, step)
-        return response.response if isinstance(response, Failed) else response
-
-    async def send(self, request: web.Request, body: bytes, step: Step) -> web.Response | Failed:
-        """The step's answer to the request, or Failed (502/504) when no answer came."""
-        root = request.method == "POST" and request.path == "/"
-        url = step.root_url if root else step.base_url + request.raw_path
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
-        where = f"step {step.name} ({step.base_url})"
+        if spec is None:
+            # No router pod exists before the controller could resolve the graph: the ingress has no endpoint.
+            return web.json_response({"error": "no healthy upstream"}, status=503)
+        headers = propagated_headers(request.headers, self.patterns)
         try:
-            upstream = await self.http.request(request.method, url, content=body or None, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return Failed(error_response(502, "upstream_unreachable", f"{where} is unreachable: "
-                                         f"{type(exc).__name__}", arm=step.name))
-        except httpx.TimeoutException as exc:
-            return Failed(error_response(504, "upstream_timeout", f"{where} did not answer in time: "
-                                         f"{type(exc).__name__}", arm=step.name))
-        except httpx.HTTPError as exc:
-            return Failed(error_response(502, "upstream_unreachable", f"{where} failed: {type(exc).__name__}: "
-                                         f"{exc}", arm=step.name))
-        returned = CIMultiDict((k, v) for k, v in upstream.headers.multi_items() if k.lower() not in NOT_RETURNED)
-        returned[ARM_HEADER] = step.name
-        return web.Response(body=upstream.content, status=upstream.status_code, headers=returned)
-
-    def remember(self, response: web.Response, step: Step) -> None:
-        if not (response.content_type or "").endswith("json") or not isinstance(response.body, bytes):
-            return
+            status, content = await self.route_node("root", spec, body, headers)
+        except RoutingError as exc:
+            return web.json_response({"error": "Failed to process request", "cause": exc.message},
+                                     status=exc.status)
         try:
-            parsed = json.loads(response.body)
+            json.loads(content)
         except ValueError:
-            return  # passed through as it came; nothing to remember
-        for pid in prediction_ids(parsed):
-            self.note(pid, step)
+            return web.Response(body=content, status=status, content_type="text/plain")
+        return web.Response(body=content, status=status, content_type="application/json")
 
-    def note(self, pid: str, step: Step) -> None:
-        self.arms[pid] = step
-        self.arms.move_to_end(pid)
-        while len(self.arms) > REMEMBERED_PREDICTIONS:
-            self.arms.popitem(last=False)
+    async def route_node(self, node_name: str, spec: dict[str, Any], body: bytes,
+                         headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+        """main.go `routeStep` for Splitter nodes."""
+        node = (spec.get("nodes") or {}).get(node_name) or {}
+        router_type = node.get("routerType")
+        if router_type != "Splitter":
+            raise RoutingError(500, f"routerType {router_type} is not emulated by the sandbox (only Splitter is)")
+        point, end = self.rng.randrange(100), 0
+        for step in node.get("steps") or []:
+            end += int(step.get("weight") or 0)
+            if point < end:
+                if step.get("nodeName"):
+                    return await self.route_node(str(step["nodeName"]), spec, body, headers)
+                return await self.call_service(str(step["serviceUrl"]), body, headers)
+        raise RoutingError(500, "no route was selected by the splitter")
 
-
-@dataclass(frozen=True)
-class Failed:
-    """No answer from a step: the error response to give in its place."""
-
-    response: web.Response
-
-
-def describe(not_ready: NotReady | None) -> tuple[str, str] | None:
-    return None if not_ready is None else (not_ready.reason, not_ready.message)
-
-
-def prediction_ids(parsed: Any) -> Iterable[str]:
-    """The ids in a `/predict` answer (top-level `prediction_id`) or a `/batch_predict` one (`predictions[*]`)."""
-    if not isinstance(parsed, dict):
-        return
-    if isinstance(parsed.get("prediction_id"), str):
-        yield parsed["prediction_id"]
-    predictions = parsed.get("predictions")
-    if isinstance(predictions, list):
-        for item in predictions:
-            if isinstance(item, dict) and isinstance(item.get("prediction_id"), str):
-                yield item["prediction_id"]
+    async def call_service(self, url: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+        try:
+            upstream = await self.http.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise RoutingError(500, f"Post \"{url}\": {type(exc).__name__}: {exc}") from exc
+        return upstream.status_code, upstream.content
 
 
-def prediction_id(body: bytes) -> str | None:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return None
-    pid = parsed.get("prediction_id") if isinstance(parsed, dict) else None
-    return pid if isinstance(pid, str) else None
+def graph_mode(graph: dict[str, Any], default_mode: str) -> str:
+    """utils.go `GetDeploymentMode`, as the graph controller calls it."""
+    recorded = str((graph.get("status") or {}).get("deploymentMode") or "")
+    if recorded:
+        return normalise_mode(recorded)
+    annotation = normalise_mode(str(((graph.get("metadata") or {}).get("annotations") or {})
+                                    .get(DEPLOYMENT_MODE_ANNOTATION, "")))
+    return annotation if annotation in (STANDARD, KNATIVE) else normalise_mode(default_mode)
 
 
 class GraphStandin:
-    def __init__(self, kube: KubeClient, *, seed: int | None) -> None:
+    def __init__(self, kube: KubeClient, *, seed: int | None, propagate: list[str] | None = None,
+                 default_mode: str = STANDARD) -> None:
         self.kube = kube
         self.rng = random.Random(seed)
+        self.patterns = compile_patterns(propagate or [])
+        self.default_mode = default_mode
         self.routers: dict[tuple[str, str], GraphRouter] = {}
+        self.generations: dict[tuple[str, str], tuple[int, str]] = {}  # the router Deployment's (generation, spec)
         # Long enough for a batch prediction on a busy machine; connecting is local, so fails fast.
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0))
 
@@ -286,35 +251,26 @@ class GraphStandin:
 
     async def sync(self) -> None:
         graphs = await self.kube.list(GRAPH_API, GRAPH_PLURAL, None)
-        service_urls = await self.service_urls(graphs)
+        services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s
+                    for s in await self.kube.list(ISVC_API, ISVC_PLURAL, None)} if graphs else {}
         seen = set()
         for graph in graphs:
             key = (graph["metadata"]["namespace"], graph["metadata"]["name"])
             seen.add(key)
             if graph["metadata"].get("deletionTimestamp"):
                 continue
-            await self.reconcile(key, graph, service_urls)
+            await self.reconcile(key, graph, services)
         for key in [k for k in self.routers if k not in seen]:
             router = self.routers.pop(key)
+            self.generations.pop(key, None)
             logger.info("InferenceGraph %s/%s is gone: closing its listener on port %d", *key, router.port)
             await router.close()
 
-    async def service_urls(self, graphs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
-        """status.url of every InferenceService, by (namespace, name); listed only when a graph names one."""
-        names_services = any(step.get("serviceName") for graph in graphs
-                             for node in ((graph.get("spec") or {}).get("nodes") or {}).values()
-                             if isinstance(node, dict) for step in node.get("steps") or [])
-        if not names_services:
-            return {}
-        return {(s["metadata"]["namespace"], s["metadata"]["name"]): s["status"]["url"]
-                for s in await self.kube.list(ISVC_API, ISVC_PLURAL, None)
-                if (s.get("status") or {}).get("url")}
-
     async def reconcile(self, key: tuple[str, str], graph: dict[str, Any],
-                        service_urls: dict[tuple[str, str], str]) -> None:
+                        services: dict[tuple[str, str], dict[str, Any]]) -> None:
         router = self.routers.get(key)
         if router is None:
-            router = GraphRouter(key, self.http, self.rng)
+            router = GraphRouter(key, self.http, self.rng, self.patterns)
             try:
                 await router.start()
             except OSError as exc:
@@ -323,19 +279,27 @@ class GraphStandin:
             self.routers[key] = router
             logger.info("InferenceGraph %s/%s listens on %s", *key, router.url)
         try:
-            steps, not_ready = parse_steps(graph, service_urls), None
-        except NotReady as exc:
-            steps, not_ready = [], exc
-        if router.update(steps, not_ready):
-            routes = ", ".join(f"{s.name}={s.weight}" for s in steps)
-            logger.info("InferenceGraph %s/%s routes %s", *key,
-                        f"by weight to {routes}" if not_ready is None else f"nowhere: {not_ready.reason}")
-        await self.write_router_deployment(graph)
-        await self.write_status(graph, router)
+            spec = resolve_graph(graph, services)
+        except NotResolved as exc:
+            if router.spec is None:
+                logger.info("InferenceGraph %s/%s waits: %s", *key, exc)
+            return  # controller.go: `return reconcile.Result{Requeue: true}` before any status write
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        generation, before = self.generations.get(key, (0, ""))
+        if digest != before:
+            generation += 1
+            self.generations[key] = (generation, digest)
+            router.spec = spec
+            routes = [f"{s.get('name') or s.get('serviceName')}={s.get('weight')} -> {s.get('serviceUrl')}"
+                      for s in ((spec.get("nodes") or {}).get("root") or {}).get("steps") or []]
+            logger.info("InferenceGraph %s/%s routes %s", *key, ", ".join(routes))
+        if graph_mode(graph, self.default_mode) == STANDARD:
+            await self.write_router_deployment(graph, spec)
+        await self.write_status(graph, router, generation)
 
-    async def write_router_deployment(self, graph: dict[str, Any]) -> None:
+    async def write_router_deployment(self, graph: dict[str, Any], spec: dict[str, Any]) -> None:
         """The router's Deployment as KServe's graph controller makes it in Standard mode: named after the graph,
-        its pod template carrying the graph's spec as `--graph-json` (kserve
+        its pod template carrying the resolved graph spec as `--graph-json` (kserve
         pkg/controller/v1alpha1/inferencegraph/raw_ig.go `createInferenceGraphPodSpec`), owned by the graph.
         This process routes by the new steps at once, so the Deployment is reported rolled out (every replica
         updated and available at its generation) as soon as its template changes: that is what the operator
@@ -344,7 +308,7 @@ class GraphStandin:
         namespace, name = meta["namespace"], meta["name"]
         template = {"metadata": {"labels": {GRAPH_LABEL: name}},
                     "spec": {"containers": [{"name": name, "image": "kserve/router:sandbox-stand-in",
-                                             "args": ["--graph-json", json.dumps(graph.get("spec") or {})]}]}}
+                                             "args": ["--graph-json", json.dumps(spec)]}]}}
         current = await self.kube.get(DEPLOYMENT_API, DEPLOYMENTS, namespace, name)
         desired: dict[str, Any] = {"apiVersion": DEPLOYMENT_API, "kind": "Deployment",
                    "metadata": {"name": name, "namespace": namespace, "labels": {GRAPH_LABEL: name},
@@ -362,21 +326,22 @@ class GraphStandin:
         if current.get("status") != status:
             await procs.patch_status(self.kube, DEPLOYMENT_API, DEPLOYMENTS, current, status)
 
-    async def write_status(self, graph: dict[str, Any], router: GraphRouter) -> None:
+    async def write_status(self, graph: dict[str, Any], router: GraphRouter, generation: int) -> None:
         old = graph.get("status") or {}
-        before: dict[str, Any] = next((c for c in old.get("conditions", []) if c.get("type") == "Ready"), {})
-        reason, message = describe(router.not_ready) or ("", "")
-        status_value = "True" if router.not_ready is None else "False"
-        when = now_rfc3339()
-        if before.get("status") == status_value:
-            when = before.get("lastTransitionTime", when)
-        status: dict[str, Any] = {
-            "url": router.url,
-            "observedGeneration": graph["metadata"].get("generation", 1),
-            "conditions": [{"type": "Ready", "status": status_value, "reason": reason, "message": message,
-                            "lastTransitionTime": when}],
-        }
-        if status == {k: old.get(k) for k in status}:
+        conditions = Conditions(old.get("conditions"), now_rfc3339(), dependents=(), severity=False)
+        status: dict[str, Any] = {}
+        if graph_mode(graph, self.default_mode) == STANDARD:
+            conditions.items = {k: v for k, v in conditions.items.items() if k in ("Ready", "Stopped")}
+            conditions.mark("Ready", "True")  # raw_ig.go PropagateRawStatus: SetConditions([Ready True])
+            status["observedGeneration"] = generation
+        else:
+            for type_ in ("ConfigurationsReady", "Ready", "RoutesReady"):
+                conditions.mark(type_, "True")  # the router's Knative Service, whose pod spec KServe writes
+            # The Knative branch copies only the conditions and the URL: no observedGeneration.
+        conditions.mark("Stopped", "False")
+        status["url"] = router.url
+        status["conditions"] = conditions.as_list()
+        if all(old.get(k) == v for k, v in status.items()):
             return
         await procs.patch_status(self.kube, GRAPH_API, GRAPH_PLURAL, graph, status)
 
@@ -385,10 +350,20 @@ def main(argv: list[str]) -> int:
     parser = procs.controller_parser("medserve_sandbox.graph_standin", __doc__)
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the random draw that picks each request's step (tests: reproducible splits)")
+    parser.add_argument("--propagate-header", action="append", default=[], metavar="REGEX",
+                        help="a header pattern of inferenceservice-config router.headers.propagate (repeatable)")
+    parser.add_argument("--default-deployment-mode", default=STANDARD,
+                        choices=[STANDARD, KNATIVE, "RawDeployment", "Serverless"],
+                        help="the cluster's default (inferenceservice-config deploy.defaultDeploymentMode)")
     args = parser.parse_args(argv)
+    try:
+        compile_patterns(args.propagate_header)
+    except re.error as exc:
+        parser.error(f"--propagate-header: {exc}")
 
     procs.run_controller(args.kubeconfig, f"InferenceGraph stand-in watching {args.kubeconfig}",
-                         lambda kube: GraphStandin(kube, seed=args.seed))
+                         lambda kube: GraphStandin(kube, seed=args.seed, propagate=args.propagate_header,
+                                                   default_mode=args.default_deployment_mode))
     return 0
 
 

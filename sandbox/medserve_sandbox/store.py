@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from medserve_sandbox import patches
+from medserve_sandbox import kserve_webhooks, patches
 from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid, not_found
 from medserve_sandbox.lifecycle import ObjectLifecycle
 from medserve_sandbox.objects import Obj, clone, content, drop_empty_metadata, now_rfc3339
@@ -67,11 +67,17 @@ class Store(ObjectLifecycle):
             }, old=None)
 
     # ---------------------------------------------------------------- resource types
-    def _admit(self, rtype: ResourceType, obj: Obj, old: Obj | None, field_validation: str) -> tuple[Obj, list[str]]:
+    def _admit(self, rtype: ResourceType, obj: Obj, old: Obj | None, field_validation: str, *,
+               subresource: str | None = None) -> tuple[Obj, list[str]]:
         if self.admission is None:
             return obj, []
         try:
-            return self.admission.admit(obj, old=old, field_validation=field_validation)
+            admitted = self.admission.admit(obj, old=old, field_validation=field_validation)
+            if subresource is None:
+                # KServe's validating webhooks see the main resource only (their rules name no subresource),
+                # and run after the schema, as kube-apiserver orders them.
+                kserve_webhooks.admit(admitted[0], old)
+            return admitted
         except ApiError:
             raise
         except Exception as exc:
@@ -294,7 +300,7 @@ class Store(ObjectLifecycle):
                 raise invalid(rtype, name, "metadata.finalizers",
                               f"Forbidden: no new finalizers can be added if the object is being deleted, "
                               f"found new finalizers {sorted(added)}", "FieldValueForbidden")
-        new, warnings = self._admit(rtype, new, old, field_validation)
+        new, warnings = self._admit(rtype, new, old, field_validation, subresource=subresource)
         new_meta = new["metadata"]
         with_status = rtype.has_status(version)
         spec_changed = content(new, with_status=with_status) != content(old, with_status=with_status)

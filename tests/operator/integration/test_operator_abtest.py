@@ -5,7 +5,8 @@ InferenceGraph stand-in (the weighted splitter) reporting each graph Ready.
 Stand-ins, said where they are used: no model runtime runs here, so a small exporter in the test serves
 the runtime's feedback counters (`medserve_feedback_total{model,version,outcome}`) for each arm, growing
 at a set accuracy, and Prometheus scrapes it as it would scrape the runtimes; and the InferenceServices'
-`status.url` (which KServe's controller writes) is patched in by the test, so the splitter can resolve them.
+`status.url` and `status.address` (which KServe's controller writes; the graph controller resolves steps from
+the address) are patched in by the test, so the splitter can resolve them.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def serve(cluster: EmulatorProcess, name: str) -> None:
     """Wait for the operator's InferenceService, then report it served, as KServe's controller would."""
     wait_for(lambda: get_json(cluster, "inferenceservice", name), what=f"InferenceService {name}")
     cluster.kubectl("patch", "inferenceservice", name, "--subresource=status", "--type=merge", "-p", json.dumps(
-        {"status": {"url": f"http://127.0.0.1:9/{name}", "conditions": [{"type": "Ready", "status": "True"}]}}))
+        {"status": {"url": f"http://127.0.0.1:9/{name}", "address": {"url": f"http://127.0.0.1:9/{name}"},
+                    "conditions": [{"type": "Ready", "status": "True"}]}}))
 
 
 def two_arms(cluster: EmulatorProcess, mlflow_url: str, name: str, control: dict[str, str]) -> MlflowClient:

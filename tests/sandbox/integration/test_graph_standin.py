@@ -1,15 +1,18 @@
 """The sandbox's InferenceGraph stand-in (sandbox/graph_standin.py) as a process against the emulated API.
 
-The graphs are created with kubectl, so the emulator validates each against KServe's own CRD schema, and
-the stand-in writes their status through the status subresource as KServe's controller would.
+The graphs are created with kubectl, so the emulator validates each against KServe's own CRD schema and
+KServe's validating webhook, and the stand-in writes their status through the status subresource as
+KServe's controller would. What is held here is KServe 0.20's router contract (kserve cmd/router/main.go
+`graphHandler`, `routeStep`, `pickupRoute`, `callService`; the step URL from pkg/controller/v1beta1/
+inferenceservice/utils/utils.go `GetPredictorEndpoint`), each test naming the function it follows.
 
 Stand-ins, said where they are used: the arms behind the graph are test doubles of the medserve runtime,
 two small HTTP servers in this process that answer `/predict`, `/batch_predict`, `/feedback` (200 only
 for an id they issued themselves, 404 otherwise, as the runtime does) and KServe's
 `/v1/models/<name>:predict`. A real runtime needs a registered, trained model and seconds to start per
 arm; what is tested here is the router's split, its stickiness and its URL contract, which the doubles
-show exactly, and they can say which arm answered and which ids each one issued. No KServe stand-in runs
-either: where a step names an InferenceService, the test writes that service's `status.url` itself.
+show exactly, and they can say which arm answered and what path and headers reached it. No KServe stand-in
+runs either: where a step names an InferenceService, the test writes that service's `status.address` itself.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import json
 import math
 import socket
 import sys
-import textwrap
 import threading
 import uuid
 from collections import Counter
@@ -31,7 +33,7 @@ import httpx
 import pytest
 from kit import get_json, wait_for
 from medserve_sandbox import procs
-from medserve_sandbox.emulator import EmulatorProcess
+from medserve_sandbox.emulator import EmulatorProcess, KubectlError
 
 GRAPH = "inferencegraphs.serving.kserve.io"
 ISVC = "inferenceservices.serving.kserve.io"
@@ -44,7 +46,7 @@ class Arm:
         self.name = name
         self.issued: set[str] = set()
         self.refused_feedback = 0  # feedback for an id it did not issue: what a router without stickiness causes
-        self.seen: list[tuple[str, str, str | None]] = []  # (method, path with query, X-Trace header)
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path with query, headers)
         self.lock = threading.Lock()
         arm = self
 
@@ -76,6 +78,9 @@ class Arm:
                 elif self.path.startswith("/v1/models/") and self.path.endswith(":predict"):
                     model = self.path.removeprefix("/v1/models/").removesuffix(":predict")
                     self.reply(200, {"predictions": [0], "model_name": model, "arm": arm.name})
+                elif self.path.startswith("/v2/models/") and self.path.endswith("/infer"):
+                    model = self.path.removeprefix("/v2/models/").removesuffix("/infer")
+                    self.reply(200, {"model_name": model, "outputs": [], "arm": arm.name})
                 else:
                     self.reply(404, {"error": f"no route {self.path}"})
 
@@ -98,7 +103,7 @@ class Arm:
 
     def record(self, handler: BaseHTTPRequestHandler) -> None:
         with self.lock:
-            self.seen.append((handler.command, handler.path, handler.headers.get("X-Trace")))
+            self.seen.append((handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}))
 
     def issue(self) -> str:
         pid = str(uuid.uuid4())
@@ -122,7 +127,8 @@ def arms() -> Iterator[tuple[Arm, Arm]]:
 def standin(cluster: EmulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     log = tmp_path_factory.mktemp("graph-standin") / "graph-standin.log"
     proc = procs.spawn([sys.executable, "-m", "medserve_sandbox.graph_standin",
-                        "--kubeconfig", str(cluster.kubeconfig), "--seed", "7"], log_path=log)
+                        "--kubeconfig", str(cluster.kubeconfig), "--seed", "7",
+                        "--propagate-header", "^X-Api-Key$", "--propagate-header", "Trace"], log_path=log)
     procs.wait_until(lambda: "InferenceGraph stand-in watching" in log.read_text(errors="replace"), proc=proc,
                      log_path=log, what="InferenceGraph stand-in", timeout=60)
     yield log
@@ -146,6 +152,7 @@ def ready(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_ready(cluster: EmulatorProcess, name: str, status: str = "True", generation: int = 1) -> dict[str, Any]:
+    """Ready with status.observedGeneration == `generation`: the router Deployment's generation (raw_ig.go)."""
     obj: dict[str, Any] = wait_for(
         lambda: (o := graph(cluster, name)) and ready(o).get("status") == status
         and o["status"].get("observedGeneration") == generation and o,
@@ -162,151 +169,130 @@ def port_open(url: str) -> bool:
         return False
 
 
-def test_splitter_splits_by_weight_and_feedback_reaches_the_predicting_arm(
-    cluster: EmulatorProcess, standin: Path, arms: tuple[Arm, Arm],
-) -> None:
+def test_splitter_splits_by_weight_and_forwards_only_the_body(cluster: EmulatorProcess, standin: Path,
+                                                              arms: tuple[Arm, Arm]) -> None:
+    """pickupRoute (weights), callService (POST to the step's URL: the client's path and query are dropped),
+    graphHandler (the step's status and body back, none of its headers; Content-Type set for JSON)."""
     champion, challenger = arms
     cluster.kubectl("apply", "-f", "-", input=splitter("triage-ab", [
-        {"name": "champion", "serviceUrl": champion.url, "weight": 80},
-        {"name": "challenger", "serviceUrl": challenger.url, "weight": 20},
+        {"name": "champion", "serviceUrl": f"{champion.url}/predict", "weight": 80},
+        {"name": "challenger", "serviceUrl": f"{challenger.url}/predict", "weight": 20},
     ]))
     obj = wait_ready(cluster, "triage-ab")
     url = obj["status"]["url"]
     assert url.startswith("http://127.0.0.1:")
-    assert ready(obj)["lastTransitionTime"]
+    assert {c["type"]: c["status"] for c in obj["status"]["conditions"]} == {"Ready": "True", "Stopped": "False"}
 
     n, p = 1000, 0.8
-    made: dict[str, str] = {}
+    counts: Counter[str] = Counter()
     with httpx.Client(base_url=url, timeout=10) as client:
         for _ in range(n):
-            response = client.post("/predict", json={"patient_id": "MRN-1", "clinical_data": {}})
+            response = client.post("/anything/else?verbose=1", json={"patient_id": "MRN-1"})
             assert response.status_code == 200
-            assert response.headers["X-Medserve-Arm"] == response.json()["model_name"]
-            assert response.headers["X-Upstream"] == response.json()["model_name"]  # upstream headers come back
-            made[response.json()["prediction_id"]] = response.headers["X-Medserve-Arm"]
-        counts = Counter(made.values())
-        band = 4 * math.sqrt(n * p * (1 - p))
+            assert "X-Upstream" not in response.headers and "X-Medserve-Arm" not in response.headers
+            assert response.headers["Content-Type"] == "application/json"
+            counts[response.json()["model_name"]] += 1
+        band = 4 * math.sqrt(n * p * (1 - p))  # a 4-sigma binomial bound: fails by chance about once in 15000
         assert abs(counts["champion"] - n * p) <= band, counts
+        # Whatever the client's method and path, the arm sees POST at the step's URL.
+        sizes = len(champion.seen), len(challenger.seen)
+        client.get("/feedback?id=1")
+        arm = champion if len(champion.seen) > sizes[0] else challenger
+        assert arm.seen[-1][:2] == ("POST", "/predict")
+        assert client.get("/readyz").status_code == 200  # readyHandler, not a step
 
-        for pid, arm in made.items():
-            response = client.post("/feedback", json={"prediction_id": pid, "outcome": "sepsis"})
-            assert (response.status_code, response.headers["X-Medserve-Arm"]) == (200, arm)
-        assert champion.refused_feedback == challenger.refused_feedback == 0  # remembered, not found by trying
 
-        batch = client.post("/batch_predict", json={"requests": [{"patient_id": "MRN-2"}] * 3})
-        assert batch.status_code == 200
-        for prediction in batch.json()["predictions"]:
-            response = client.post("/feedback", json={"prediction_id": prediction["prediction_id"]})
-            assert (response.status_code, response.json()["model_name"]) == (200, batch.headers["X-Medserve-Arm"])
-        assert champion.refused_feedback == challenger.refused_feedback == 0
-
-        # An id the router never saw (made straight at an arm, as after a restart) still finds its arm.
-        direct = httpx.post(f"{challenger.url}/predict", json={}).json()["prediction_id"]
-        response = client.post("/feedback", json={"prediction_id": direct})
-        assert (response.status_code, response.headers["X-Medserve-Arm"]) == (200, "challenger")
-        response = client.post("/feedback", json={"prediction_id": "never-made"})
-        assert response.status_code == 404 and response.json()["code"] == "unknown_prediction"
-
-        # Same URL contract: path, query and headers pass through, and so does an upstream error as it is.
-        response = client.get("/models?verbose=1", headers={"X-Trace": "t-1"})
-        arm = champion if response.headers["X-Medserve-Arm"] == "champion" else challenger
-        assert arm.seen[-1] == ("GET", "/models?verbose=1", "t-1")
-        # The graph root of a serviceUrl step is the URL itself (here the double's "/", which it does not serve).
-        response = client.post("/", json={"instances": [[1, 2]]})
-        arm = champion if response.headers["X-Medserve-Arm"] == "champion" else challenger
-        assert arm.seen[-1][:2] == ("POST", "/")
-        assert (response.status_code, response.json()) == (404, {"error": "no route /"})
+def test_only_the_configured_headers_reach_the_arms(cluster: EmulatorProcess, standin: Path,
+                                                   arms: tuple[Arm, Arm]) -> None:
+    """callService: headers matching router.headers.propagate (here `^X-Api-Key$` and `Trace`) are forwarded,
+    Authorization and the rest are not; Content-Type defaults to application/json."""
+    url = graph(cluster, "triage-ab")["status"]["url"]
+    before = len(arms[0].seen) + len(arms[1].seen)
+    httpx.post(url, content=b"{}", headers={"X-Api-Key": "k-1", "X-Trace-Id": "t-1", "Authorization": "Bearer b",
+                                            "X-Other": "o", "Content-Type": "text/plain"}, timeout=10)
+    seen = [entry for arm in arms for entry in arm.seen]
+    assert len(seen) == before + 1
+    headers = next(h for arm in arms for (_, _, h) in arm.seen[-1:] if h.get("x-api-key") == "k-1")
+    assert headers["x-trace-id"] == "t-1" and headers["content-type"] == "application/json"
+    assert "authorization" not in headers and "x-other" not in headers
 
 
 def test_weight_change_reroutes_on_the_same_port(cluster: EmulatorProcess, standin: Path) -> None:
+    """A spec change moves the router Deployment's generation, which becomes observedGeneration."""
     before = graph(cluster, "triage-ab")
     url = before["status"]["url"]
+    cluster.kubectl("patch", GRAPH, "triage-ab", "--type=json", "-p", json.dumps([
+        {"op": "replace", "path": "/spec/nodes/root/steps/0/weight", "value": 0},
+        {"op": "replace", "path": "/spec/nodes/root/steps/1/weight", "value": 100},
+    ]))
+    after = wait_ready(cluster, "triage-ab", generation=before["status"]["observedGeneration"] + 1)
+    assert after["status"]["url"] == url
     with httpx.Client(base_url=url, timeout=10) as client:
-        old = [r.json()["prediction_id"] for r in (client.post("/predict", json={}) for _ in range(20))
-               if r.headers["X-Medserve-Arm"] == "champion"]
-        assert old
-        cluster.kubectl("patch", GRAPH, "triage-ab", "--type=json", "-p", json.dumps([
-            {"op": "replace", "path": "/spec/nodes/root/steps/0/weight", "value": 0},
-            {"op": "replace", "path": "/spec/nodes/root/steps/1/weight", "value": 100},
-        ]))
-        after = wait_ready(cluster, "triage-ab", generation=before["metadata"]["generation"] + 1)
-        assert after["status"]["url"] == url
-        arms_used = {client.post("/predict", json={}).headers["X-Medserve-Arm"] for _ in range(100)}
-        assert arms_used == {"challenger"}
+        assert {client.post("/", json={}).json()["model_name"] for _ in range(100)} == {"challenger"}
         # The router's Deployment (KServe raw_ig.go) runs the new graph, rolled out: what the operator waits for.
         deployment = json.loads(cluster.kubectl("get", "deployments.apps", "triage-ab", "-o", "json").stdout)
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert args[0] == "--graph-json" and json.loads(args[1]) == after["spec"]
+        assert args[0] == "--graph-json" and json.loads(args[1])["nodes"]["root"]["steps"][1]["weight"] == 100
         assert deployment["status"]["observedGeneration"] == deployment["metadata"]["generation"]
         assert deployment["status"]["updatedReplicas"] == deployment["status"]["replicas"] == 1
-        # The champion takes no new traffic, but the feedback on its earlier predictions still reaches it.
-        for pid in old:
-            response = client.post("/feedback", json={"prediction_id": pid})
-            assert (response.status_code, response.headers["X-Medserve-Arm"]) == (200, "champion")
 
 
-def test_unreachable_arm_is_a_502_naming_the_step(cluster: EmulatorProcess, standin: Path) -> None:
+def test_weights_not_summing_to_100_are_refused_by_the_webhook(cluster: EmulatorProcess, standin: Path,
+                                                               arms: tuple[Arm, Arm]) -> None:
+    """inference_graph_validation.go validateInferenceGraphSplitterWeight, answered as a webhook denial."""
+    with pytest.raises(KubectlError) as caught:
+        cluster.kubectl("apply", "-f", "-", input=splitter("bad-weights", [
+            {"name": "a", "serviceUrl": arms[0].url, "weight": 70},
+            {"name": "b", "serviceUrl": arms[1].url, "weight": 20}]))
+    message = str(caught.value)
+    assert 'admission webhook "inferencegraph.kserve-webhook-server.validator" denied the request' in message
+    assert "the sum of traffic weights for all routing targets should be 100" in message
+
+
+def test_unreachable_arm_is_a_500_with_the_routers_error(cluster: EmulatorProcess, standin: Path) -> None:
+    """graphHandler + prepareErrorResponse: {"error": "Failed to process request", "cause": ...}, status 500."""
     dead = f"http://127.0.0.1:{procs.free_port()}"
     cluster.kubectl("apply", "-f", "-", input=splitter("dead-end", [{"name": "gone", "serviceUrl": dead,
                                                                      "weight": 100}]))
     url = wait_ready(cluster, "dead-end")["status"]["url"]
     response = httpx.post(f"{url}/predict", json={}, timeout=10)
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "upstream_unreachable"
-    assert "gone" in response.json()["error"]["message"]
+    assert response.status_code == 500
+    assert response.json()["error"] == "Failed to process request" and dead in response.json()["cause"]
     cluster.kubectl("delete", GRAPH, "dead-end")
 
 
-def test_switch_router_is_unsupported(cluster: EmulatorProcess, standin: Path, arms: tuple[Arm, Arm]) -> None:
-    cluster.kubectl("apply", "-f", "-", input=splitter("triage-switch", [
-        {"name": "adults", "serviceUrl": arms[0].url, "condition": "[@this].#(age>=18)"},
-    ], router="Switch"))
-    obj = wait_ready(cluster, "triage-switch", status="False")
-    assert ready(obj)["reason"] == "UnsupportedRouter"
-    assert "Switch" in ready(obj)["message"]
-    response = httpx.post(f"{obj['status']['url']}/predict", json={}, timeout=10)
-    assert response.status_code == 503 and response.json()["error"]["code"] == "graph_not_ready"
-    cluster.kubectl("delete", GRAPH, "triage-switch")
+def isvc_manifest(name: str, env: list[dict[str, str]]) -> str:
+    return json.dumps({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                       "metadata": {"name": name, "namespace": "default"},
+                       "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "medserve:0.1",
+                                                              "args": [f"--model_name={name}-model"],
+                                                              "env": env}]}}})
 
 
-def test_service_name_steps_follow_the_inference_service_url(cluster: EmulatorProcess, standin: Path,
-                                                             arms: tuple[Arm, Arm]) -> None:
+def test_service_name_steps_take_the_protocol_from_the_container_env(cluster: EmulatorProcess, standin: Path,
+                                                                     arms: tuple[Arm, Arm]) -> None:
+    """GetPredictorEndpoint: status.address.url + PredictPath(GetModelName, GetProtocol): `/v1/models/<m>:predict`,
+    or `/v2/models/<m>/infer` with env PROTOCOL=v2; no status is written while the service has no address."""
     cluster.kubectl("apply", "-f", "-", input=splitter("triage-svc", [
-        {"name": "v2", "serviceName": "triage-v2", "weight": 100},
+        {"name": "one", "serviceName": "triage-v1", "weight": 50},
+        {"name": "two", "serviceName": "triage-v2", "weight": 50},
     ]))
-    obj = wait_ready(cluster, "triage-svc", status="False")
-    assert ready(obj)["reason"] == "ServiceNotReady"
-    assert "v2" in ready(obj)["message"] and "triage-v2" in ready(obj)["message"]
-    url = obj["status"]["url"]
-    response = httpx.post(f"{url}/predict", json={}, timeout=10)
-    assert response.status_code == 503
-    assert response.headers["Content-Type"].startswith("application/json")
-    assert "ServiceNotReady" in response.json()["error"]["message"]
-
-    cluster.kubectl("apply", "-f", "-", input=textwrap.dedent("""\
-        apiVersion: serving.kserve.io/v1beta1
-        kind: InferenceService
-        metadata: {name: triage-v2, namespace: default}
-        spec:
-          predictor:
-            containers:
-            - name: kserve-container
-              image: medserve-runtime:0.1.0
-              args: ["--model_name=triage-v2"]
-        """))
-    cluster.kubectl("patch", ISVC, "triage-v2", "--subresource=status", "--type=merge", "-p",
-                    json.dumps({"status": {"url": arms[1].url}}))
-    obj = wait_ready(cluster, "triage-svc")
-    assert obj["status"]["url"] == url
-    response = httpx.post(f"{url}/", json={"instances": [[1, 2]]}, timeout=10)
-    assert response.status_code == 200
-    assert response.json() == {"predictions": [0], "model_name": "triage-v2", "arm": "challenger"}
-    assert response.headers["X-Medserve-Arm"] == "v2"
-    assert arms[1].seen[-1][:2] == ("POST", "/v1/models/triage-v2:predict")
-    pid = httpx.post(f"{url}/predict", json={}, timeout=10).json()["prediction_id"]
-    assert httpx.post(f"{url}/feedback", json={"prediction_id": pid}, timeout=10).status_code == 200
-    cluster.kubectl("delete", ISVC, "triage-v2")
-    cluster.kubectl("delete", GRAPH, "triage-svc")
+    cluster.kubectl("apply", "-f", "-", input=isvc_manifest("triage-v1", []))
+    cluster.kubectl("apply", "-f", "-", input=isvc_manifest("triage-v2", [{"name": "PROTOCOL", "value": "v2"}]))
+    assert not graph(cluster, "triage-svc").get("status")  # the controller requeues before writing status
+    for name, arm in (("triage-v1", arms[0]), ("triage-v2", arms[1])):
+        cluster.kubectl("patch", ISVC, name, "--subresource=status", "--type=merge", "-p",
+                        json.dumps({"status": {"url": "http://not-used.example", "address": {"url": arm.url}}}))
+    url = wait_ready(cluster, "triage-svc")["status"]["url"]
+    models: Counter[str] = Counter()
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(60):
+            models[client.post("/predict", json={"inputs": []}).json()["model_name"]] += 1
+    assert set(models) == {"triage-v1-model", "triage-v2-model"}
+    assert arms[0].seen[-1][:2] == ("POST", "/v1/models/triage-v1-model:predict")
+    assert arms[1].seen[-1][:2] == ("POST", "/v2/models/triage-v2-model/infer")
+    for kind, name in ((GRAPH, "triage-svc"), (ISVC, "triage-v1"), (ISVC, "triage-v2")):
+        cluster.kubectl("delete", kind, name)
 
 
 def test_deleting_the_graph_closes_its_port(cluster: EmulatorProcess, standin: Path) -> None:
