@@ -106,7 +106,8 @@ class DemoTraffic(SandboxProcesses):
                                                          "clinical_data": labelled[i]["clinical_data"]})
                 self._expect(response, 200, "POST /predict through the split")
                 feedback = {"prediction_id": response.json()["prediction_id"], "outcome": labelled[i]["label"]}
-                return str(response.headers.get("x-medserve-arm", "?")), client.post("/feedback", json=feedback)
+                # KServe's router hands back the arm's body alone: the body names the arm that answered.
+                return str(response.json().get("model_name", "?")), client.post("/feedback", json=feedback)
 
             while sent < len(labelled) and concluded is None:
                 # Paced at about AB_RATE a second, so that the report shows the test's path look by look.
@@ -115,10 +116,9 @@ class DemoTraffic(SandboxProcesses):
                 concluded = self._concluded(name)
                 for arm, feedback in answers:
                     arms[arm] = arms.get(arm, 0) + 1
-                    # Once the test has decided, the challenger may be gone before its last ground truth
-                    # arrives (502 from the splitter): late feedback is lost, as it would be in a cluster.
-                    if feedback.status_code != 200 and not (concluded and feedback.status_code == 502):
-                        self._expect(feedback, 200, "POST /feedback through the split")
+                    # The challenger is removed only after the router has routed away from it and drained
+                    # (controllers/abtest/router.py), so every answer and every ground truth gets through.
+                    self._expect(feedback, 200, "POST /feedback through the split")
                 sent = min(sent + AB_RATE, len(labelled))
                 time.sleep(max(0.0, paced - time.monotonic()))
         self.console.say(f"      {sent} predictions with their ground truth sent through the split "

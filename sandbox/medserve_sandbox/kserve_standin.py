@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiohttp import web
 from medserve_operator.clients.kube import KubeClient
 from medserve_operator.kit.conditions import now_rfc3339
 
@@ -178,6 +179,41 @@ class Service:
         return [self.ingress, *(d.service for d in self.deployments.values())]
 
 
+class ServiceDirectory:
+    """Cluster DNS for the predictors: `http://127.0.0.1:PORT/<namespace>/<name>/<path>` reaches the
+    InferenceService <name>'s ingress, as `http://<name>-predictor.<namespace>.svc.cluster.local/<path>` reaches
+    its predictor in a cluster (what an A/B arm forwards feedback to, model-runtime arms.py). The sandbox gives
+    the operator `MEDSERVE_RUNTIME_PEER_URL_TEMPLATE=http://127.0.0.1:PORT/{namespace}/{arm}`."""
+
+    def __init__(self, services: dict[tuple[str, str], Service], http: httpx.AsyncClient, port: int) -> None:
+        self.services, self.http, self.port = services, http, port
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{namespace}/{name}/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        service = self.services.get(key)
+        if service is None:
+            return web.json_response({"error": f"no Service {key[1]} in namespace {key[0]}"}, status=503)
+        tail = request.raw_path.split("/", 3)[3] if request.raw_path.count("/") >= 3 else ""
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in ("host", "content-length")]
+        try:
+            upstream = await self.http.request(request.method, f"{service.ingress.url}/{tail}",
+                                               content=await request.read() or None, headers=headers)
+        except httpx.HTTPError as exc:
+            return web.json_response({"error": f"{key[1]}: {type(exc).__name__}"}, status=503)
+        return web.Response(body=upstream.content, status=upstream.status_code,
+                            content_type=upstream.headers.get("content-type", "application/json").split(";")[0])
+
+
 def merge_patch(old: Any, new: Any) -> Any:
     """The JSON merge patch (RFC 7386) that turns `old` into `new`: removed keys become null."""
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -191,7 +227,8 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 class Standin:
     def __init__(self, kube: KubeClient, workdir: Path, *, mlflow_uri: str | None, default_mode: str = STANDARD,
-                 knative_features: dict[str, str] | None = None, seed: int | None = None) -> None:
+                 knative_features: dict[str, str] | None = None, seed: int | None = None,
+                 directory_port: int | None = None) -> None:
         self.kube, self.workdir, self.mlflow_uri = kube, workdir, mlflow_uri
         self.default_mode = default_mode
         self.knative_features = knative_features or {}
@@ -202,8 +239,12 @@ class Standin:
         self.proxy_http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0))
         self.targets_path = workdir / "prometheus" / TARGETS_FILE
         self._targets: list[tuple[str, dict[str, str]]] | None = None
+        self.directory = ServiceDirectory(self.services, self.proxy_http, directory_port) if directory_port else None
+        self._directory_started = False
 
     async def close(self) -> None:
+        if self.directory is not None and self._directory_started:
+            await self.directory.close()
         for key in list(self.services):
             await self.remove(key)
         await self.http.aclose()
@@ -217,6 +258,9 @@ class Standin:
             await proxy.close()
 
     async def sync(self) -> None:
+        if self.directory is not None and not self._directory_started:
+            await self.directory.start()
+            self._directory_started = True
         items = await self.kube.list(ISVC_API, ISVC_PLURAL, None)
         seen = set()
         for isvc in items:
@@ -482,13 +526,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--knative-feature", action="append", default=[], metavar="FLAG=VALUE",
                         help="a Knative config-features flag, e.g. kubernetes.podspec-securitycontext=enabled")
     parser.add_argument("--seed", type=int, default=None, help="seed of the traffic split's draws (tests)")
+    parser.add_argument("--service-directory-port", type=int, default=None,
+                        help="serve the predictors by name on this loopback port (the sandbox's cluster DNS)")
     args = parser.parse_args(argv)
     features = parse_features(args.knative_feature)
 
     procs.run_controller(args.kubeconfig, f"KServe stand-in watching {args.kubeconfig}",
                          lambda kube: Standin(kube, args.workdir, mlflow_uri=args.mlflow_uri,
                                               default_mode=args.default_deployment_mode,
-                                              knative_features=features, seed=args.seed))
+                                              knative_features=features, seed=args.seed,
+                                              directory_port=args.service_directory_port))
     return 0
 
 

@@ -31,6 +31,7 @@ from medserve_sandbox.story import Console, SandboxError
 MODEL_NAME = "triage-classifier"
 MODEL_ALIAS = "champion"
 NAMESPACE = "default"
+ROUTER_HEADERS_PROPAGATE = "Authorization"  # the cluster's router.headers.propagate (README: A/B through KServe)
 DEPLOY_TIMEOUT = 180.0
 """Seconds to wait for each ModelDeployment to become Ready (the runtime loads the model from MLflow)."""
 OPERATOR_RESYNC_SECONDS = "1"
@@ -68,6 +69,7 @@ class SandboxProcesses:
         self.standin: subprocess.Popen[bytes] | None = None
         self.job_standin: subprocess.Popen[bytes] | None = None
         self.graph_standin: subprocess.Popen[bytes] | None = None
+        self.directory_port = procs.free_port()
         self.recorder: Recorder | None = None
         self.abtest: dict[str, Any] = {}
         self.operator_health_port = procs.free_port()
@@ -107,7 +109,11 @@ class SandboxProcesses:
                "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS, "MEDSERVE_PROMETHEUS_URL": self.prometheus.url,
                "MEDSERVE_METRICS_ADDRESS": self.operator_metrics,
                # The graph stand-in switches routes in its own process: no router pod drains for 30 s.
-               "MEDSERVE_GRAPH_DRAIN_SECONDS": "2"}
+               "MEDSERVE_GRAPH_DRAIN_SECONDS": "2",
+               # The router forwards the API key (KServe's router.headers.propagate), and an arm reaches the
+               # other through the KServe stand-in's service directory (the sandbox's cluster DNS).
+               "MEDSERVE_ROUTER_HEADERS_PROPAGATE": ROUTER_HEADERS_PROPAGATE,
+               "MEDSERVE_RUNTIME_PEER_URL_TEMPLATE": f"http://127.0.0.1:{self.directory_port}/{{namespace}}/{{arm}}"}
         health = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         log = self.logs / "operator.log"
         self.operator = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator",
@@ -120,7 +126,8 @@ class SandboxProcesses:
         log = self.logs / "kserve-standin.log"
         self.standin = procs.spawn([sys.executable, "-m", "medserve_sandbox.kserve_standin",
                                     "--kubeconfig", str(self.emulator.kubeconfig), "--workdir", str(self.workdir),
-                                    "--mlflow-uri", self.mlflow.url], log_path=log)
+                                    "--mlflow-uri", self.mlflow.url,
+                                    "--service-directory-port", str(self.directory_port)], log_path=log)
         procs.wait_until(lambda: "KServe stand-in watching" in log.read_text(errors="replace"), proc=self.standin,
                          log_path=log, what="KServe stand-in", timeout=60)
         self.console.say(f"      stand-in pid {self.standin.pid}, predictors under {self.workdir / 'predictors'}")
@@ -128,7 +135,8 @@ class SandboxProcesses:
     def start_graph_standin(self) -> None:
         log = self.logs / "graph-standin.log"
         self.graph_standin = procs.spawn([sys.executable, "-m", "medserve_sandbox.graph_standin",
-                                          "--kubeconfig", str(self.emulator.kubeconfig)], log_path=log)
+                                          "--kubeconfig", str(self.emulator.kubeconfig),
+                                          "--propagate-header", ROUTER_HEADERS_PROPAGATE], log_path=log)
         procs.wait_until(lambda: "InferenceGraph stand-in watching" in log.read_text(errors="replace"),
                          proc=self.graph_standin, log_path=log, what="InferenceGraph stand-in", timeout=60)
         self.console.say(f"      InferenceGraph stand-in pid {self.graph_standin.pid}")
