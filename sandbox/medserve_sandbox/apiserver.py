@@ -21,7 +21,7 @@ import attrs
 import yaml
 from kmock import KubernetesEmulator
 
-from medserve_sandbox import discovery, protobuf
+from medserve_sandbox import discovery, managedfields, protobuf
 from medserve_sandbox.resources import (
     ResourceType,
     api_group,
@@ -99,6 +99,33 @@ def _json_response(body: Any, *, status: int = 200, content_type: str = "applica
         text = warning.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
         response.headers.add("Warning", f'299 - "{text}"')
     return response
+
+
+def _field_manager(raw: aiohttp.web.BaseRequest, *, is_apply: bool, options_kind: str) -> str:
+    """The write's field manager: `fieldManager`, else the User-Agent's prefix (k8s.io/apiserver handlers/
+    rest.go, managerOrUserAgent); an apply must name one, and only an apply may `force`
+    (k8s.io/apimachinery pkg/apis/meta/v1/validation, ValidatePatchOptions)."""
+    query = raw.query
+    given = query.get("fieldManager", "")
+    causes: list[dict[str, str]] = []
+    if is_apply and not given:
+        causes.append({"reason": "FieldValueRequired", "message": "Required value: is required for apply patch",
+                       "field": "fieldManager"})
+    if not is_apply and "force" in query:
+        causes.append({"reason": "FieldValueForbidden", "message": "Forbidden: may not be specified for "
+                       "non-apply patch", "field": "force"})
+    if len(given.encode()) > managedfields.MAX_MANAGER_LENGTH:
+        causes.append({"reason": "FieldValueTooLong", "message": "Too long: must have at most 128 bytes",
+                       "field": "fieldManager"})
+    elif any(not ch.isprintable() for ch in given):
+        causes.append({"reason": "FieldValueInvalid", "message": f"Invalid value: {json.dumps(given)}: must only "
+                       "contain printable characters", "field": "fieldManager"})
+    if causes:
+        summary = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+        summary = summary if len(causes) == 1 else f"[{summary}]"
+        raise ApiError(422, "Invalid", f'{options_kind}.meta.k8s.io "" is invalid: {summary}',
+                       {"group": "meta.k8s.io", "kind": options_kind, "causes": causes})
+    return given or managedfields.manager_from_user_agent(raw.headers.get("User-Agent", ""))
 
 
 def _wants_table(request: aiohttp.web.BaseRequest) -> bool:
@@ -203,11 +230,14 @@ class ApiServer(KubernetesEmulator):
         field_validation = query.get("fieldValidation", "Warn")
         if field_validation not in {"Strict", "Warn", "Ignore"}:
             raise bad_request(f"fieldValidation {field_validation!r} must be one of Strict, Warn, Ignore")
+        is_apply = method == "PATCH" and raw.content_type.startswith("application/apply-patch")
+        field_manager = _field_manager(raw, is_apply=is_apply, options_kind="PatchOptions" if method == "PATCH"
+                                       else "UpdateOptions" if method == "PUT" else "CreateOptions")
         if method == "POST":
             if where.name is not None:
                 raise ApiError(405, "MethodNotAllowed", "POST is only allowed on a collection")
             result = store.create(rtype, version, namespace, body, dry_run=dry_run,
-                                  field_validation=field_validation)
+                                  field_validation=field_validation, field_manager=field_manager)
             return _json_response(self._present(rtype, version, result.obj), status=201, warnings=result.warnings)
         if method == "DELETE":
             options = body if isinstance(body, dict) else {}
@@ -231,18 +261,22 @@ class ApiServer(KubernetesEmulator):
             raise ApiError(405, "MethodNotAllowed", f"{method} needs an object name")
         if method == "PUT":
             result = store.update(rtype, version, namespace, where.name, body, subresource=where.subresource,
-                                  dry_run=dry_run, field_validation=field_validation)
+                                  dry_run=dry_run, field_validation=field_validation, field_manager=field_manager)
+        elif is_apply:
+            result = store.apply(rtype, version, namespace, where.name, body, field_manager=field_manager,
+                                 force=query.get("force") in {"true", "1"}, subresource=where.subresource,
+                                 dry_run=dry_run, field_validation=field_validation)
+            if result.created:
+                return _json_response(self._present(rtype, version, result.obj), status=201,
+                                      warnings=result.warnings)
         elif method == "PATCH":
             content_type = raw.content_type
-            if content_type.startswith("application/apply-patch"):
-                raise ApiError(415, "UnsupportedMediaType",
-                               "server-side apply is not supported by the medserve emulator: use "
-                               "`kubectl apply` without --server-side")
             patch_type = PATCH_TYPES.get(content_type)
             if patch_type is None:
                 raise ApiError(415, "UnsupportedMediaType", f"unsupported patch content type {content_type!r}")
             result = store.patch(rtype, version, namespace, where.name, patch_type, body,
-                                 subresource=where.subresource, dry_run=dry_run, field_validation=field_validation)
+                                 subresource=where.subresource, dry_run=dry_run, field_validation=field_validation,
+                                 field_manager=field_manager)
         else:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
         return _json_response(self._present(rtype, version, result.obj), warnings=result.warnings)
@@ -267,7 +301,7 @@ class ApiServer(KubernetesEmulator):
                            f"the body of the request was in an unknown format ({raw.content_type}) - accepted "
                            f"media types include: application/json, application/yaml")
         try:
-            if "yaml" in raw.content_type and not raw.content_type.startswith("application/apply-patch"):
+            if "yaml" in raw.content_type:
                 return yaml.safe_load(data)
             return json.loads(data)
         except (ValueError, yaml.YAMLError) as exc:

@@ -27,7 +27,12 @@ What it emulates:
 - 409 AlreadyExists, 409 Conflict on a stale resourceVersion or failed preconditions, 404/400/422
   as `Status` objects; PUT, merge patch, JSON patch, an approximated strategic merge patch (see
   patches.py), `dryRun=All`;
-- watch streams from a resourceVersion (410 Gone when it is older than the kept history), with
+- server-side apply (`application/apply-patch+yaml`, `fieldManager` required, field-manager
+  conflicts answered 409 with their causes, `force=true`, an apply creating a missing object) and
+  managedFields kept per manager on every write (Update entries for creates, updates and patches,
+  named by `fieldManager` or the User-Agent), as managedfields.py says, with what it leaves out;
+- watch streams from a resourceVersion (410 Expired when it is older than the kept history or than
+  the resource itself), with
   selectors, ADDED/MODIFIED/DELETED (and ADDED/DELETED when an object enters or leaves a selector),
   BOOKMARKs when asked, `sendInitialEvents`, `timeoutSeconds`;
 - server-side Table output from the CRDs' printer columns, so `kubectl get` prints them; categories
@@ -40,9 +45,9 @@ What it does NOT emulate:
 - authentication, authorization and RBAC (RBAC objects are stored, never enforced), TLS;
 - admission webhooks, conversion webhooks (multi-version CRDs are served without conversion),
   validating admission policies, resource quotas, limit ranges;
-- server-side apply and managedFields (`application/apply-patch+yaml` gets 415);
 - strategic merge patch beyond a table of well-known list merge keys (see patches.py);
-- pagination (`limit`/`continue` are ignored: lists are complete), aggregated discovery, protobuf
+- consistent pagination (`limit`/`continue` page in key order with the real token format and
+  `remainingItemCount`, but later pages show objects as they are now), aggregated discovery, protobuf
   responses (answers are JSON; protobuf request bodies are decoded only for the four kinds that
   `kubectl create namespace|configmap|secret|serviceaccount` send, see protobuf.py);
 - controllers other than garbage collection and namespace/CRD cleanup: no scheduler, no kubelet, no

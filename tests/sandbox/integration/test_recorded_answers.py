@@ -24,7 +24,6 @@ from medserve_sandbox.emulator import EmulatorProcess
 
 RECORDED: dict[str, Any] = json.loads(apiscript.DATA.read_text())
 
-SSA = "no server-side apply: the emulator answers application/apply-patch+yaml with 415 (or 400)"
 KNOWN_GAPS: dict[str, str] = {
     "crd-metadata-described": "CRD schemas are not checked against the structural rules on create",
     "crd-empty-default-under-cel": "CRD defaults are not validated (nor their CEL rules evaluated) on create",
@@ -32,13 +31,10 @@ KNOWN_GAPS: dict[str, str] = {
                          "recording is v1.25, which does not",
     "cr-list-page-1": "no pagination: limit/continue are ignored and lists are complete",
     "cr-list-page-2": "no pagination: limit/continue are ignored and lists are complete",
-    "ssa-create": SSA,
-    "ssa-conflict": SSA,
-    "ssa-force": SSA,
-    "ssa-no-field-manager": SSA,
+    "cr-table": "the Name column's description links kubernetes.io/docs/concepts/overview/working-with-objects/"
+                "names#names, as v1.32 (the version the emulator reports) does; v1.25 linked user-guide/identifiers",
     "watch-too-old": "a watch from an RV older than the emulator's history but newer than its start "
                      "replays instead of answering an ERROR event with 410 Expired",
-    "cr-table": "follows from ssa-create (the applied object is missing) and columnDefinitions key order",
     "cr-delete-background": "a Background delete answers the object, not a Status Success",
     "cr-delete-foreground": "the foregroundDeletion finalizer is not shown: its effect happens directly",
     "cr-delete-orphan": "the orphan finalizer is not shown: its effect happens directly",
