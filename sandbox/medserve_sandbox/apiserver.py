@@ -10,6 +10,7 @@ the semantics of the objects in store.py; emulator.py starts it all.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Iterable
@@ -128,6 +129,58 @@ def _field_manager(raw: aiohttp.web.BaseRequest, *, is_apply: bool, options_kind
     return given or managedfields.manager_from_user_agent(raw.headers.get("User-Agent", ""))
 
 
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new list "
+    "without the continue parameter, or use the continue token in this response to retrieve the remainder of the "
+    "results. Continuing with the provided token results in an inconsistent list - objects that were created, "
+    "modified, or deleted between the time the first chunk was returned and now may show up in the list."
+)
+
+
+def _page(items: list[Obj], rv: str, query: Any, *, compacted_rv: int, selected: bool) -> tuple[list[Obj], Obj]:
+    """`limit` and `continue` as the real server pages a list (k8s.io/apiserver pkg/storage/continue.go,
+    EncodeContinue / DecodeContinue, and the etcd3 store's GetList): items in key order, an opaque token
+    naming the resourceVersion of the first page and the key to start after, `remainingItemCount`
+    when no selector filters the list, 410 Expired for a token older than the kept history.
+
+    Unlike the real server, later pages show the objects as they are now, not as of the first page."""
+    meta: Obj = {"resourceVersion": rv}
+    token = query.get("continue")
+    if token:
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            token_rv = int(decoded["rv"])
+            start = str(decoded["start"])
+            if decoded.get("v") != "meta.k8s.io/v1" or not start.endswith("\x00"):
+                raise ValueError("unknown continue token")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise bad_request(f"continue key is not valid: {exc}") from exc
+        if token_rv < compacted_rv:
+            raise ApiError(410, "Expired", CONTINUE_EXPIRED)
+        after = tuple(start[:-1].split("/", 1)) if "/" in start else ("", start[:-1])
+        items = [obj for obj in items
+                 if (obj["metadata"].get("namespace", ""), obj["metadata"]["name"]) > after]
+        meta["resourceVersion"] = str(token_rv)
+    limit_text = query.get("limit")
+    if not limit_text:
+        return items, meta
+    try:
+        limit = int(limit_text)
+    except ValueError as exc:
+        raise bad_request(f"limit {limit_text!r} is not a number") from exc
+    if limit <= 0 or len(items) <= limit:
+        return items, meta
+    page, rest = items[:limit], items[limit:]
+    last = page[-1]["metadata"]
+    start = f"{last.get('namespace', '')}/{last['name']}\x00"
+    encoded = json.dumps({"v": "meta.k8s.io/v1", "rv": int(meta["resourceVersion"]), "start": start},
+                         separators=(",", ":"))
+    meta["continue"] = base64.urlsafe_b64encode(encoded.encode()).decode().rstrip("=")
+    if not selected:
+        meta["remainingItemCount"] = len(rest)
+    return page, meta
+
+
 def _wants_table(request: aiohttp.web.BaseRequest) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
@@ -219,12 +272,19 @@ class ApiServer(KubernetesEmulator):
                     return self._table(rtype, version, [obj], store.rv)
                 return _json_response(obj)
             items, rv = store.list_objects(rtype, namespace, predicate, field_selector_name(query.get("fieldSelector")))
+            items, list_meta = _page(items, rv, query, compacted_rv=store.logs[rtype.key].compacted_rv,
+                                     selected=bool(query.get("labelSelector") or query.get("fieldSelector")))
+            if rtype.custom:
+                # Unstructured lists always carry `continue` (UnstructuredList.SetContinue), "" on the last page.
+                list_meta.setdefault("continue", "")
             items = [self._present(rtype, version, obj) for obj in items]
             if _wants_table(raw):
-                return self._table(rtype, version, items, store.rv)
+                table = self._render_table(rtype, version, items, store.rv)
+                table["metadata"] = list_meta
+                return _json_response(table, content_type="application/json;as=Table;v=v1;g=meta.k8s.io")
             return _json_response({
                 "apiVersion": rtype.api_version(version), "kind": f"{rtype.kind}List",
-                "metadata": {"resourceVersion": rv}, "items": items,
+                "metadata": list_meta, "items": items,
             })
         body = await self._read_body(raw)
         field_validation = query.get("fieldValidation", "Warn")

@@ -29,8 +29,6 @@ KNOWN_GAPS: dict[str, str] = {
     "crd-empty-default-under-cel": "CRD defaults are not validated (nor their CEL rules evaluated) on create",
     "cr-create-invalid": "the emulator adds 1.28+'s 'some validation rules were not checked' cause; the "
                          "recording is v1.25, which does not",
-    "cr-list-page-1": "no pagination: limit/continue are ignored and lists are complete",
-    "cr-list-page-2": "no pagination: limit/continue are ignored and lists are complete",
     "cr-table": "the Name column's description links kubernetes.io/docs/concepts/overview/working-with-objects/"
                 "names#names, as v1.32 (the version the emulator reports) does; v1.25 linked user-guide/identifiers",
     "watch-too-old": "a watch from an RV older than the emulator's history but newer than its start "
