@@ -45,6 +45,8 @@ PATCH_TYPES = {
     "application/json-patch+json": "json",
     "application/strategic-merge-patch+json": "strategic",
 }
+# Kinds whose storage answers a delete with the deleted object (ReturnDeletedObject in their registries).
+RETURN_DELETED_OBJECT = frozenset({("", "pods"), ("", "services"), ("", "serviceaccounts")})
 SERVER_VERSION = {
     "major": "1",
     "minor": "32",
@@ -316,7 +318,15 @@ class ApiServer(KubernetesEmulator):
                 })
             obj = store.delete(rtype, namespace, where.name, propagation=propagation,
                                preconditions=options.get("preconditions"), dry_run=dry_run)
-            return _json_response(self._present(rtype, version, obj))
+            if obj["metadata"].get("deletionTimestamp") or rtype.key in RETURN_DELETED_OBJECT:
+                return _json_response(self._present(rtype, version, obj))
+            # Deleted at once: a Status, as k8s.io/apiserver registry/generic/registry/store.go
+            # finalizeDelete answers unless the kind's storage sets ReturnDeletedObject.
+            return _json_response({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": where.name, "group": rtype.group, "kind": rtype.plural,
+                            "uid": obj["metadata"].get("uid")},
+            })
         if where.name is None:
             raise ApiError(405, "MethodNotAllowed", f"{method} needs an object name")
         if method == "PUT":

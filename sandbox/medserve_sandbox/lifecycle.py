@@ -109,13 +109,18 @@ class ObjectLifecycle(ObjectStorage):
         if rtype.key == CRD_KEY:
             return self._terminate_crd(rtype, old)
         uid = meta["uid"]
-        if policy == "Orphan":
-            self._orphan_dependents(uid)
         if meta.get("deletionTimestamp"):
+            if policy == "Orphan":
+                self._orphan_dependents(uid)
             return old
+        # As the real server (k8s.io/apiserver pkg/registry/generic/registry/store.go,
+        # updateForGracefulDeletionAndFinalizers): Foreground and Orphan show as the foregroundDeletion and
+        # orphan finalizers, which garbage collection removes once it has deleted or orphaned the dependents.
         finalizers = list(meta.get("finalizers") or [])
-        if policy == "Foreground" and self.dependents.get(uid) and "foregroundDeletion" not in finalizers:
+        if policy == "Foreground" and "foregroundDeletion" not in finalizers:
             finalizers.append("foregroundDeletion")
+        if policy == "Orphan" and "orphan" not in finalizers:
+            finalizers.append("orphan")
         if not finalizers:
             return self._remove(rtype, old)
         new = dict(old, metadata=dict(meta, deletionTimestamp=now_rfc3339(), deletionGracePeriodSeconds=0,
@@ -123,6 +128,9 @@ class ObjectLifecycle(ObjectStorage):
         self._put(rtype, new, old=old)
         if "foregroundDeletion" in finalizers:
             self._schedule(self._collect_dependents, uid, "Foreground")
+            self._schedule(self._finish_foreground, uid)
+        if "orphan" in finalizers:
+            self._schedule(self._finish_orphan, uid)
         return new
 
     def delete_collection(self, rtype: ResourceType, namespace: str | None, predicate: ObjectFilter | None, *,
@@ -186,6 +194,24 @@ class ObjectLifecycle(ObjectStorage):
             self.delete(rtype, namespace or None, name)
         else:
             self._drop_owner_refs(rtype, obj, missing)
+
+    def _finish_orphan(self, owner_uid: str) -> None:
+        """The garbage collector's orphan finalizer: drop the owner from its dependents, then release it."""
+        self._orphan_dependents(owner_uid)
+        found = self._lookup_key(self.by_uid[owner_uid]) if owner_uid in self.by_uid else None
+        if found is None:
+            return
+        rtype, obj = found
+        finalizers = obj["metadata"].get("finalizers") or []
+        if "orphan" not in finalizers:
+            return
+        remaining = [f for f in finalizers if f != "orphan"]
+        new = dict(obj, metadata=dict(obj["metadata"], finalizers=remaining))
+        if remaining:
+            self._put(rtype, new, old=obj)
+        else:
+            del new["metadata"]["finalizers"]
+            self._remove(rtype, new)
 
     def _finish_foreground(self, owner_uid: str) -> None:
         """Release an owner in foreground deletion once its last dependent is gone."""

@@ -31,11 +31,6 @@ KNOWN_GAPS: dict[str, str] = {
                          "recording is v1.25, which does not",
     "cr-table": "the Name column's description links kubernetes.io/docs/concepts/overview/working-with-objects/"
                 "names#names, as v1.32 (the version the emulator reports) does; v1.25 linked user-guide/identifiers",
-    "watch-too-old": "a watch from an RV older than the emulator's history but newer than its start "
-                     "replays instead of answering an ERROR event with 410 Expired",
-    "cr-delete-background": "a Background delete answers the object, not a Status Success",
-    "cr-delete-foreground": "the foregroundDeletion finalizer is not shown: its effect happens directly",
-    "cr-delete-orphan": "the orphan finalizer is not shown: its effect happens directly",
     "openapi-v3-group": "the /openapi/v3 group documents carry no schemas",
     "openapi-v2": "no /openapi/v2 (Helm's client-side validation needs it)",
     "self-subject-access-review": "no authorization API",
