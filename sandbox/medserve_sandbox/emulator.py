@@ -12,8 +12,8 @@ What it emulates:
 - discovery (/api, /apis, /apis/G, /apis/G/V; the legacy documents, which kubectl falls back to
   after asking for aggregated discovery), /version, a minimal /openapi/v3 that tells kubectl to leave
   field validation to the server (kubectl then sends `fieldValidation=Strict`, honoured here);
-- core/v1 namespaces, configmaps, secrets, events, serviceaccounts, services, pods; batch/v1 jobs and
-  cronjobs; events.k8s.io/v1 events; coordination.k8s.io/v1 leases; rbac.authorization.k8s.io/v1;
+- core/v1 namespaces, configmaps, secrets, events, serviceaccounts, services, pods; apps/v1
+  deployments (stored, never rolled out); batch/v1 jobs and cronjobs; events.k8s.io/v1 events; coordination.k8s.io/v1 leases; rbac.authorization.k8s.io/v1;
   apiextensions.k8s.io/v1 customresourcedefinitions, whose create/update/delete add and remove the
   custom resources they define (ours, medserve.io; KServe's InferenceService and InferenceGraph);
 - uid, one global monotonically increasing resourceVersion, generation (bumped only when something
@@ -49,14 +49,15 @@ What it does NOT emulate:
 - consistent pagination (`limit`/`continue` page in key order with the real token format and
   `remainingItemCount`, but later pages show objects as they are now), aggregated discovery, protobuf
   responses (answers are JSON; protobuf request bodies are decoded only for the four kinds that
-  `kubectl create namespace|configmap|secret|serviceaccount` send, see protobuf.py);
+  `kubectl create namespace|configmap|secret|serviceaccount` send and the DeleteOptions of typed
+  clients' deletes, see protobuf.py);
 - controllers other than garbage collection and namespace/CRD cleanup: no scheduler, no kubelet, no
   Job or CronJob controller, no Service endpoints (the sandbox's stand-ins do that through the API);
 - per-kind field selector restrictions (any dotted path is accepted), graceful pod termination,
   the namespace's "kubernetes" finalizer (its effect happens directly; Foreground and Orphan
   deletes show their foregroundDeletion/orphan finalizers until collection, as on the real server);
 - one storage for core/v1 and events.k8s.io/v1 Events (they are two separate resources here), and
-  metadata.generation on built-in kinds other than Jobs, CronJobs and CRDs.
+  metadata.generation on built-in kinds other than Deployments, Jobs, CronJobs and CRDs.
 
 Held against a real kube-apiserver: tests/sandbox/integration/test_recorded_answers.py replays a
 scripted set of requests (tests/support/apiscript.py) and compares with the answers recorded from
@@ -64,7 +65,7 @@ v1.25.0 (tests/sandbox/data/apiserver/answers.json). Recorded behaviours it stil
 each a strict xfail there (KNOWN_GAPS) until fixed: CRD creation is not checked against the
 structural-schema rules (a described root `metadata`, an empty default under a CEL rule are both
 accepted; the real server answers 422 naming the field); /openapi/v3 group documents carry no
-schemas and there is no /openapi/v2 (so Helm 4's `install` fails against the emulator); no
+schemas and there is no /openapi/v2 (Helm 4 installs without it; `kubectl explain` needs them); no
 SelfSubjectAccessReview; built-in kinds are not defaulted (a Job's backoffLimit, completions,
 parallelism, completionMode, suspend, pod-template labels and container defaults), and Job
 conditions are not echoed with the null lastProbeTime/lastTransitionTime their Go type serialises.

@@ -95,6 +95,7 @@ def builtin_types() -> list[ResourceType]:
         _builtin("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
         _builtin("", "v1", "services", "Service", status=True, short_names=["svc"], categories=["all"]),
         _builtin("", "v1", "pods", "Pod", status=True, short_names=["po"], categories=["all"]),
+        _builtin("apps", "v1", "deployments", "Deployment", status=True, short_names=["deploy"], categories=["all"]),
         _builtin("batch", "v1", "jobs", "Job", status=True, categories=["all"]),
         _builtin("batch", "v1", "cronjobs", "CronJob", status=True, short_names=["cj"], categories=["all"]),
         _builtin("events.k8s.io", "v1", "events", "Event"),

@@ -40,7 +40,7 @@ __all__ = [
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 # Built-in kinds that carry metadata.generation (custom resources always do).
-GENERATION_KINDS = frozenset({("batch", "jobs"), ("batch", "cronjobs"), CRD_KEY})
+GENERATION_KINDS = frozenset({("apps", "deployments"), ("batch", "jobs"), ("batch", "cronjobs"), CRD_KEY})
 SYSTEM_METADATA = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
 
 

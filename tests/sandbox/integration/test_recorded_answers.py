@@ -32,7 +32,7 @@ KNOWN_GAPS: dict[str, str] = {
     "cr-table": "the Name column's description links kubernetes.io/docs/concepts/overview/working-with-objects/"
                 "names#names, as v1.32 (the version the emulator reports) does; v1.25 linked user-guide/identifiers",
     "openapi-v3-group": "the /openapi/v3 group documents carry no schemas",
-    "openapi-v2": "no /openapi/v2 (Helm's client-side validation needs it)",
+    "openapi-v2": "no /openapi/v2 (Helm 4 installs without it; kubectl explain and older clients' validation need it)",
     "self-subject-access-review": "no authorization API",
     "job-create": "built-in kinds are not defaulted (backoffLimit, completions, parallelism, "
                   "completionMode, suspend, pod template labels, container defaults)",
