@@ -13,9 +13,12 @@ What it emulates:
   after asking for aggregated discovery), /version, a minimal /openapi/v3 that tells kubectl to leave
   field validation to the server (kubectl then sends `fieldValidation=Strict`, honoured here);
 - core/v1 namespaces, configmaps, secrets, events, serviceaccounts, services, pods; apps/v1
-  deployments (stored, never rolled out); batch/v1 jobs and cronjobs; events.k8s.io/v1 events; coordination.k8s.io/v1 leases; rbac.authorization.k8s.io/v1;
+  deployments (stored, never rolled out); batch/v1 jobs and cronjobs; events.k8s.io/v1 events;
+  coordination.k8s.io/v1 leases; rbac.authorization.k8s.io/v1;
   apiextensions.k8s.io/v1 customresourcedefinitions, whose create/update/delete add and remove the
   custom resources they define (ours, medserve.io; KServe's InferenceService and InferenceGraph);
+- the defaults of Jobs, Deployments, Pods and their pod templates, and conditions' unset times as
+  null, as the real server fills them in (defaults.py);
 - uid, one global monotonically increasing resourceVersion, generation (bumped only when something
   other than metadata and status changes), creationTimestamp, generateName, namespaces that must
   exist (default, kube-system, kube-public and kube-node-lease are pre-created), List kinds with
@@ -66,13 +69,11 @@ each a strict xfail there (KNOWN_GAPS) until fixed: CRD creation is not checked 
 structural-schema rules (a described root `metadata`, an empty default under a CEL rule are both
 accepted; the real server answers 422 naming the field); /openapi/v3 group documents carry no
 schemas and there is no /openapi/v2 (Helm 4 installs without it; `kubectl explain` needs them); no
-SelfSubjectAccessReview; built-in kinds are not defaulted (a Job's backoffLimit, completions,
-parallelism, completionMode, suspend, pod-template labels and container defaults), and Job
-conditions are not echoed with the null lastProbeTime/lastTransitionTime their Go type serialises.
-Why: each is emulator work not done yet, not a choice; the recording is the specification for it.
-Two differences are the versions, not gaps: the emulator answers as v1.32 (the version it reports)
-where v1.25 answered otherwise (the Table's Name column description; 1.28+'s "some validation rules
-were not checked" cause on an invalid custom resource).
+SelfSubjectAccessReview. Why: each is emulator work not done yet, not a choice; the recording is the
+specification for it. Three differences are the versions, not gaps: the emulator answers as v1.32
+(the version it reports) where v1.25 answered otherwise (the Table's Name column description;
+1.28+'s "some validation rules were not checked" cause on an invalid custom resource; 1.27+'s
+batch.kubernetes.io/ labels on a Job's pod template).
 When KServe's CRD files are not found, InferenceService and InferenceGraph are still served, with a
 schema that accepts anything (a warning says so at startup).
 

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from medserve_sandbox import managedfields, patches
+from medserve_sandbox import defaults, managedfields, patches
 from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid, not_found
 from medserve_sandbox.lifecycle import ObjectLifecycle
 from medserve_sandbox.objects import Obj, clone, content, drop_empty_metadata, now_rfc3339
@@ -161,6 +161,7 @@ class Store(ObjectLifecycle):
             body.pop("status", None)
         self._prepare_builtin(rtype, body)
         obj, warnings = self._admit(rtype, body, None, field_validation)
+        defaults.conditions_as_go(rtype.key, obj)
         self._set_managed_fields(rtype, version, None, obj, None, field_manager, applied)
         drop_empty_metadata(obj["metadata"])
         if rtype.key == CRD_KEY:
@@ -176,7 +177,9 @@ class Store(ObjectLifecycle):
         return WriteResult(obj, warnings, created=True)
 
     def _prepare_builtin(self, rtype: ResourceType, obj: Obj) -> None:
-        """What the real server's create strategies fill in for the built-in kinds we serve."""
+        """What the real server's create strategies and defaulting fill in for the built-in kinds we serve."""
+        if not rtype.custom:
+            defaults.on_create(rtype.key, obj)
         match rtype.key:
             case ("", "namespaces"):
                 obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
@@ -368,6 +371,7 @@ class Store(ObjectLifecycle):
                               f"Forbidden: no new finalizers can be added if the object is being deleted, "
                               f"found new finalizers {sorted(added)}", "FieldValueForbidden")
         new, warnings = self._admit(rtype, new, old, field_validation)
+        defaults.conditions_as_go(rtype.key, new)
         self._set_managed_fields(rtype, version, subresource, new, old, field_manager, applied)
         new_meta = new["metadata"]
         with_status = rtype.has_status(version)
