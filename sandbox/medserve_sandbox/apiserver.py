@@ -234,6 +234,8 @@ class ApiServer(KubernetesEmulator):
             return _json_response(discovery.group_list(self.store))
         if path == "/openapi/v3":
             return _json_response(discovery.openapi_index(self.store))
+        if path == "/openapi/v2":
+            return _json_response(discovery.openapi_v2(self.store))
         if path.startswith("/openapi/v3/"):
             return _json_response(discovery.openapi_group_version(self.store, path.removeprefix("/openapi/v3/")))
         segments = path.strip("/").split("/")
