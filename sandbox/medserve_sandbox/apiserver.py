@@ -47,6 +47,10 @@ PATCH_TYPES = {
 }
 # Kinds whose storage answers a delete with the deleted object (ReturnDeletedObject in their registries).
 RETURN_DELETED_OBJECT = frozenset({("", "pods"), ("", "services"), ("", "serviceaccounts")})
+# The authorization API's reviews, answered (never stored) by ApiServer._review.
+REVIEWS = {"selfsubjectaccessreviews": "SelfSubjectAccessReview", "subjectaccessreviews": "SubjectAccessReview",
+           "localsubjectaccessreviews": "LocalSubjectAccessReview",
+           "selfsubjectrulesreviews": "SelfSubjectRulesReview"}
 SERVER_VERSION = {
     "major": "1",
     "minor": "32",
@@ -215,6 +219,9 @@ class ApiServer(KubernetesEmulator):
     async def _route(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
         resource_path = parse_resource_path(path)
+        if resource_path is not None and resource_path.group == "authorization.k8s.io" \
+                and resource_path.plural in REVIEWS:
+            return await self._review(raw, resource_path)
         if resource_path is not None:
             return await self._serve_resource(raw, resource_path)
         if raw.method != "GET":
@@ -251,6 +258,26 @@ class ApiServer(KubernetesEmulator):
         if path == "/":
             return _json_response({"paths": sorted(discovery.root_paths(self.store))})
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    async def _review(self, raw: aiohttp.web.BaseRequest, where: ResourcePath) -> aiohttp.web.Response:
+        """The authorization API: the emulator authorizes every request (kube-apiserver's AlwaysAllow
+        authorizer), so every review answers allowed; the review is echoed, never stored."""
+        if raw.method != "POST" or where.name is not None or where.version != "v1":
+            raise ApiError(405 if raw.method != "POST" else 404, "MethodNotAllowed" if raw.method != "POST"
+                           else "NotFound", "the server could not find the requested resource")
+        body = await self._read_body(raw)
+        kind = REVIEWS[where.plural]
+        if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
+            raise ApiError(422, "Invalid", f'{kind}.authorization.k8s.io "" is invalid: spec: Required value',
+                           {"group": "authorization.k8s.io", "kind": kind, "causes": [
+                               {"reason": "FieldValueRequired", "message": "Required value", "field": "spec"}]})
+        status: Obj = {"allowed": True}
+        if kind == "SelfSubjectRulesReview":
+            status = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                      "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
+        return _json_response({"kind": kind, "apiVersion": "authorization.k8s.io/v1",
+                               "metadata": {"creationTimestamp": None}, "spec": body["spec"], "status": status},
+                              status=201)
 
     # ---------------------------------------------------------------- resources
 

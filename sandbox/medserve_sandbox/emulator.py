@@ -10,8 +10,9 @@ subresource or validation semantics. The store (store.py) and the routes (apiser
 
 What it emulates:
 - discovery (/api, /apis, /apis/G, /apis/G/V; the legacy documents, which kubectl falls back to
-  after asking for aggregated discovery), /version, a minimal /openapi/v3 that tells kubectl to leave
-  field validation to the server (kubectl then sends `fieldValidation=Strict`, honoured here);
+  after asking for aggregated discovery), /version, /openapi/v3 that tells kubectl to leave field
+  validation to the server (kubectl then sends `fieldValidation=Strict`, honoured here) and, with
+  /openapi/v2, publishes the custom resources' schemas (`kubectl explain`);
 - core/v1 namespaces, configmaps, secrets, events, serviceaccounts, services, pods; apps/v1
   deployments (stored, never rolled out); batch/v1 jobs and cronjobs; events.k8s.io/v1 events;
   coordination.k8s.io/v1 leases; rbac.authorization.k8s.io/v1;
@@ -45,7 +46,8 @@ What it emulates:
   warnings returned as `Warning` headers.
 
 What it does NOT emulate:
-- authentication, authorization and RBAC (RBAC objects are stored, never enforced), TLS;
+- authentication, authorization and RBAC (RBAC objects are stored, never enforced; access and rules
+  reviews, `kubectl auth can-i`, answer allowed, as kube-apiserver's AlwaysAllow authorizer), TLS;
 - admission webhooks, conversion webhooks (multi-version CRDs are served without conversion),
   validating admission policies, resource quotas, limit ranges;
 - strategic merge patch beyond a table of well-known list merge keys (see patches.py);
@@ -67,13 +69,11 @@ scripted set of requests (tests/support/apiscript.py) and compares with the answ
 v1.25.0 (tests/sandbox/data/apiserver/answers.json). Recorded behaviours it still does not reproduce,
 each a strict xfail there (KNOWN_GAPS) until fixed: CRD creation is not checked against the
 structural-schema rules (a described root `metadata`, an empty default under a CEL rule are both
-accepted; the real server answers 422 naming the field); /openapi/v3 group documents carry no
-schemas and there is no /openapi/v2 (Helm 4 installs without it; `kubectl explain` needs them); no
-SelfSubjectAccessReview. Why: each is emulator work not done yet, not a choice; the recording is the
-specification for it. Three differences are the versions, not gaps: the emulator answers as v1.32
-(the version it reports) where v1.25 answered otherwise (the Table's Name column description;
-1.28+'s "some validation rules were not checked" cause on an invalid custom resource; 1.27+'s
-batch.kubernetes.io/ labels on a Job's pod template).
+accepted; the real server answers 422 naming the field). Why: emulator work not done yet, not a
+choice; the recording is the specification for it. Three differences are the versions, not gaps:
+the emulator answers as v1.32 (the version it reports) where v1.25 answered otherwise (the Table's
+Name column description; 1.28+'s "some validation rules were not checked" cause on an invalid
+custom resource; 1.27+'s batch.kubernetes.io/ labels on a Job's pod template).
 When KServe's CRD files are not found, InferenceService and InferenceGraph are still served, with a
 schema that accepts anything (a warning says so at startup).
 

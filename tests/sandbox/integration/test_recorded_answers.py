@@ -31,7 +31,6 @@ KNOWN_GAPS: dict[str, str] = {
                          "recording is v1.25, which does not",
     "cr-table": "the Name column's description links kubernetes.io/docs/concepts/overview/working-with-objects/"
                 "names#names, as v1.32 (the version the emulator reports) does; v1.25 linked user-guide/identifiers",
-    "self-subject-access-review": "no authorization API",
     "job-create": "the emulator answers as v1.32 (the version it reports), whose Job pod templates carry the "
                   "batch.kubernetes.io/controller-uid and /job-name labels too (v1.27+); v1.25 had only the "
                   "legacy two (every default matches)",
