@@ -41,6 +41,8 @@ What it emulates:
   BOOKMARKs when asked, `sendInitialEvents`, `timeoutSeconds`;
 - server-side Table output from the CRDs' printer columns, so `kubectl get` prints them; categories
   and short names for `kubectl get medserve` / `kubectl get md`;
+- the structural-schema rules a CRD's schemas are refused for (a described root `metadata`, a
+  default its CEL rules fail on; crdschema.py);
 - admission of every write through schemas.SchemaRegistry (defaulting, pruning, validation against
   the CRD schema with its CEL rules; KServe's schemas; core kinds with kubernetes-validate), its
   warnings returned as `Warning` headers.
@@ -66,14 +68,11 @@ What it does NOT emulate:
 
 Held against a real kube-apiserver: tests/sandbox/integration/test_recorded_answers.py replays a
 scripted set of requests (tests/support/apiscript.py) and compares with the answers recorded from
-v1.25.0 (tests/sandbox/data/apiserver/answers.json). Recorded behaviours it still does not reproduce,
-each a strict xfail there (KNOWN_GAPS) until fixed: CRD creation is not checked against the
-structural-schema rules (a described root `metadata`, an empty default under a CEL rule are both
-accepted; the real server answers 422 naming the field). Why: emulator work not done yet, not a
-choice; the recording is the specification for it. Three differences are the versions, not gaps:
-the emulator answers as v1.32 (the version it reports) where v1.25 answered otherwise (the Table's
-Name column description; 1.28+'s "some validation rules were not checked" cause on an invalid
-custom resource; 1.27+'s batch.kubernetes.io/ labels on a Job's pod template).
+v1.25.0 (tests/sandbox/data/apiserver/answers.json). It reproduces every recorded answer but three,
+strict xfails there (KNOWN_GAPS), which are the versions, not gaps: the emulator answers as v1.32
+(the version it reports) where v1.25 answered otherwise (the Table's Name column description;
+1.28+'s "some validation rules were not checked" cause on an invalid custom resource; 1.27+'s
+batch.kubernetes.io/ labels on a Job's pod template).
 When KServe's CRD files are not found, InferenceService and InferenceGraph are still served, with a
 schema that accepts anything (a warning says so at startup).
 

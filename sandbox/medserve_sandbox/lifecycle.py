@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from medserve_sandbox import crdschema
 from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid
 from medserve_sandbox.objects import Obj, now_rfc3339, owner_uids
 from medserve_sandbox.resources import CrdError, GroupResource, ResourceType, type_from_crd
@@ -268,6 +269,14 @@ class ObjectLifecycle(ObjectStorage):
             new_type = type_from_crd(crd)
         except CrdError as exc:
             raise invalid(self.types[CRD_KEY], name, exc.field_path, exc.message) from exc
+        causes = crdschema.schema_causes(crd)
+        if causes:
+            summary = ", ".join(f"{field}: {message}" for field, message, _ in causes)
+            raise ApiError(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: '
+                           + (summary if len(causes) == 1 else f"[{summary}]"),
+                           {"name": name, "group": "apiextensions.k8s.io", "kind": "CustomResourceDefinition",
+                            "causes": [{"reason": reason, "message": message, "field": field}
+                                       for field, message, reason in causes]})
         existing = self.types.get(new_type.key)
         if existing is not None and not existing.custom:
             raise invalid(self.types[CRD_KEY], name, "spec.names.plural",

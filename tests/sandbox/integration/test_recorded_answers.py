@@ -25,8 +25,6 @@ from medserve_sandbox.emulator import EmulatorProcess
 RECORDED: dict[str, Any] = json.loads(apiscript.DATA.read_text())
 
 KNOWN_GAPS: dict[str, str] = {
-    "crd-metadata-described": "CRD schemas are not checked against the structural rules on create",
-    "crd-empty-default-under-cel": "CRD defaults are not validated (nor their CEL rules evaluated) on create",
     "cr-create-invalid": "the emulator adds 1.28+'s 'some validation rules were not checked' cause; the "
                          "recording is v1.25, which does not",
     "cr-table": "the Name column's description links kubernetes.io/docs/concepts/overview/working-with-objects/"
