@@ -390,8 +390,9 @@ class ApiServer(KubernetesEmulator):
                 return protobuf.decode(data)
             except protobuf.UnsupportedKind as exc:
                 raise ApiError(415, "UnsupportedMediaType",
-                               f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret and "
-                               f"ServiceAccount, not {exc}: write it as YAML and use `kubectl apply -f`") from exc
+                               f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret, "
+                               f"ServiceAccount, DeleteOptions and the authorization reviews, not {exc}: "
+                               f"write it as YAML and use `kubectl apply -f`") from exc
             except protobuf.ProtobufError as exc:
                 raise bad_request(f"the request body is not valid Kubernetes protobuf: {exc}") from exc
         declared = "Content-Type" in raw.headers
