@@ -10,6 +10,7 @@ the semantics of the objects in store.py; emulator.py starts it all.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Iterable
@@ -21,7 +22,7 @@ import attrs
 import yaml
 from kmock import KubernetesEmulator
 
-from medserve_sandbox import discovery, protobuf
+from medserve_sandbox import discovery, managedfields, protobuf
 from medserve_sandbox.resources import (
     ResourceType,
     api_group,
@@ -44,6 +45,12 @@ PATCH_TYPES = {
     "application/json-patch+json": "json",
     "application/strategic-merge-patch+json": "strategic",
 }
+# Kinds whose storage answers a delete with the deleted object (ReturnDeletedObject in their registries).
+RETURN_DELETED_OBJECT = frozenset({("", "pods"), ("", "services"), ("", "serviceaccounts")})
+# The authorization API's reviews, answered (never stored) by ApiServer._review.
+REVIEWS = {"selfsubjectaccessreviews": "SelfSubjectAccessReview", "subjectaccessreviews": "SubjectAccessReview",
+           "localsubjectaccessreviews": "LocalSubjectAccessReview",
+           "selfsubjectrulesreviews": "SelfSubjectRulesReview"}
 SERVER_VERSION = {
     "major": "1",
     "minor": "32",
@@ -101,6 +108,85 @@ def _json_response(body: Any, *, status: int = 200, content_type: str = "applica
     return response
 
 
+def _field_manager(raw: aiohttp.web.BaseRequest, *, is_apply: bool, options_kind: str) -> str:
+    """The write's field manager: `fieldManager`, else the User-Agent's prefix (k8s.io/apiserver handlers/
+    rest.go, managerOrUserAgent); an apply must name one, and only an apply may `force`
+    (k8s.io/apimachinery pkg/apis/meta/v1/validation, ValidatePatchOptions)."""
+    query = raw.query
+    given = query.get("fieldManager", "")
+    causes: list[dict[str, str]] = []
+    if is_apply and not given:
+        causes.append({"reason": "FieldValueRequired", "message": "Required value: is required for apply patch",
+                       "field": "fieldManager"})
+    if not is_apply and "force" in query:
+        causes.append({"reason": "FieldValueForbidden", "message": "Forbidden: may not be specified for "
+                       "non-apply patch", "field": "force"})
+    if len(given.encode()) > managedfields.MAX_MANAGER_LENGTH:
+        causes.append({"reason": "FieldValueTooLong", "message": "Too long: must have at most 128 bytes",
+                       "field": "fieldManager"})
+    elif any(not ch.isprintable() for ch in given):
+        causes.append({"reason": "FieldValueInvalid", "message": f"Invalid value: {json.dumps(given)}: must only "
+                       "contain printable characters", "field": "fieldManager"})
+    if causes:
+        summary = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+        summary = summary if len(causes) == 1 else f"[{summary}]"
+        raise ApiError(422, "Invalid", f'{options_kind}.meta.k8s.io "" is invalid: {summary}',
+                       {"group": "meta.k8s.io", "kind": options_kind, "causes": causes})
+    return given or managedfields.manager_from_user_agent(raw.headers.get("User-Agent", ""))
+
+
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new list "
+    "without the continue parameter, or use the continue token in this response to retrieve the remainder of the "
+    "results. Continuing with the provided token results in an inconsistent list - objects that were created, "
+    "modified, or deleted between the time the first chunk was returned and now may show up in the list."
+)
+
+
+def _page(items: list[Obj], rv: str, query: Any, *, compacted_rv: int, selected: bool) -> tuple[list[Obj], Obj]:
+    """`limit` and `continue` as the real server pages a list (k8s.io/apiserver pkg/storage/continue.go,
+    EncodeContinue / DecodeContinue, and the etcd3 store's GetList): items in key order, an opaque token
+    naming the resourceVersion of the first page and the key to start after, `remainingItemCount`
+    when no selector filters the list, 410 Expired for a token older than the kept history.
+
+    Unlike the real server, later pages show the objects as they are now, not as of the first page."""
+    meta: Obj = {"resourceVersion": rv}
+    token = query.get("continue")
+    if token:
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            token_rv = int(decoded["rv"])
+            start = str(decoded["start"])
+            if decoded.get("v") != "meta.k8s.io/v1" or not start.endswith("\x00"):
+                raise ValueError("unknown continue token")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise bad_request(f"continue key is not valid: {exc}") from exc
+        if token_rv < compacted_rv:
+            raise ApiError(410, "Expired", CONTINUE_EXPIRED)
+        after = tuple(start[:-1].split("/", 1)) if "/" in start else ("", start[:-1])
+        items = [obj for obj in items
+                 if (obj["metadata"].get("namespace", ""), obj["metadata"]["name"]) > after]
+        meta["resourceVersion"] = str(token_rv)
+    limit_text = query.get("limit")
+    if not limit_text:
+        return items, meta
+    try:
+        limit = int(limit_text)
+    except ValueError as exc:
+        raise bad_request(f"limit {limit_text!r} is not a number") from exc
+    if limit <= 0 or len(items) <= limit:
+        return items, meta
+    page, rest = items[:limit], items[limit:]
+    last = page[-1]["metadata"]
+    start = f"{last.get('namespace', '')}/{last['name']}\x00"
+    encoded = json.dumps({"v": "meta.k8s.io/v1", "rv": int(meta["resourceVersion"]), "start": start},
+                         separators=(",", ":"))
+    meta["continue"] = base64.urlsafe_b64encode(encoded.encode()).decode().rstrip("=")
+    if not selected:
+        meta["remainingItemCount"] = len(rest)
+    return page, meta
+
+
 def _wants_table(request: aiohttp.web.BaseRequest) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
@@ -133,6 +219,9 @@ class ApiServer(KubernetesEmulator):
     async def _route(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
         resource_path = parse_resource_path(path)
+        if resource_path is not None and resource_path.group == "authorization.k8s.io" \
+                and resource_path.plural in REVIEWS:
+            return await self._review(raw, resource_path)
         if resource_path is not None:
             return await self._serve_resource(raw, resource_path)
         if raw.method != "GET":
@@ -152,6 +241,8 @@ class ApiServer(KubernetesEmulator):
             return _json_response(discovery.group_list(self.store))
         if path == "/openapi/v3":
             return _json_response(discovery.openapi_index(self.store))
+        if path == "/openapi/v2":
+            return _json_response(discovery.openapi_v2(self.store))
         if path.startswith("/openapi/v3/"):
             return _json_response(discovery.openapi_group_version(self.store, path.removeprefix("/openapi/v3/")))
         segments = path.strip("/").split("/")
@@ -167,6 +258,26 @@ class ApiServer(KubernetesEmulator):
         if path == "/":
             return _json_response({"paths": sorted(discovery.root_paths(self.store))})
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    async def _review(self, raw: aiohttp.web.BaseRequest, where: ResourcePath) -> aiohttp.web.Response:
+        """The authorization API: the emulator authorizes every request (kube-apiserver's AlwaysAllow
+        authorizer), so every review answers allowed; the review is echoed, never stored."""
+        if raw.method != "POST" or where.name is not None or where.version != "v1":
+            raise ApiError(405 if raw.method != "POST" else 404, "MethodNotAllowed" if raw.method != "POST"
+                           else "NotFound", "the server could not find the requested resource")
+        body = await self._read_body(raw)
+        kind = REVIEWS[where.plural]
+        if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
+            raise ApiError(422, "Invalid", f'{kind}.authorization.k8s.io "" is invalid: spec: Required value',
+                           {"group": "authorization.k8s.io", "kind": kind, "causes": [
+                               {"reason": "FieldValueRequired", "message": "Required value", "field": "spec"}]})
+        status: Obj = {"allowed": True}
+        if kind == "SelfSubjectRulesReview":
+            status = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                      "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
+        return _json_response({"kind": kind, "apiVersion": "authorization.k8s.io/v1",
+                               "metadata": {"creationTimestamp": None}, "spec": body["spec"], "status": status},
+                              status=201)
 
     # ---------------------------------------------------------------- resources
 
@@ -192,22 +303,32 @@ class ApiServer(KubernetesEmulator):
                     return self._table(rtype, version, [obj], store.rv)
                 return _json_response(obj)
             items, rv = store.list_objects(rtype, namespace, predicate, field_selector_name(query.get("fieldSelector")))
+            items, list_meta = _page(items, rv, query, compacted_rv=store.logs[rtype.key].compacted_rv,
+                                     selected=bool(query.get("labelSelector") or query.get("fieldSelector")))
+            if rtype.custom:
+                # Unstructured lists always carry `continue` (UnstructuredList.SetContinue), "" on the last page.
+                list_meta.setdefault("continue", "")
             items = [self._present(rtype, version, obj) for obj in items]
             if _wants_table(raw):
-                return self._table(rtype, version, items, store.rv)
+                table = self._render_table(rtype, version, items, store.rv)
+                table["metadata"] = list_meta
+                return _json_response(table, content_type="application/json;as=Table;v=v1;g=meta.k8s.io")
             return _json_response({
                 "apiVersion": rtype.api_version(version), "kind": f"{rtype.kind}List",
-                "metadata": {"resourceVersion": rv}, "items": items,
+                "metadata": list_meta, "items": items,
             })
         body = await self._read_body(raw)
         field_validation = query.get("fieldValidation", "Warn")
         if field_validation not in {"Strict", "Warn", "Ignore"}:
             raise bad_request(f"fieldValidation {field_validation!r} must be one of Strict, Warn, Ignore")
+        is_apply = method == "PATCH" and raw.content_type.startswith("application/apply-patch")
+        field_manager = _field_manager(raw, is_apply=is_apply, options_kind="PatchOptions" if method == "PATCH"
+                                       else "UpdateOptions" if method == "PUT" else "CreateOptions")
         if method == "POST":
             if where.name is not None:
                 raise ApiError(405, "MethodNotAllowed", "POST is only allowed on a collection")
             result = store.create(rtype, version, namespace, body, dry_run=dry_run,
-                                  field_validation=field_validation)
+                                  field_validation=field_validation, field_manager=field_manager)
             return _json_response(self._present(rtype, version, result.obj), status=201, warnings=result.warnings)
         if method == "DELETE":
             options = body if isinstance(body, dict) else {}
@@ -226,23 +347,35 @@ class ApiServer(KubernetesEmulator):
                 })
             obj = store.delete(rtype, namespace, where.name, propagation=propagation,
                                preconditions=options.get("preconditions"), dry_run=dry_run)
-            return _json_response(self._present(rtype, version, obj))
+            if obj["metadata"].get("deletionTimestamp") or rtype.key in RETURN_DELETED_OBJECT:
+                return _json_response(self._present(rtype, version, obj))
+            # Deleted at once: a Status, as k8s.io/apiserver registry/generic/registry/store.go
+            # finalizeDelete answers unless the kind's storage sets ReturnDeletedObject.
+            return _json_response({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": where.name, "group": rtype.group, "kind": rtype.plural,
+                            "uid": obj["metadata"].get("uid")},
+            })
         if where.name is None:
             raise ApiError(405, "MethodNotAllowed", f"{method} needs an object name")
         if method == "PUT":
             result = store.update(rtype, version, namespace, where.name, body, subresource=where.subresource,
-                                  dry_run=dry_run, field_validation=field_validation)
+                                  dry_run=dry_run, field_validation=field_validation, field_manager=field_manager)
+        elif is_apply:
+            result = store.apply(rtype, version, namespace, where.name, body, field_manager=field_manager,
+                                 force=query.get("force") in {"true", "1"}, subresource=where.subresource,
+                                 dry_run=dry_run, field_validation=field_validation)
+            if result.created:
+                return _json_response(self._present(rtype, version, result.obj), status=201,
+                                      warnings=result.warnings)
         elif method == "PATCH":
             content_type = raw.content_type
-            if content_type.startswith("application/apply-patch"):
-                raise ApiError(415, "UnsupportedMediaType",
-                               "server-side apply is not supported by the medserve emulator: use "
-                               "`kubectl apply` without --server-side")
             patch_type = PATCH_TYPES.get(content_type)
             if patch_type is None:
                 raise ApiError(415, "UnsupportedMediaType", f"unsupported patch content type {content_type!r}")
             result = store.patch(rtype, version, namespace, where.name, patch_type, body,
-                                 subresource=where.subresource, dry_run=dry_run, field_validation=field_validation)
+                                 subresource=where.subresource, dry_run=dry_run, field_validation=field_validation,
+                                 field_manager=field_manager)
         else:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
         return _json_response(self._present(rtype, version, result.obj), warnings=result.warnings)
@@ -257,8 +390,9 @@ class ApiServer(KubernetesEmulator):
                 return protobuf.decode(data)
             except protobuf.UnsupportedKind as exc:
                 raise ApiError(415, "UnsupportedMediaType",
-                               f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret and "
-                               f"ServiceAccount, not {exc}: write it as YAML and use `kubectl apply -f`") from exc
+                               f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret, "
+                               f"ServiceAccount, DeleteOptions and the authorization reviews, not {exc}: "
+                               f"write it as YAML and use `kubectl apply -f`") from exc
             except protobuf.ProtobufError as exc:
                 raise bad_request(f"the request body is not valid Kubernetes protobuf: {exc}") from exc
         declared = "Content-Type" in raw.headers
@@ -267,7 +401,7 @@ class ApiServer(KubernetesEmulator):
                            f"the body of the request was in an unknown format ({raw.content_type}) - accepted "
                            f"media types include: application/json, application/yaml")
         try:
-            if "yaml" in raw.content_type and not raw.content_type.startswith("application/apply-patch"):
+            if "yaml" in raw.content_type:
                 return yaml.safe_load(data)
             return json.loads(data)
         except (ValueError, yaml.YAMLError) as exc:

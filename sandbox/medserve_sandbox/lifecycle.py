@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from medserve_sandbox import crdschema
 from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid
 from medserve_sandbox.objects import Obj, now_rfc3339, owner_uids
 from medserve_sandbox.resources import CrdError, GroupResource, ResourceType, type_from_crd
@@ -109,13 +110,18 @@ class ObjectLifecycle(ObjectStorage):
         if rtype.key == CRD_KEY:
             return self._terminate_crd(rtype, old)
         uid = meta["uid"]
-        if policy == "Orphan":
-            self._orphan_dependents(uid)
         if meta.get("deletionTimestamp"):
+            if policy == "Orphan":
+                self._orphan_dependents(uid)
             return old
+        # As the real server (k8s.io/apiserver pkg/registry/generic/registry/store.go,
+        # updateForGracefulDeletionAndFinalizers): Foreground and Orphan show as the foregroundDeletion and
+        # orphan finalizers, which garbage collection removes once it has deleted or orphaned the dependents.
         finalizers = list(meta.get("finalizers") or [])
-        if policy == "Foreground" and self.dependents.get(uid) and "foregroundDeletion" not in finalizers:
+        if policy == "Foreground" and "foregroundDeletion" not in finalizers:
             finalizers.append("foregroundDeletion")
+        if policy == "Orphan" and "orphan" not in finalizers:
+            finalizers.append("orphan")
         if not finalizers:
             return self._remove(rtype, old)
         new = dict(old, metadata=dict(meta, deletionTimestamp=now_rfc3339(), deletionGracePeriodSeconds=0,
@@ -123,6 +129,9 @@ class ObjectLifecycle(ObjectStorage):
         self._put(rtype, new, old=old)
         if "foregroundDeletion" in finalizers:
             self._schedule(self._collect_dependents, uid, "Foreground")
+            self._schedule(self._finish_foreground, uid)
+        if "orphan" in finalizers:
+            self._schedule(self._finish_orphan, uid)
         return new
 
     def delete_collection(self, rtype: ResourceType, namespace: str | None, predicate: ObjectFilter | None, *,
@@ -187,6 +196,24 @@ class ObjectLifecycle(ObjectStorage):
         else:
             self._drop_owner_refs(rtype, obj, missing)
 
+    def _finish_orphan(self, owner_uid: str) -> None:
+        """The garbage collector's orphan finalizer: drop the owner from its dependents, then release it."""
+        self._orphan_dependents(owner_uid)
+        found = self._lookup_key(self.by_uid[owner_uid]) if owner_uid in self.by_uid else None
+        if found is None:
+            return
+        rtype, obj = found
+        finalizers = obj["metadata"].get("finalizers") or []
+        if "orphan" not in finalizers:
+            return
+        remaining = [f for f in finalizers if f != "orphan"]
+        new = dict(obj, metadata=dict(obj["metadata"], finalizers=remaining))
+        if remaining:
+            self._put(rtype, new, old=obj)
+        else:
+            del new["metadata"]["finalizers"]
+            self._remove(rtype, new)
+
     def _finish_foreground(self, owner_uid: str) -> None:
         """Release an owner in foreground deletion once its last dependent is gone."""
         found = self._lookup_key(self.by_uid[owner_uid]) if owner_uid in self.by_uid else None
@@ -242,6 +269,14 @@ class ObjectLifecycle(ObjectStorage):
             new_type = type_from_crd(crd)
         except CrdError as exc:
             raise invalid(self.types[CRD_KEY], name, exc.field_path, exc.message) from exc
+        causes = crdschema.schema_causes(crd)
+        if causes:
+            summary = ", ".join(f"{field}: {message}" for field, message, _ in causes)
+            raise ApiError(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: '
+                           + (summary if len(causes) == 1 else f"[{summary}]"),
+                           {"name": name, "group": "apiextensions.k8s.io", "kind": "CustomResourceDefinition",
+                            "causes": [{"reason": reason, "message": message, "field": field}
+                                       for field, message, reason in causes]})
         existing = self.types.get(new_type.key)
         if existing is not None and not existing.custom:
             raise invalid(self.types[CRD_KEY], name, "spec.names.plural",

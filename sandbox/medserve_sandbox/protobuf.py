@@ -2,7 +2,9 @@
 
 `kubectl create namespace|configmap|secret|serviceaccount` POST their object as
 `application/vnd.kubernetes.protobuf` (and client-go does not retry as JSON on 415), so the emulator
-decodes those four kinds (with their ObjectMeta) into the same dicts a JSON body gives. The field
+decodes those four kinds (with their ObjectMeta) into the same dicts a JSON body gives, and the
+DeleteOptions that typed clients (Helm's uninstall) send with a DELETE, and the access and rules
+reviews of `kubectl auth can-i`. The field
 numbers come from k8s.io/api/core/v1/generated.proto and k8s.io/apimachinery/.../meta/v1/generated.proto.
 Any other kind raises UnsupportedKind, which the server answers with 415 and a hint to use
 `kubectl apply -f` (JSON) instead.
@@ -53,6 +55,25 @@ KINDS: dict[tuple[str, str], Schema] = {
         3: ("imagePullSecrets", ("repeated", {1: ("name", "string")})),
         4: ("automountServiceAccountToken", "bool"),
     },
+}
+# k8s.io/apimachinery pkg/apis/meta/v1/generated.proto: what client-go's typed clients send with a DELETE
+# (Helm's uninstall deletes its release Secrets so).
+DELETE_OPTIONS: Schema = {
+    1: ("gracePeriodSeconds", "int"), 2: ("preconditions", {1: ("uid", "string"), 2: ("resourceVersion", "string")}),
+    3: ("orphanDependents", "bool"), 4: ("propagationPolicy", "string"), 5: ("dryRun", ("repeated", "string")),
+}
+KINDS[("v1", "DeleteOptions")] = KINDS[("meta.k8s.io/v1", "DeleteOptions")] = DELETE_OPTIONS
+# k8s.io/api authorization/v1 generated.proto: `kubectl auth can-i` POSTs its review as protobuf.
+RESOURCE_ATTRIBUTES: Schema = {1: ("namespace", "string"), 2: ("verb", "string"), 3: ("group", "string"),
+                               4: ("version", "string"), 5: ("resource", "string"), 6: ("subresource", "string"),
+                               7: ("name", "string")}
+KINDS[("authorization.k8s.io/v1", "SelfSubjectAccessReview")] = {
+    1: ("metadata", OBJECT_META),
+    2: ("spec", {1: ("resourceAttributes", RESOURCE_ATTRIBUTES),
+                 2: ("nonResourceAttributes", {1: ("path", "string"), 2: ("verb", "string")})}),
+}
+KINDS[("authorization.k8s.io/v1", "SelfSubjectRulesReview")] = {
+    1: ("metadata", OBJECT_META), 2: ("spec", {1: ("namespace", "string")}),
 }
 UNKNOWN: Schema = {1: ("typeMeta", {1: ("apiVersion", "string"), 2: ("kind", "string")}), 2: ("raw", "raw")}
 
@@ -112,8 +133,8 @@ def _scalar(kind: Any, value: int | bytes) -> Any:
             return base64.b64encode(value).decode() if isinstance(value, bytes) else ""
         case "raw":
             return value
-        case "int":
-            return value if isinstance(value, int) else 0
+        case "int":  # int64 varints are two's complement
+            return (value - (1 << 64) if value >= 1 << 63 else value) if isinstance(value, int) else 0
         case "bool":
             return bool(value)
         case "time":

@@ -226,8 +226,9 @@ def openapi_v3_group_version(group: str, version: str, types: list[ResourceType]
 
     kubectl reads it only to learn whether the server validates fields itself (a PATCH operation per
     kind with the `fieldValidation` query parameter); when it does, kubectl skips its client-side
-    schema validation and sends `fieldValidation=Strict`, which this emulator honours. No component
-    schemas are published, so kubectl computes strategic merge patches from its compiled-in types.
+    schema validation and sends `fieldValidation=Strict`, which this emulator honours. The built-in
+    kinds' schemas are not published, so kubectl computes strategic merge patches from its compiled-in
+    types; discovery.py adds the custom resources' schemas.
     """
     prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
     paths: dict[str, Any] = {}

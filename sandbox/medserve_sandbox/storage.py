@@ -63,7 +63,9 @@ class ObjectStorage:
     def _register(self, rtype: ResourceType) -> None:
         self.types[rtype.key] = rtype
         self.objects.setdefault(rtype.key, {})
-        self.logs.setdefault(rtype.key, EventLog(self.watch_history))
+        # A resource's history starts when it starts being served (the real server's watch cache starts
+        # from a list at that resourceVersion): a watch from before then is too old (410 Expired).
+        self.logs.setdefault(rtype.key, EventLog(self.watch_history, compacted_rv=self.rv))
         self.types_generation += 1
 
     def _unregister(self, key: GroupResource) -> None:

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from medserve_sandbox import kserve_webhooks, patches
+from medserve_sandbox import defaults, kserve_webhooks, managedfields, patches
 from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid, not_found
 from medserve_sandbox.lifecycle import ObjectLifecycle
 from medserve_sandbox.objects import Obj, clone, content, drop_empty_metadata, now_rfc3339
@@ -122,7 +122,9 @@ class Store(ObjectLifecycle):
         return namespace
 
     def create(self, rtype: ResourceType, version: str, namespace: str | None, body: Any, *,
-               dry_run: bool = False, field_validation: str = "Warn") -> WriteResult:
+               dry_run: bool = False, field_validation: str = "Warn", field_manager: str | None = None,
+               applied: managedfields.Applied | None = None) -> WriteResult:
+        """POST. `field_manager` records the write in managedFields (an apply passes `applied` instead)."""
         meta = self._check_type_meta(rtype, version, body)
         namespace = self._check_namespace(rtype, namespace, meta)
         if namespace is not None:
@@ -165,6 +167,8 @@ class Store(ObjectLifecycle):
             body.pop("status", None)
         self._prepare_builtin(rtype, body)
         obj, warnings = self._admit(rtype, body, None, field_validation)
+        defaults.conditions_as_go(rtype.key, obj)
+        self._set_managed_fields(rtype, version, None, obj, None, field_manager, applied)
         drop_empty_metadata(obj["metadata"])
         if rtype.key == CRD_KEY:
             new_type = self._check_crd(obj)
@@ -179,7 +183,9 @@ class Store(ObjectLifecycle):
         return WriteResult(obj, warnings, created=True)
 
     def _prepare_builtin(self, rtype: ResourceType, obj: Obj) -> None:
-        """What the real server's create strategies fill in for the built-in kinds we serve."""
+        """What the real server's create strategies and defaulting fill in for the built-in kinds we serve."""
+        if not rtype.custom:
+            defaults.on_create(rtype.key, obj)
         match rtype.key:
             case ("", "namespaces"):
                 obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
@@ -206,7 +212,7 @@ class Store(ObjectLifecycle):
 
     def update(self, rtype: ResourceType, version: str, namespace: str | None, name: str, body: Any, *,
                subresource: str | None = None, dry_run: bool = False,
-               field_validation: str = "Warn") -> WriteResult:
+               field_validation: str = "Warn", field_manager: str | None = None) -> WriteResult:
         old = self.get(rtype, namespace, name)
         # Custom resources (and CRDs) do not allow unconditional updates: a PUT must name the
         # resourceVersion it replaces, as on a real server (built-in kinds like ConfigMap allow it).
@@ -215,11 +221,11 @@ class Store(ObjectLifecycle):
             raise invalid(rtype, name, "metadata.resourceVersion",
                           "Invalid value: 0x0: must be specified for an update")
         return self._update(rtype, version, namespace, name, body, old, subresource=subresource,
-                            dry_run=dry_run, field_validation=field_validation)
+                            dry_run=dry_run, field_validation=field_validation, field_manager=field_manager)
 
     def patch(self, rtype: ResourceType, version: str, namespace: str | None, name: str, patch_type: str,
               patch: Any, *, subresource: str | None = None, dry_run: bool = False,
-              field_validation: str = "Warn") -> WriteResult:
+              field_validation: str = "Warn", field_manager: str | None = None) -> WriteResult:
         old = self.get(rtype, namespace, name)
         base = clone(old)
         if base["apiVersion"] != rtype.api_version(version):
@@ -250,10 +256,80 @@ class Store(ObjectLifecycle):
         if not isinstance(patched, dict):
             raise bad_request("the patch did not produce an object")
         return self._update(rtype, version, namespace, name, patched, old, subresource=subresource,
-                            dry_run=dry_run, field_validation=field_validation)
+                            dry_run=dry_run, field_validation=field_validation, field_manager=field_manager)
+
+    # ---------------------------------------------------------------- server-side apply / managedFields
+
+    def _scope(self, rtype: ResourceType, version: str, subresource: str | None) -> managedfields.Scope:
+        if rtype.custom:
+            crd = self.find(self.types[CRD_KEY], None, f"{rtype.plural}.{rtype.group}")
+            shape = managedfields.shape_of_crd(crd, version)
+        else:
+            shape = managedfields.Shape.for_builtin()
+        return managedfields.Scope(shape, rtype.api_version(version), subresource or "",
+                                   status_reset=subresource is None and rtype.has_status(version))
+
+    def _set_managed_fields(self, rtype: ResourceType, version: str, subresource: str | None, new: Obj,
+                            old: Obj | None, field_manager: str | None,
+                            applied: managedfields.Applied | None) -> None:
+        meta = new["metadata"]
+        entries: list[Obj] | None
+        if applied is not None:
+            entries = applied.managed_fields
+        elif field_manager is not None:
+            try:
+                entries = managedfields.record_update(old, new, field_manager, self._scope(rtype, version,
+                                                                                             subresource))
+            except managedfields.ManagedFieldsError as exc:
+                raise invalid(rtype, meta.get("name", ""), "metadata.managedFields", str(exc)) from exc
+        else:
+            entries = ((old or {}).get("metadata") or {}).get("managedFields")
+        if entries:
+            meta["managedFields"] = entries
+        else:
+            meta.pop("managedFields", None)
+
+    def apply(self, rtype: ResourceType, version: str, namespace: str | None, name: str, config: Any, *,
+              field_manager: str, force: bool = False, subresource: str | None = None, dry_run: bool = False,
+              field_validation: str = "Warn") -> WriteResult:
+        """PATCH with application/apply-patch+yaml (k8s.io/apiserver handlers/patch.go, applyPatcher): an
+        apply to a missing object creates it; see managedfields.apply for the merge and the conflicts."""
+        if not isinstance(config, dict):
+            raise bad_request("the apply configuration must be a YAML or JSON object")
+        expected = rtype.api_version(version)
+        if config.get("apiVersion") != expected:
+            raise bad_request(f"Incorrect version specified in apply patch. Specified patch version: "
+                              f"{config.get('apiVersion', '')}, expected: {expected}")
+        if config.get("kind") != rtype.kind:
+            raise bad_request(f"invalid object type: {expected}, Kind={config.get('kind', '')}")
+        meta = config.get("metadata")
+        if not isinstance(meta, dict):
+            raise bad_request("the apply configuration needs metadata with a name")
+        if meta.get("managedFields") is not None:
+            raise bad_request("metadata.managedFields must be nil")
+        live = self.find(rtype, namespace, name)
+        if live is None and subresource is not None:
+            raise not_found(rtype, name)
+        scope = self._scope(rtype, version, subresource)
+        empty: Obj = {"apiVersion": expected, "kind": rtype.kind}
+        try:
+            applied = managedfields.apply(live, config, field_manager, scope, force=force, empty=empty)
+        except managedfields.ApplyConflict as exc:
+            raise ApiError(409, "Conflict", str(exc),
+                           {"causes": managedfields.conflict_causes(exc.conflicts)}) from exc
+        except managedfields.ManagedFieldsError as exc:
+            raise invalid(rtype, name, "", str(exc)) from exc
+        if live is None:
+            body = applied.obj
+            body.setdefault("metadata", {}).setdefault("name", name)
+            return self.create(rtype, version, namespace, body, dry_run=dry_run,
+                               field_validation=field_validation, applied=applied)
+        return self._update(rtype, version, namespace, name, applied.obj, live, subresource=subresource,
+                            dry_run=dry_run, field_validation=field_validation, applied=applied)
 
     def _update(self, rtype: ResourceType, version: str, namespace: str | None, name: str, body: Any,
-                old: Obj, *, subresource: str | None, dry_run: bool, field_validation: str) -> WriteResult:
+                old: Obj, *, subresource: str | None, dry_run: bool, field_validation: str,
+                field_manager: str | None = None, applied: managedfields.Applied | None = None) -> WriteResult:
         if subresource not in (None, "status"):
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({subresource})")
         if subresource == "status" and not rtype.has_status(version):
@@ -301,6 +377,8 @@ class Store(ObjectLifecycle):
                               f"Forbidden: no new finalizers can be added if the object is being deleted, "
                               f"found new finalizers {sorted(added)}", "FieldValueForbidden")
         new, warnings = self._admit(rtype, new, old, field_validation, subresource=subresource)
+        defaults.conditions_as_go(rtype.key, new)
+        self._set_managed_fields(rtype, version, subresource, new, old, field_manager, applied)
         new_meta = new["metadata"]
         with_status = rtype.has_status(version)
         spec_changed = content(new, with_status=with_status) != content(old, with_status=with_status)

@@ -51,12 +51,8 @@ def cluster(emulator_factory: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def _known_limits(cluster: Any, request: pytest.FixtureRequest) -> None:
-    if isinstance(cluster, EmulatorProcess):
-        # tests/sandbox/integration/test_recorded_answers.py: KNOWN_GAPS openapi-v2, ssa-*.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the emulator serves no /openapi/v2 (Helm "
-                                              "validates against it) and no server-side apply (Helm 4's default)"))
-    elif cluster.server_minor() < 27:
+def _known_limits(cluster: Any) -> None:
+    if not isinstance(cluster, EmulatorProcess) and cluster.server_minor() < 27:
         pytest.skip(f"the chart requires kubeVersion >=1.27; this kube-apiserver is 1.{cluster.server_minor()}")
 
 
