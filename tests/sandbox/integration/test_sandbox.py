@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from medserve_sandbox.emulator import KUBECTL as DEFAULT_KUBECTL
 
 TIMEOUT = 480
 KUBECTL = shutil.which("kubectl") or DEFAULT_KUBECTL
+# The whole demo runs inside one test: its own limit, past the sandbox's, so the session is stopped first.
+pytestmark = pytest.mark.timeout(TIMEOUT + 60)
 
 
 def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `medserve sandbox` in a session of its own; on a timeout (or the test's own) the whole session is
+    stopped, so no emulator, MLflow, operator or runtime outlives the test."""
     env = {k: v for k, v in os.environ.items() if k not in {"KUBECONFIG", "MLFLOW_TRACKING_URI"}}
-    return subprocess.run([sys.executable, "-m", "medserve_operator.cli", "sandbox", *args], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.Popen([sys.executable, "-m", "medserve_operator.cli", "sandbox", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    except BaseException:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=20)
+                break
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def table_after(output: str, command: str) -> list[list[str]]:
