@@ -241,7 +241,8 @@ def _targets(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str,
         return {"port": port, "path": "/predict", "body": clinical_body,
                 "headers": {**json_headers, "Authorization": f"Bearer {API_KEY}"},
                 "cmd": [sys.executable, "-m", "medserve_runtime", "--model_name=triage", f"--model_dir={model_dir}",
-                        f"--http_port={port}", f"--api_keys_file={keys}", f"--audit_log={work / name}.jsonl",
+                        f"--http_port={port}", f"--api_keys_file={keys}",
+                        f"--audit_log={(args.audit_dir or work) / name}.jsonl",
                         f"--max_batch_size={batch}", f"--max_latency_ms={args.max_latency_ms}",
                         "--rate_limit_per_minute=100000000", f"--device={args.device}"],
                 "env": {"MEDSERVE_PHI_HASH_KEY": "benchmark", "MEDSERVE_AUDIT_KEY": "benchmark"}}
@@ -331,6 +332,7 @@ def summarize(args: argparse.Namespace, runs: dict[str, dict[int, list[dict[str,
         "load_average": loads, "cpus": os.cpu_count(), "device": args.device,
         "model": {"hidden": args.hidden or [64, 32], "input_dim": meta["input_dim"], "classes": meta["classes"]},
         "max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms,
+        "audit_dir": str(args.audit_dir) if args.audit_dir else "temporary directory (disk)",
     })
     return result
 
@@ -436,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-latency-ms", type=float, default=2.0)
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--audit-dir", type=Path, default=None,
+                   help="where medserve's fsynced audit log goes (default: the run's temporary directory; "
+                        "/dev/shm takes the disk's fsync latency out, to see the software's own cost)")
     p.add_argument("--profile", action="store_true", help="profile medserve under load with py-spy instead")
     p.add_argument("--py-spy", default=None, help="the py-spy executable (default: on PATH)")
     p.add_argument("--top", type=int, default=25, help="frames the profile lists")
