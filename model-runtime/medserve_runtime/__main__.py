@@ -13,8 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-import kserve.model_server
-
 from medserve_runtime.loader import DEVICES, OPTIMIZATIONS
 from medserve_runtime.stats import DEFAULT_CAPACITY
 
@@ -47,7 +45,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _http_implementation(text: str) -> str:
+    if text != "httptools":
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not served: the header size and count limits (431), the header and body read "
+            "timeouts, the idle keep-alive timeout and the connection cap are enforced in the httptools "
+            "protocol (serving.LimitedHttpProtocol); h11 would serve without them")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import kserve.model_server  # parses sys.argv when imported: main() takes --http out first
+
     p = argparse.ArgumentParser(prog="medserve-runtime", parents=[kserve.model_server.parser],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Serve a clinical torch model: KServe V1/V2, the clinical API.")
@@ -126,14 +135,35 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--registry_timeout_s", type=_positive_float, default=10.0,
                         help="per MLflow registry call (connect and read), retried at most once")
     limits.add_argument("--startup_timeout_s", type=_positive_float, default=60.0,
-                        help="give up loading the first model version after this (exit 2)")
+                        help="give up loading the first model version after this (exit 2); also the longest a "
+                             "reload's registry download may take (then it is killed)")
     p.set_defaults(enable_grpc=False)
     return p
 
 
+def _take_http(argv: list[str]) -> list[str]:
+    """`argv` without uvicorn's `--http IMPL` / `--http=IMPL`, which only httptools may be (the limits are
+    enforced in its protocol). KServe's own parser would read `--http` as an abbreviation of --http_port."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--http" or arg.startswith("--http="):
+            value = arg.partition("=")[2] if "=" in arg else next(rest, "")
+            try:
+                _http_implementation(value)
+            except argparse.ArgumentTypeError as exc:
+                sys.stderr.write(f"medserve-runtime: error: argument --http: {exc}\n")
+                raise SystemExit(2) from None
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _take_http(sys.argv[1:] if argv is None else argv)
+    sys.argv = sys.argv[:1] + argv  # what kserve.model_server reads on import
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     if args.workers != 1:
         parser.error("--workers must be 1: batching and statistics live in the process (scale with replicas)")
     if args.audit_spool is not None and args.audit_dsn is None and args.audit_dsn_file is None:
@@ -142,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--prediction_cache_ttl_s needs Redis: give --redis_url (or $MEDSERVE_REDIS_URL)")
     if args.enable_grpc:
         parser.error("--enable_grpc: gRPC is not served here (it would bypass API keys and the audit log)")
+    try:
+        import httptools  # noqa: F401 - the limits live in its protocol; uvicorn would fall back to h11
+    except ImportError:
+        parser.error("httptools is not installed: the server's limits are enforced in its protocol and h11 "
+                     "is not served (install uvicorn[standard])")
+    # OpenMP's threads sleep when idle instead of spinning against the event loop; read by the OpenMP
+    # runtime when torch loads it, so set before the import below (loader.cpu_limit sets the count).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Imported after parsing: --help and argument errors answer without loading torch.
     from medserve_runtime.loader import ModelLoadError
     from medserve_runtime.server import serve

@@ -40,8 +40,10 @@ KEY_ENV = "MEDSERVE_AUDIT_KEY"
 KEY_FILE_ENV = "MEDSERVE_AUDIT_KEY_FILE"
 RESERVED = frozenset({"seq", "time", "event", "writer", "prev_hash", "hash"})
 FIELDS = (
-    "key_id", "endpoint", "status", "outcome", "latency_ms", "model_version", "prediction_id", "patient_hash",
+    "request_id", "key_id", "endpoint", "status", "outcome", "latency_ms", "model_version", "prediction_id",
+    "patient_hash",
 )  # fmt: skip
+"""A request record's fields: `request_id` is the one its access log line and `x-request-id` carry."""
 START, STOP, REQUEST = "writer_start", "writer_stop", "request"
 
 

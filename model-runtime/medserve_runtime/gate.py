@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from medserve_runtime.accesslog import note_key
+from medserve_runtime.accesslog import ROUTE_KEY, note_key, request_id
 from medserve_runtime.batching import Arrivals
 from medserve_runtime.context import RequestNote, close_note, open_note
 from medserve_runtime.groupcommit import AuditTrail, AuditUnavailable
@@ -84,6 +84,7 @@ class Gate:
             await self.app(scope, receive, send)
             return
         route = classify(scope["method"], scope["path"])
+        scope[ROUTE_KEY] = route  # for the access line
         if route.permission is None:
             if not self.audit.writable() and READINESS.match(scope["path"]):
                 await _reply(send, 503, error_body("no audit record can be made durable now", None,
@@ -180,7 +181,7 @@ class Gate:
                 self.stats.record_request(note.model_version, predictions=note.predictions, seconds=elapsed)
             if not aggregated:
                 durable = self.audit.record(
-                    key_id=key_id, endpoint=route.endpoint, status=status,
+                    request_id=request_id(scope), key_id=key_id, endpoint=route.endpoint, status=status,
                     outcome=note.outcome or _outcome(status), latency_ms=round(elapsed * 1000, 3),
                     model_version=note.model_version, prediction_id=note.prediction_id,
                     patient_hash=note.patient_hash, **note.extra)

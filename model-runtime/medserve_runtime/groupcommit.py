@@ -191,14 +191,15 @@ class AuditTrail:
         self._commit = commit
         self._sink = sink
 
-    def record(self, *, key_id: str | None, endpoint: str, status: int, outcome: str, latency_ms: float,
+    def record(self, *, request_id: str | None = None, key_id: str | None,
+               endpoint: str, status: int, outcome: str, latency_ms: float,
                model_version: str | None = None, prediction_id: str | None = None,
                patient_hash: str | None = None,
                **extra: str | int | float | None) -> concurrent.futures.Future[None]:
         """Queue one request's record; the Future resolves when it is durable (AuditUnavailable if not)."""
         if extra and not RESERVED.isdisjoint(extra):
             raise ValueError(f"audit fields {sorted(RESERVED & extra.keys())} are reserved")
-        values = (key_id, endpoint, status, outcome, latency_ms, model_version, prediction_id, patient_hash)
+        values = (request_id, key_id, endpoint, status, outcome, latency_ms, model_version, prediction_id, patient_hash)
         return self.event(REQUEST, {**dict(zip(FIELDS, values, strict=True)), **extra})
 
     def event(self, event: str, fields: Mapping[str, Any]) -> concurrent.futures.Future[None]:

@@ -2,10 +2,10 @@
 
 A source is either an MLflow registry URI (`models:/NAME/VERSION` or `models:/NAME@ALIAS`), resolved
 with a real MLflow client (`MLFLOW_TRACKING_URI`) and downloaded from the version's `model/`
-artifacts, or a local directory holding the three files (`--model_dir`, and what
-`examples/training/train.py --output-dir` writes). A directory's version label is `local-` plus the
-first 12 hex digits of model.pt's SHA-256, so that two different directories never share metric
-labels or /models statistics.
+artifacts by a child process that is killed past its deadline (registry.py), or a local directory
+holding the three files (`--model_dir`, and what `examples/training/train.py --output-dir` writes).
+A directory's version label is `local-` plus the first 12 hex digits of model.pt's SHA-256, so that
+two different directories never share metric labels or /models statistics.
 
 `dynamic-int8` quantizes the Linear layers' weights to int8 with activations quantized on the fly
 (`torch.ao.quantization.quantize_dynamic_jit`: the TorchScript form of `quantize_dynamic`, which
@@ -14,12 +14,13 @@ on a scripted module would silently change nothing because its submodules are no
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -39,7 +40,8 @@ from medserve_contract.modelspec import (
     load_reference_profile,
 )
 
-from medserve_runtime.phi import redact_secrets
+from medserve_runtime import registry
+from medserve_runtime.registry import ModelLoadError as ModelLoadError  # raised here too
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +50,28 @@ Device = Literal["cpu", "gpu"]
 OPTIMIZATIONS: tuple[Optimization, ...] = ("none", "dynamic-int8")
 DEVICES: tuple[Device, ...] = ("cpu", "gpu")
 
-_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))/?$")
+DEFAULT_FETCH_TIMEOUT_S = 60.0
 
 
-class ModelLoadError(RuntimeError):
-    """The source cannot be turned into a servable model; the message says which file or setting."""
+def cpu_limit(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its cgroup's quota (a pod's CPU limit, rounded up), else the CPUs
+    it is allowed to run on (taskset, cpusets), at least 1."""
+    allowed = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            return max(1, min(allowed, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, allowed)
+
+
+def set_torch_threads(cpus: int) -> None:
+    """One intra-op thread per CPU of the limit and one inter-op thread: more threads than CPUs only
+    take turns with the event loop (and, spinning, take its CPU)."""
+    torch.set_num_threads(cpus)
+    with contextlib.suppress(RuntimeError):  # once any parallel work ran it can no longer be changed
+        torch.set_num_interop_threads(1)
 
 
 def bound_registry_calls(timeout_s: float, *, retries: int = 1) -> None:
@@ -92,23 +111,49 @@ def is_registry_uri(source: str) -> bool:
     return source.startswith("models:/")
 
 
-def load(source: str, *, device: Device = "cpu", optimization: Optimization = "none") -> ModelBundle:
-    """Load `source` (a registry URI or a directory) and check it runs on a probe batch."""
+def load(source: str, *, device: Device = "cpu", optimization: Optimization = "none",
+         fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S) -> ModelBundle:
+    """Load `source` (a registry URI or a directory) and check it runs on a probe batch (blocking)."""
+    torch_device = _check(device, optimization)
+    if is_registry_uri(source):
+        target = Path(tempfile.mkdtemp(prefix="medserve-model-"))
+        try:
+            name, version, files = registry.fetch(source, target, timeout_s=fetch_timeout_s)
+            return _load_files(files, name=name, version=version, source=source, device=torch_device,
+                               optimization=optimization)
+        finally:
+            # Everything is in memory now; a pod's writable /tmp is small and shared.
+            shutil.rmtree(target, ignore_errors=True)
+    return _load_directory(source, torch_device, optimization)
+
+
+async def aload(source: str, *, device: Device = "cpu", optimization: Optimization = "none",
+                fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S) -> ModelBundle:
+    """`load` for the event loop (a reload): the registry download is cancelled with the awaiting task
+    or after `fetch_timeout_s` (registry.py), the files are read in a worker thread."""
+    torch_device = _check(device, optimization)
+    if not is_registry_uri(source):
+        return await asyncio.to_thread(_load_directory, source, torch_device, optimization)
+    target = Path(tempfile.mkdtemp(prefix="medserve-model-"))
+    try:
+        name, version, files = await registry.afetch(source, target, timeout_s=fetch_timeout_s)
+        return await asyncio.to_thread(_load_files, files, name=name, version=version, source=source,
+                                       device=torch_device, optimization=optimization)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _check(device: str, optimization: str) -> torch.device:
     if optimization not in OPTIMIZATIONS:
         raise ModelLoadError(f"optimization must be one of {', '.join(OPTIMIZATIONS)}, not {optimization!r}")
     torch_device = _torch_device(device)
     if optimization == "dynamic-int8" and torch_device.type != "cpu":
         raise ModelLoadError("optimization dynamic-int8 runs on CPU only (quantized Linear kernels); "
                              "use device cpu or optimization none")
-    if is_registry_uri(source):
-        target = Path(tempfile.mkdtemp(prefix="medserve-model-"))
-        try:
-            name, version, files = _download(source, target)
-            return _load_files(files, name=name, version=version, source=source, device=torch_device,
-                               optimization=optimization)
-        finally:
-            # Everything is in memory now; a pod's writable /tmp is small and shared.
-            shutil.rmtree(target, ignore_errors=True)
+    return torch_device
+
+
+def _load_directory(source: str, torch_device: torch.device, optimization: Optimization) -> ModelBundle:
     directory = Path(source.removeprefix("file://")).expanduser()
     if not directory.is_dir():
         raise ModelLoadError(f"model source {source!r} is neither a models:/NAME/VERSION URI nor a directory")
@@ -170,32 +215,3 @@ def _load_files(directory: Path, *, name: str, version: str, source: str, device
     logger.info("loaded model %s version %s from %s (%s, %s, %d inputs, %d classes)", bundle.name,
                 bundle.version, source, device, optimization, spec.input_dim, len(spec.labels))
     return bundle
-
-
-def _download(uri: str, target: Path) -> tuple[str, str, Path]:
-    """Resolve a registry URI to (name, version) and download the version's artifacts into `target`."""
-    match = _REGISTRY_URI.match(uri)
-    if match is None:
-        raise ModelLoadError(f"model URI {uri!r} must look like models:/NAME/VERSION or models:/NAME@ALIAS")
-    # Imported here: a directory-served model (tests, the benchmark) needs no MLflow client at all.
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    name = match["name"]
-    client = MlflowClient()
-    try:
-        mv = (client.get_model_version(name, match["version"]) if match["version"]
-              else client.get_model_version_by_alias(name, match["alias"]))
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(target)))
-    except MlflowException as exc:
-        # The message may carry the tracking URI, credentials and all: never print or return those.
-        raise ModelLoadError(f"cannot load {uri} from the MLflow registry: {redact_secrets(exc.message)}") \
-            from exc
-    except OSError as exc:  # requests' ConnectionError/Timeout after the retries, a full disk
-        raise ModelLoadError(f"cannot load {uri} from the MLflow registry: {type(exc).__name__}: "
-                             f"{redact_secrets(str(exc))[:500]}") from exc
-    # The version's source is normally the run's `model/` folder; a source one level up holds it.
-    files = local if (local / MODEL_FILE).is_file() else local / "model"
-    return name, str(mv.version), files

@@ -31,6 +31,12 @@ counter the sex, the class counter the diagnosis). So
   cohorts: a version's records are held back until at least `min_cohort` (`--metrics_min_cohort`,
   default 10) have arrived, then published together, so any change between two scrapes mixes at
   least that many patients. At most min_cohort - 1 records per version are unpublished at a time.
+- the feedback series (correct / incorrect) and the request-duration histogram are released the same
+  way, per version: a feedback or a request's latency is held until its version has `min_cohort` of
+  them, so a scrape difference never shows whether one prediction was right, nor one request's
+  latency, endpoint or status. (Rare series, a lone 500 say, show up in steps of the cohort.)
+  The held observations are plain list appends on the event loop (the only writer): no lock and no
+  prometheus_client call per request, which is also what keeps them off the hot path.
 - `/metrics` can require a scrape token (`--metrics_token_file`; api.py), so that only the
   Prometheus holding it reads even these.
 """
@@ -41,6 +47,7 @@ import bisect
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -153,6 +160,9 @@ class RuntimeMetrics:
         self.min_cohort = min_cohort
         self._cohorts: dict[str, _Cohort] = {}
         self._cohort_lock = threading.Lock()
+        # Per version: held request durations (endpoint, code, seconds) and feedback outcomes.
+        self._held_requests: dict[str, list[tuple[str, int, float]]] = {}
+        self._held_feedback: dict[str, list[bool]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         labels = _MODEL_VERSION
         self.request_duration = Histogram(
@@ -201,7 +211,21 @@ class RuntimeMetrics:
         self.model_info.labels(self.model, version, source, device, optimization).set(1)
 
     def observe_request(self, version: str, endpoint: str, code: int, seconds: float) -> None:
-        self.request_duration.labels(self.model, version, endpoint, str(code)).observe(seconds)
+        """Hold the request's duration until its version has a cohort of them (event loop only)."""
+        held = self._held_requests.get(version)
+        if held is None:
+            held = self._held_requests[version] = []
+        held.append((endpoint, code, seconds))
+        if len(held) < self.min_cohort:
+            return
+        self._held_requests[version] = []
+        series: dict[tuple[str, int], Any] = {}
+        for endpoint_, code_, seconds_ in held:
+            child = series.get((endpoint_, code_))
+            if child is None:
+                child = series[endpoint_, code_] = self.request_duration.labels(self.model, version, endpoint_,
+                                                                               str(code_))
+            child.observe(seconds_)
 
     def observe_predictions(self, version: str, labels: Iterable[str], confidences: Iterable[float],
                             raws: Iterable[Mapping[str, Raw]]) -> None:
@@ -230,8 +254,17 @@ class RuntimeMetrics:
         self.batch_size.labels(self.model, version).observe(rows)
 
     def observe_feedback(self, version: str, correct: bool) -> None:
-        outcome = names.OUTCOME_CORRECT if correct else names.OUTCOME_INCORRECT
-        self.feedback.labels(self.model, version, outcome).inc()
+        """Hold the outcome until its version has a cohort of them (event loop only)."""
+        held = self._held_feedback.setdefault(version, [])
+        held.append(correct)
+        if len(held) < self.min_cohort:
+            return
+        del self._held_feedback[version]
+        right = sum(held)
+        if right:
+            self.feedback.labels(self.model, version, names.OUTCOME_CORRECT).inc(right)
+        if len(held) - right:
+            self.feedback.labels(self.model, version, names.OUTCOME_INCORRECT).inc(len(held) - right)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

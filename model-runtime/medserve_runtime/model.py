@@ -30,7 +30,7 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from medserve_contract.modelspec import FeatureError, Raw
 
-from medserve_runtime import loader, wire
+from medserve_runtime import loader, registry, wire
 from medserve_runtime.batching import Arrivals, BatcherClosed, MicroBatcher
 from medserve_runtime.context import current_note
 from medserve_runtime.errors import InvalidRecord, VersionUnavailable
@@ -61,8 +61,11 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
     def __init__(self, name: str, source: str, *, device: Device, optimization: Optimization,
                  max_batch_size: int, max_latency_ms: float, metrics: RuntimeMetrics, stats: VersionStats,
                  predictions: PredictionLog, arrivals: Arrivals | None = None,
-                 cache: PredictionCache | None = None) -> None:
+                 cache: PredictionCache | None = None,
+                 fetch_timeout_s: float = loader.DEFAULT_FETCH_TIMEOUT_S) -> None:
         super().__init__(name)
+        self.fetch_timeout_s = fetch_timeout_s
+        """Longest a registry download may take (then it is killed: registry.py)."""
         self.cache = cache
         self.source = source
         self.device: Device = device
@@ -84,20 +87,26 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
     # --- lifecycle -------------------------------------------------------------------------------
 
     def load(self) -> bool:
-        bundle = loader.load(self.source, device=self.device, optimization=self.optimization)
+        bundle = loader.load(self.source, device=self.device, optimization=self.optimization,
+                             fetch_timeout_s=self.fetch_timeout_s)
         self._warm_up(bundle)
         self._serving = self._activate(bundle)
         self.ready = True
         return bool(self.ready)
 
     def stop(self) -> None:
-        # Called by KServe on shutdown: new requests get 503, queued ones are still answered.
+        # Called by KServe on shutdown: new requests get 503, queued ones are still answered; a reload's
+        # registry download is killed, so the reload fails at once rather than holding the stop.
         self.ready = False
+        registry.cancel_all()
 
     async def reload(self, source: str) -> tuple[str | None, ModelBundle]:
         """Load `source` beside the serving version and swap to it; returns (old version, new bundle)."""
         async with self._reload_lock:
-            bundle = await asyncio.to_thread(self._load_and_warm, source)
+            # The download is cancelled with this task (the request deadline, shutdown): registry.py.
+            bundle = await loader.aload(source, device=self.device, optimization=self.optimization,
+                                        fetch_timeout_s=self.fetch_timeout_s)
+            await asyncio.to_thread(self._warm_up, bundle)
             new = self._activate(bundle)
             old, self._serving = self._serving, new
             self.source = source
@@ -109,11 +118,6 @@ class ClinicalModel(kserve.Model):  # type: ignore[misc]  # kserve ships no type
             if old is not None:
                 await old.batcher.close()
             return (old.bundle.version if old else None), bundle
-
-    def _load_and_warm(self, source: str) -> ModelBundle:
-        bundle = loader.load(source, device=self.device, optimization=self.optimization)
-        self._warm_up(bundle)
-        return bundle
 
     def _warm_up(self, bundle: ModelBundle) -> None:
         # TorchScript's profiling executor specialises on the first calls; do them before traffic does.

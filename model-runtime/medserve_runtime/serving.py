@@ -40,6 +40,7 @@ import uvicorn
 from kserve.protocol.rest.server import RESTServer
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from medserve_runtime import registry
 from medserve_runtime.errors import add_kserve_exception_handlers
 from medserve_runtime.loader import ModelLoadError
 from medserve_runtime.schemas import error_body
@@ -240,7 +241,16 @@ class RuntimeRestServer(RESTServer):  # type: ignore[misc]  # kserve ships no ty
             loop=old.loop, ssl_certfile=old.ssl_certfile, ssl_keyfile=old.ssl_keyfile,
             http=protocol_class(limits), proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
             server_header=False)
-        self._server = type(getattr(self, "_server"))(self.config)  # noqa: B009 - as above
+        base: type[uvicorn.Server] = type(getattr(self, "_server"))  # noqa: B009 - as above
+
+        class Server(base):  # type: ignore[valid-type,misc]  # KServe's uvicorn.Server subclass
+            async def shutdown(self, sockets: Any = None) -> None:
+                # Before uvicorn waits (up to the grace period) for in-flight requests: a reload's
+                # registry download is killed, so that reload answers now instead of holding the stop.
+                registry.cancel_all()
+                await super().shutdown(sockets)
+
+        self._server = Server(self.config)
 
     def _add_middlewares(self, app: Any) -> None:
         """None of KServe's: its TimingMiddleware and asgi-logger print raw paths and request ids."""
@@ -266,6 +276,23 @@ class RuntimeServer(kserve.ModelServer):  # type: ignore[misc]  # kserve ships n
             timeout_keep_alive=self.limits.keep_alive_s, ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile, limits=self.limits)
         self.servers.append(self._rest_server.start())
-        self.setup_event_loop()
-        self.register_signal_handler()
-        asyncio.run(self._serve())
+        with asyncio.Runner(loop_factory=event_loop_factory(self.event_loop)) as runner:
+            # KServe's start runs asyncio.run(), which ignores --event-loop for one worker (only
+            # uvicorn's Server.run reads it); here `auto` and `uvloop` mean uvloop, as its help says.
+            runner.get_loop()
+            self.setup_event_loop()
+            self.register_signal_handler()
+            runner.run(self._serve())
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for `auto` (when installed) and `uvloop`; None (asyncio's) for `asyncio`."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("--event-loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop

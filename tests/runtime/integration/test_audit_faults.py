@@ -186,3 +186,19 @@ def test_failed_authentication_is_throttled_and_audited_in_aggregate(model_dir: 
     assert [r for r in records if r["event"] == "request"] == []
     (aggregate,) = [r for r in records if r["event"] == "auth_failures"]
     assert aggregate["client_address"] == "127.0.0.1" and aggregate["count"] == 31
+
+
+def test_postgres_records_carry_the_request_id_of_the_answer(model_dir: Path, tmp_path: Path) -> None:
+    """The runtime's request id (its access line's, `x-request-id`) is in the record PostgreSQL stores:
+    the record column holds the whole chained record, so no schema change, and verify still holds."""
+    with PostgresServer(tmp_path / "pg") as pg:
+        rt = pg_runtime(tmp_path / "rt", model_dir, pg, spool=False).start()
+        try:
+            ok = httpx.post(f"{rt.url}/predict", headers=auth("clinician"), json=predict_body("rid-pg"), timeout=30)
+            bad = httpx.post(f"{rt.url}/predict", headers=auth("clinician"), json={"patient_id": "x"}, timeout=30)
+        finally:
+            assert rt.stop() == 0
+        stored = {r["request_id"]: r["status"] for r in requests_in_db(pg)}
+        assert stored == {ok.headers["x-request-id"]: 200, bad.headers["x-request-id"]: 422}
+        done = verify(pg)
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -377,3 +377,93 @@ def test_schemathesis_finds_no_server_error(runtime: RuntimeProcess) -> None:
         given(strategy)(run)()
     assert calls > 50
     assert not failures, failures[:10]
+
+
+def test_every_audit_record_carries_the_request_id_of_its_access_line(runtime: RuntimeProcess) -> None:
+    sent = [runtime.client("clinician").post("/predict", json=predict_body("rid-1")),
+            runtime.client("clinician").post("/predict", json={"patient_id": "rid-2", "clinical_data": {}}),
+            runtime.client("auditor").post("/predict", json=predict_body("rid-3")),
+            runtime.client("admin").post("/models/reload/other", json={})]
+    ids = {r.headers["x-request-id"]: r.status_code for r in sent}
+    assert [*ids.values()] == [200, 422, 403, 404] and all(len(i) == 16 for i in ids)
+    records = {r["request_id"]: r for r in runtime.audit_records() if r["request_id"] in ids}
+    assert {i: r["status"] for i, r in records.items()} == ids
+    deadline = time.monotonic() + 10  # the access line is written once the answer has gone
+    while not all(f"request_id={i}" in runtime.log() for i in ids):
+        assert time.monotonic() < deadline, runtime.log()[-2000:]
+        time.sleep(0.1)
+    for request_id, status in ids.items():
+        line = next(line for line in runtime.log().splitlines() if f"request_id={request_id}" in line)
+        assert f" {status} " in line, line
+
+
+def _downloads(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in children if "medserve_runtime.registry" in " ".join(p.cmdline())]
+
+
+def test_a_reload_past_its_deadline_or_at_shutdown_kills_its_registry_download(
+        blackhole: BlackHole, model_dir: Path, tmp_path: Path) -> None:
+    """The registry never answers and MLflow would wait 30 s a call: the download (a child process) is
+    killed when the request deadline cancels the reload, and when the server is stopped mid-reload."""
+    import psutil
+
+    env = {"MLFLOW_TRACKING_URI": f"http://medserve:{MLFLOW_PASSWORD}@127.0.0.1:{blackhole.port}"}
+    rt = RuntimeProcess(tmp_path / "deadline", model_dir=model_dir, env=env,
+                        args=["--registry_timeout_s=30", "--request_deadline_s=4"]).start()
+    try:
+        assert rt.proc is not None
+        started = time.monotonic()
+        r = rt.client("admin").post("/models/reload/triage", json={"model_uri": "models:/triage/1"})
+        assert r.status_code == 503 and r.json()["code"] == "deadline_exceeded", r.text
+        assert time.monotonic() - started < 15
+        assert _downloads(rt.proc.pid) == []  # killed with the cancelled request, not left running
+        assert rt.client("clinician").post("/predict", json=predict_body()).status_code == 200
+        # The reload lock was released: the next reload starts (and is cut off) as promptly.
+        r = rt.client("admin").post("/models/reload/triage", json={"model_uri": "models:/triage/1"})
+        assert r.status_code == 503, r.text
+    finally:
+        rt.stop()
+
+    rt = RuntimeProcess(tmp_path / "shutdown", model_dir=model_dir, env=env,
+                        args=["--registry_timeout_s=30", "--request_deadline_s=120"]).start()
+    assert rt.proc is not None
+    answers: list[httpx.Response | Exception] = []
+
+    def reload() -> None:
+        try:
+            answers.append(httpx.post(f"{rt.url}/models/reload/triage", headers=auth("admin"), timeout=60,
+                                      json={"model_uri": "models:/triage/1"}))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    thread = threading.Thread(target=reload)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (children := _downloads(rt.proc.pid)):
+        assert time.monotonic() < deadline, "no registry download started"
+        time.sleep(0.1)
+    started = time.monotonic()
+    assert rt.stop() == 0
+    assert time.monotonic() - started < 20  # not the 30 s (and retries) MLflow would wait
+    thread.join(30)
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
+    assert answers and (not isinstance(answers[0], httpx.Response) or answers[0].status_code != 200)
+    assert MLFLOW_PASSWORD not in rt.log()
+
+
+def test_the_h11_implementation_is_refused_with_the_reason(model_dir: Path, tmp_path: Path) -> None:
+    """The limits live in the httptools protocol; a server on h11 would serve without them, so it does not
+    start (argument checking happens before torch is imported: this is quick)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "medserve_runtime", f"--model_dir={model_dir}", "--http=h11"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "'h11' is not served" in done.stderr and "httptools" in done.stderr, done.stderr

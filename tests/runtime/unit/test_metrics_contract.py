@@ -14,7 +14,7 @@ def test_every_series_is_a_contract_name() -> None:
         NumericProfile(name="age", bin_edges=[30.0, 60.0], proportions=[0.3, 0.4, 0.3]),
         CategoricalProfile(type="categorical", name="sex", categories=["female", "male"], proportions=[0.5, 0.5]),
     ])
-    m = RuntimeMetrics("triage")
+    m = RuntimeMetrics("triage", min_cohort=1)
     m.register_version("3", profile, ["flu", "sepsis"])
     m.serving("3", source="models:/triage/3", device="cpu", optimization="none")
     m.observe_request("3", "/predict", 200, 0.001)
@@ -79,3 +79,28 @@ def test_a_differential_scrape_reveals_no_one() -> None:
     counts = [v for (name, _), v in after.items() if name == names.FEATURE_VALUE + "_count"]
     assert counts == [3.0]  # drift's denominator stays
     assert 87.0 not in {v for (name, _), v in after.items() if name.startswith(names.FEATURE_VALUE)}
+
+
+def test_feedback_and_latency_are_released_in_cohorts_too() -> None:
+    """Whether one prediction was right, and one request's latency, endpoint and status, never show as a
+    scrape difference: both are held per version until min_cohort of them, then published together."""
+    m = RuntimeMetrics("triage", min_cohort=3)
+    m.register_version("3", ReferenceProfile(samples=1, features=[
+        NumericProfile(name="age", bin_edges=[30.0], proportions=[0.5, 0.5])]), ["flu"])
+    before = _scrape(m)
+    m.observe_feedback("3", correct=False)
+    m.observe_request("3", "/feedback", 200, 0.004)
+    m.observe_feedback("3", correct=True)
+    m.observe_request("3", "/predict", 422, 0.002)
+    assert _scrape(m) == before
+    m.observe_feedback("3", correct=True)
+    m.observe_request("3", "/predict", 200, 0.001)
+    after = _scrape(m)
+    feedback = {dict(labels)[names.OUTCOME_LABEL]: v for (name, labels), v in after.items()
+                if name == names.FEEDBACK_TOTAL}
+    assert feedback == {names.OUTCOME_CORRECT: 2.0, names.OUTCOME_INCORRECT: 1.0}
+    counts = {(dict(labels)[names.ENDPOINT_LABEL], dict(labels)[names.CODE_LABEL]): v
+              for (name, labels), v in after.items() if name == names.REQUEST_DURATION + "_count"}
+    assert counts == {("/feedback", "200"): 1.0, ("/predict", "422"): 1.0, ("/predict", "200"): 1.0}
+    m.observe_request("3", "/predict", 200, 0.001)  # the next cohort starts empty
+    assert _scrape(m) == after
