@@ -7,6 +7,45 @@ import os
 from collections.abc import Mapping
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/medserve/model-runtime:0.1.0"
+DEFAULT_SPOOL_SIZE = "1Gi"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SecretKey:
+    """A Secret (by name, in each ModelDeployment's own namespace) and one of its keys."""
+
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditDefaults:
+    """What a ModelDeployment whose `spec.security` names none gets: the Secrets with the audit database's
+    URL, the audit chains' HMAC key and the shared Redis' URL (each looked up in the ModelDeployment's own
+    namespace, as a pod can only use Secrets of its own), and the audit spool's volume."""
+
+    dsn_secret: SecretKey | None = None
+    key_secret: SecretKey | None = None
+    redis_secret: SecretKey | None = None
+    spool_persistent: bool = False
+    """Whether a ModelDeployment without `spec.security.audit.spool` gets a persistent spool anyway."""
+    spool_storage_class: str | None = None
+    spool_size: str = DEFAULT_SPOOL_SIZE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AuditDefaults:
+        def secret(prefix: str, default_key: str) -> SecretKey | None:
+            name = env.get(prefix)
+            return SecretKey(name=name, key=env.get(prefix + "_KEY") or default_key) if name else None
+
+        return cls(
+            dsn_secret=secret("MEDSERVE_AUDIT_DSN_SECRET", "dsn"),
+            key_secret=secret("MEDSERVE_AUDIT_KEY_SECRET", "key"),
+            redis_secret=secret("MEDSERVE_REDIS_SECRET", "url"),
+            spool_persistent=(env.get("MEDSERVE_AUDIT_SPOOL_PERSISTENT") or "").lower() in {"1", "true", "yes"},
+            spool_storage_class=env.get("MEDSERVE_AUDIT_SPOOL_STORAGE_CLASS") or None,
+            spool_size=env.get("MEDSERVE_AUDIT_SPOOL_SIZE") or DEFAULT_SPOOL_SIZE,
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -24,6 +63,8 @@ class OperatorConfig:
     DriftDetected condition then says PrometheusNotConfigured)."""
     metrics_address: str | None = None
     """HOST:PORT where the operator serves its own /metrics (`state_metrics`); None serves none."""
+    audit: AuditDefaults = dataclasses.field(default_factory=AuditDefaults)
+    """Audit database, audit key, Redis and spool for ModelDeployments that name none."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -37,4 +78,5 @@ class OperatorConfig:
             registry_timeout=float(env.get("MEDSERVE_REGISTRY_TIMEOUT") or 5.0),
             prometheus_url=env.get("MEDSERVE_PROMETHEUS_URL") or None,
             metrics_address=env.get("MEDSERVE_METRICS_ADDRESS") or None,
+            audit=AuditDefaults.from_env(env),
         )
