@@ -2,7 +2,9 @@
 
 It watches the InferenceServices in the emulated API (polling, every half second) and, for each one
 whose predictor runs the medserve runtime, starts `python -m medserve_runtime` with the container's own
-args and env (ports, file paths and the API-key Secret mapped onto the local machine), waits for KServe's
+args and env, its volumes, env and paths materialised as the kubelet would (kubelet_volumes.py: Secrets
+as files, emptyDirs, a PersistentVolumeClaim as a directory shared by the revisions; a missing Secret or
+key fails the start with the kubelet's message, which the status carries), waits for KServe's
 readiness endpoint, and writes the status as KServe's controller does: `url`, `address`, the `Ready`,
 `PredictorReady` and `IngressReady` conditions, `observedGeneration` and
 `components.predictor.{url, latestCreatedRevision, latestReadyRevision, traffic}`.
@@ -19,7 +21,6 @@ revision's `127.0.0.1:PORT` with the labels a Kubernetes scrape would add (`name
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -33,13 +34,12 @@ import httpx
 from medserve_operator.clients.kube import KubeClient
 from medserve_operator.kit.conditions import now_rfc3339
 
-from medserve_sandbox import procs
+from medserve_sandbox import kubelet_volumes, procs
 from medserve_sandbox.prometheus_server import TARGETS_FILE, write_targets
 
 logger = logging.getLogger("medserve.kserve-standin")
 
 ISVC_API, ISVC_PLURAL = "serving.kserve.io/v1beta1", "inferenceservices"
-REMAPPED_PATH_ARGS = ("--audit_log", "--api_keys_file")
 
 
 class Revision:
@@ -63,6 +63,8 @@ class Standin:
         self.http = httpx.AsyncClient(timeout=2.0)
         self.targets_path = workdir / "prometheus" / TARGETS_FILE
         self._targets: list[tuple[str, dict[str, str]]] | None = None
+        self.start_errors: dict[tuple[str, str], str] = {}
+        """Why the latest start of each InferenceService's predictor failed (the kubelet's message)."""
 
     async def close(self) -> None:
         for revisions in self.revisions.values():
@@ -109,7 +111,8 @@ class Standin:
             number = (latest.number + 1) if latest else 1
             started = await self.start(key, isvc, number, spec_hash)
             if started is None:
-                await self.write_status(isvc, revisions, failed="the predictor container could not be started")
+                await self.write_status(isvc, revisions, failed=self.start_errors.get(
+                    key, "the predictor container could not be started"))
                 return
             revisions.append(started)
             latest = started
@@ -135,17 +138,19 @@ class Standin:
         home = self.workdir / "predictors" / namespace / revision_name
         home.mkdir(parents=True, exist_ok=True)
         port = procs.free_port()
-        args = [a for a in container.get("args", []) if not a.startswith(("--http_port", *REMAPPED_PATH_ARGS))]
+        try:
+            local = await kubelet_volumes.materialise(
+                self.kube, namespace=namespace, pod_name=revision_name, container=container,
+                volumes=isvc["spec"]["predictor"].get("volumes") or [], pod_dir=home / "volumes",
+                shared_dir=self.workdir / "volumes")
+        except kubelet_volumes.ContainerConfigError as exc:
+            logger.warning("predictor %s of %s/%s cannot start: %s", revision_name, namespace, name, exc)
+            self.start_errors[key] = f"{exc.reason}: {exc.message}"
+            return None
+        self.start_errors.pop(key, None)
+        args = [a for a in local.args if not a.startswith("--http_port")]
         args.append(f"--http_port={port}")
-        for arg in container.get("args", []):
-            if arg.startswith("--audit_log="):
-                args.append(f"--audit_log={home / 'audit.jsonl'}")
-            elif arg.startswith("--api_keys_file="):
-                keys = await self.secret_file(namespace, isvc, home)
-                if keys is None:
-                    return None
-                args.append(f"--api_keys_file={keys}")
-        env = {**os.environ, **{e["name"]: e.get("value", "") for e in container.get("env", []) if "name" in e}}
+        env = {**os.environ, **local.env}
         if self.mlflow_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         env.setdefault("MEDSERVE_PHI_HASH_KEY", hashlib.sha256(f"sandbox/{namespace}/{name}".encode()).hexdigest())
@@ -153,26 +158,6 @@ class Standin:
         logger.info("starting revision %s on port %d", revision_name, port)
         proc = procs.spawn([sys.executable, "-m", "medserve_runtime", *args], log_path=log_path, env=env, cwd=home)
         return Revision(revision_name, number, port, proc, log_path, spec_hash)
-
-    async def secret_file(self, namespace: str, isvc: dict[str, Any], home: Path) -> Path | None:
-        """Mount the API-key Secret as the kubelet would: its `keys.json` key as a file."""
-        volumes = isvc["spec"]["predictor"].get("volumes", [])
-        secret_name = next((v["secret"]["secretName"] for v in volumes if "secret" in v), None)
-        secret = await self.kube.get("v1", "secrets", namespace, secret_name) if secret_name else None
-        if secret is None:
-            logger.warning("Secret %s/%s not found: the predictor cannot start", namespace, secret_name)
-            return None
-        if "keys.json" in (secret.get("data") or {}):
-            content = base64.b64decode(secret["data"]["keys.json"])
-        elif "keys.json" in (secret.get("stringData") or {}):
-            content = secret["stringData"]["keys.json"].encode()
-        else:
-            logger.warning("Secret %s/%s has no keys.json", namespace, secret_name)
-            return None
-        path = home / "api-keys.json"
-        path.write_bytes(content)
-        path.chmod(0o600)
-        return path
 
     async def probe(self, revision: Revision) -> bool:
         try:
