@@ -12,10 +12,11 @@ What it emulates:
 - discovery (/api, /apis, /apis/G, /apis/G/V; the legacy documents, which kubectl falls back to
   after asking for aggregated discovery), /version, a minimal /openapi/v3 that tells kubectl to leave
   field validation to the server (kubectl then sends `fieldValidation=Strict`, honoured here);
-- core/v1 namespaces, configmaps, secrets, events, serviceaccounts, services, pods; batch/v1 jobs and
-  cronjobs; events.k8s.io/v1 events; coordination.k8s.io/v1 leases; rbac.authorization.k8s.io/v1;
-  apiextensions.k8s.io/v1 customresourcedefinitions, whose create/update/delete add and remove the
-  custom resources they define (ours, medserve.io; KServe's InferenceService and InferenceGraph);
+- core/v1 namespaces, configmaps, secrets, persistentvolumeclaims, events, serviceaccounts, services,
+  pods; batch/v1 jobs and cronjobs; events.k8s.io/v1 events; coordination.k8s.io/v1 leases;
+  rbac.authorization.k8s.io/v1; apiextensions.k8s.io/v1 customresourcedefinitions, whose
+  create/update/delete add and remove the custom resources they define (ours, medserve.io; KServe's
+  InferenceService and InferenceGraph);
 - uid, one global monotonically increasing resourceVersion, generation (bumped only when something
   other than metadata and status changes), creationTimestamp, generateName, namespaces that must
   exist (default, kube-system, kube-public and kube-node-lease are pre-created), List kinds with

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from medserve_operator.api import ModelDeploymentSpec, parse_spec
-from medserve_operator.config import AuditDefaults, SecretKey
+from medserve_operator.config import AuditDefaults, OperatorConfig, SecretKey
 from medserve_operator.controllers.modeldeployment import render
 from medserve_operator.kit import manifest
 
@@ -211,3 +211,15 @@ def test_audit_wiring_valid_against_kserve_and_kubernetes_schemas() -> None:
     assert plan.spool is not None
     registry.admit(render.render_spool_claim(name="sepsis", namespace="icu", uid="uid-1", claim=plan.spool),
                    old=None, field_validation="Strict")
+
+
+def test_operator_audit_defaults_from_env() -> None:
+    config = OperatorConfig.from_env({"MEDSERVE_AUDIT_DSN_SECRET": "audit-db", "MEDSERVE_AUDIT_KEY_SECRET": "k",
+                                      "MEDSERVE_AUDIT_KEY_SECRET_KEY": "hmac", "MEDSERVE_REDIS_SECRET": "r",
+                                      "MEDSERVE_AUDIT_SPOOL_PERSISTENT": "true",
+                                      "MEDSERVE_AUDIT_SPOOL_STORAGE_CLASS": "efs", "MEDSERVE_AUDIT_SPOOL_SIZE": "3Gi"})
+    assert config.audit == AuditDefaults(dsn_secret=SecretKey(name="audit-db", key="dsn"),
+                                         key_secret=SecretKey(name="k", key="hmac"),
+                                         redis_secret=SecretKey(name="r", key="url"), spool_persistent=True,
+                                         spool_storage_class="efs", spool_size="3Gi")
+    assert OperatorConfig.from_env({}).audit == AuditDefaults()
