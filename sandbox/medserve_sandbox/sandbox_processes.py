@@ -148,9 +148,7 @@ class SandboxProcesses:
 
     def verify_audit(self) -> None:
         """`medserve audit verify --dsn ...` over every runtime's chain, as printed (the password redacted)."""
-        medserve = Path(sys.executable).with_name("medserve")
-        cmd = [str(medserve) if medserve.exists() else sys.executable, *([] if medserve.exists() else
-               ["-m", "medserve_operator.cli"]), "audit", "verify"]
+        cmd = [sys.executable, "-m", "medserve_operator.cli", "audit", "verify"]  # the DSN and key from the env
         env = {**os.environ, "MEDSERVE_AUDIT_DSN": self.postgres.dsn, "MEDSERVE_AUDIT_KEY": self.audit_key}
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False,
                                 stdin=subprocess.DEVNULL)
