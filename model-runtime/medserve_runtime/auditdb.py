@@ -10,6 +10,13 @@ answered; the spool drains in order (`ON CONFLICT DO NOTHING`: a batch whose com
 late is not written twice) as soon as the database answers, before any new record goes to the database.
 When neither can be written, `writable()` is false and the gate answers 503.
 
+Writers may share one spool directory (`--audit_spool DIR/$(POD_NAME).jsonl` on a ReadWriteMany volume):
+each holds an exclusive lock on its own file (journal.py), and every writer, at start and every
+`ORPHAN_SCAN_INTERVAL_S`, drains the other files there whose lock it can take — spools of writers that are
+gone (a pod deleted while the database was down) — into the database, in order and exactly once
+(`ON CONFLICT DO NOTHING`, so a drainer killed half-way is redone by the next), removes them, and audits
+that in its own chain (`spool_recovered`: the file's name, the chains and record counts).
+
 The schema is created and migrated idempotently by every writer at start (under an advisory lock, so
 replicas starting together do not race). `verify_database` checks every chain; `prune` deletes records
 older than an age as a prefix of each chain (recording where each chain now starts, MAC'd) and audits
@@ -30,7 +37,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +64,9 @@ CONNECT_TIMEOUT_S = 2.0
 RECONNECT_INTERVAL_S = 1.0
 WRITE_TIMEOUT_S = 5.0  # a database that hangs (not refuses) must not hold requests longer
 DRAIN_CHUNK = 5000
+ORPHAN_SCAN_INTERVAL_S = 10.0
+SPOOL_SUFFIX = ".jsonl"
+SPOOL_RECOVERED = "spool_recovered"
 SCHEMA_LOCK = 7_310_214_001  # pg_advisory_xact_lock id for migrations
 
 # Each entry is one schema version; applied in order, each in the migration transaction, never edited.
@@ -187,13 +197,17 @@ class PostgresSink:
         self.dsn = dsn
         self.key = key
         self.loop = asyncio.new_event_loop()
-        self.spool = Journal(spool) if spool is not None else None
+        self.spool = Journal(spool, exclusive=True) if spool is not None else None
         self.conn: asyncpg.Connection | None = None
         self._next_connect = 0.0
+        self._next_orphan_scan = 0.0
         self._resync = True
         self.spooled_total = 0
         self.spooled_now = len(self.spool.read_lines()) if self.spool is not None else 0
         self.drained_total = 0
+        self.recovered_total = 0
+        self.on_recovered: Callable[[Mapping[str, Any]], object] | None = None
+        """Audits a recovered spool (set by `PostgresAuditLog`: an event in this writer's own chain)."""
         self._connect()
 
     @property
@@ -262,6 +276,40 @@ class PostgresSink:
         logger.warning("audit spool drained: %d records written to the database", len(rows))
         return True
 
+    def _drain_orphans(self) -> None:
+        """Drain and remove the spools of gone writers in our spool's directory (see the module docstring)."""
+        if self.spool is None or time.monotonic() < self._next_orphan_scan:
+            return
+        self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL_S
+        for path in sorted(self.spool.path.parent.glob("*" + SPOOL_SUFFIX)):
+            if path == self.spool.path or not self._connect():
+                continue
+            orphan = Journal.claim(path)
+            if orphan is None:  # a live writer's
+                continue
+            try:
+                rows = [_Row.parse(line) for line in orphan.read_lines()]
+                for start in range(0, len(rows), DRAIN_CHUNK):
+                    self._run(self._insert(rows[start:start + DRAIN_CHUNK], idempotent=True))
+            except _DB_ERRORS as exc:
+                orphan.close()  # the lock goes with it: this or another writer tries again later
+                self._drop(exc)
+                return
+            except (ValueError, KeyError, TypeError) as exc:  # not a spool, or damaged: left for a person
+                orphan.close()
+                logger.error("audit spool %s of a gone writer is unreadable, left in place: %s", path.name, exc)
+                continue
+            orphan.remove()
+            self.recovered_total += len(rows)
+            chains: dict[str, int] = {}
+            for row in rows:
+                chains[row.writer] = chains.get(row.writer, 0) + 1
+            logger.warning("audit spool %s of a gone writer drained: %d records of %d chains written to the "
+                           "database", path.name, len(rows), len(chains))
+            if self.on_recovered is not None:
+                self.on_recovered({"spool": path.name, "records": len(rows), "repaired_bytes": orphan.repaired_bytes,
+                                   "chains": chains})
+
     def prepare(self, chain: Chain) -> None:
         """After a reconnect: a batch whose commit was acknowledged too late may be in the database though
         it was rewound here; continue after whatever the database holds for this writer."""
@@ -296,6 +344,7 @@ class PostgresSink:
 
     def idle(self, chain: Chain) -> bool:
         if self._drain() and self._connect():
+            self._drain_orphans()
             return True
         if self.spool is None:
             return False
@@ -305,7 +354,8 @@ class PostgresSink:
     def health(self) -> dict[str, Any]:
         connected = self.conn is not None and not self.conn.is_closed()
         return {"destination": "postgresql", "database": "connected" if connected else "unreachable",
-                "spooled": self.spooled_now, "spooled_total": self.spooled_total, "drained_total": self.drained_total}
+                "spooled": self.spooled_now, "spooled_total": self.spooled_total, "drained_total": self.drained_total,
+                "recovered_total": self.recovered_total}
 
     def close(self) -> None:
         if self.conn is not None:
@@ -328,6 +378,7 @@ class PostgresAuditLog(AuditTrail):
         self.sink = PostgresSink(dsn, key=key, spool=spool)
         start = {"key": key_fingerprint(key), "repaired_bytes": self.sink.repaired_bytes, **(start_fields or {})}
         super().__init__(GroupCommit(Chain(writer, key), self.sink, start_fields=start), self.sink)
+        self.sink.on_recovered = lambda fields: self.event(SPOOL_RECOVERED, fields)
 
 
 def _fmt_problem(writer: str, report: ChainReport) -> Iterator[str]:

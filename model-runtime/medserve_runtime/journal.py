@@ -5,32 +5,80 @@ survives a SIGKILL or a power loss. A batch that fails to write (disk full, I/O 
 (the file is truncated back to its last good size), so a retry never writes a line twice. A torn last
 line — the process was killed in the middle of a write — is cut off when the journal is opened and
 reported (`repaired_bytes`), instead of making the runtime refuse to start on the same volume.
+
+A spool (`exclusive=True`) holds an exclusive `flock` on its file for as long as its writer lives, so
+writers sharing one spool directory (a ReadWriteMany volume, one file per pod) can tell a live writer's
+file from a dead one's: `Journal.claim` takes the lock of a file whose writer is gone (the kernel drops
+a lock when its holder dies, SIGKILL and node loss included — on NFS through the lock manager's lease),
+and the claimer drains the file and removes it. A writer re-checks after locking that its path still
+names the file it locked, as a claimer may have removed the file between the writer's open and its lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 from pathlib import Path
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
 PROBE_BYTES = 4096
 
 
+class JournalLocked(OSError):
+    """Another live writer holds the journal's lock: two writers must never share one spool file."""
+
+
 class Journal:
     """See the module docstring. Not thread-safe: one writer thread owns it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
         self.path = path
+        self.exclusive = exclusive
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
         self.size = 0  # bytes known good (fsynced, ending in a newline)
         self.repaired_bytes = self._open()
 
+    @classmethod
+    def claim(cls, path: Path) -> Self | None:
+        """The spool at `path` with its lock taken, when its writer is gone; None while a live writer holds
+        it, or when it is no longer there (another claimer removed it)."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        if not _lock(fd, path):  # a live writer's, or removed since the open
+            os.close(fd)
+            return None
+        journal = cls.__new__(cls)
+        journal.path, journal.exclusive, journal._fd, journal.size = path, True, None, 0
+        journal.repaired_bytes = journal._repair(fd)
+        return journal
+
     def _open(self) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            if not self.exclusive:
+                break
+            try:
+                locked = _lock(fd, self.path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if locked:
+                break
+            os.close(fd)
+            if locked is None:
+                raise JournalLocked(f"{self.path} is held by another live writer (two runtimes on one spool file)")
+            # removed by a claimer between the open and the lock: open the new file
+        return self._repair(fd)
+
+    def _repair(self, fd: int) -> int:
+        """Adopt `fd`: cut off a torn last line; the number of bytes cut off."""
         try:
             size = os.fstat(fd).st_size
             good = _last_newline_end(fd, size)
@@ -99,11 +147,30 @@ class Journal:
         os.fsync(fd)
         self.size = 0
 
+    def remove(self) -> None:
+        """Delete the file (a drained, claimed spool), still holding its lock, then close it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.close()
+
     def close(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+def _lock(fd: int, path: Path) -> bool | None:
+    """Take `fd`'s exclusive lock without waiting: True when held and `path` still names the locked file,
+    False when `path` no longer does (removed by a claimer), None when a live writer holds the lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _last_newline_end(fd: int, size: int) -> int:

@@ -24,6 +24,47 @@ def deployment_mode(value: str) -> DeploymentMode:
     return cast("DeploymentMode", value)
 
 
+DEFAULT_SPOOL_SIZE = "1Gi"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SecretKey:
+    """A Secret (by name, in each ModelDeployment's own namespace) and one of its keys."""
+
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditDefaults:
+    """What a ModelDeployment whose `spec.security` names none gets: the Secrets with the audit database's
+    URL, the audit chains' HMAC key and the shared Redis' URL (each looked up in the ModelDeployment's own
+    namespace, as a pod can only use Secrets of its own), and the audit spool's volume."""
+
+    dsn_secret: SecretKey | None = None
+    key_secret: SecretKey | None = None
+    redis_secret: SecretKey | None = None
+    spool_persistent: bool = False
+    """Whether a ModelDeployment without `spec.security.audit.spool` gets a persistent spool anyway."""
+    spool_storage_class: str | None = None
+    spool_size: str = DEFAULT_SPOOL_SIZE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AuditDefaults:
+        def secret(prefix: str, default_key: str) -> SecretKey | None:
+            name = env.get(prefix)
+            return SecretKey(name=name, key=env.get(prefix + "_KEY") or default_key) if name else None
+
+        return cls(
+            dsn_secret=secret("MEDSERVE_AUDIT_DSN_SECRET", "dsn"),
+            key_secret=secret("MEDSERVE_AUDIT_KEY_SECRET", "key"),
+            redis_secret=secret("MEDSERVE_REDIS_SECRET", "url"),
+            spool_persistent=(env.get("MEDSERVE_AUDIT_SPOOL_PERSISTENT") or "").lower() in {"1", "true", "yes"},
+            spool_storage_class=env.get("MEDSERVE_AUDIT_SPOOL_STORAGE_CLASS") or None,
+            spool_size=env.get("MEDSERVE_AUDIT_SPOOL_SIZE") or DEFAULT_SPOOL_SIZE,
+        )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OperatorConfig:
     mlflow_uri: str
@@ -51,6 +92,8 @@ class OperatorConfig:
     runtime_peer_url_template: str = "http://{arm}-predictor.{namespace}.svc.cluster.local"
     """Where one arm reaches another for feedback on its predictions: KServe's in-cluster predictor
     Service of the InferenceService named {arm} (the ModelDeployment), in the same namespace."""
+    audit: AuditDefaults = dataclasses.field(default_factory=AuditDefaults)
+    """Audit database, audit key, Redis and spool for ModelDeployments that name none."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -69,6 +112,7 @@ class OperatorConfig:
             graph_drain_seconds=float(env.get("MEDSERVE_GRAPH_DRAIN_SECONDS") or 30.0),
             runtime_peer_url_template=env.get("MEDSERVE_RUNTIME_PEER_URL_TEMPLATE")
             or "http://{arm}-predictor.{namespace}.svc.cluster.local",
+            audit=AuditDefaults.from_env(env),
         )
 
 

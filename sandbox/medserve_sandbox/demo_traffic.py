@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from medserve_sandbox.sandbox_processes import NAMESPACE, SandboxProcesses
+from medserve_sandbox.sandbox_processes import SandboxProcesses
 
 DEMO_KEYS = {"clinician": "msk_demo_clinician_7f3a9c2e4b1d", "admin": "msk_demo_admin_2c8e5a1f9d4b"}
 """The plaintext of the demo keys whose hashes are in examples/01-model-deployment/api-keys-secret.yaml."""
@@ -69,13 +69,14 @@ class DemoTraffic(SandboxProcesses):
                 models = client.get("/models", headers={"Authorization": f"Bearer {DEMO_KEYS['admin']}"})
                 self._expect(models, 200, "GET /models")
                 self.console.block(f"GET {url}/models", json.dumps(models.json(), indent=2))
-            # Each record is durable before its answer is sent, so the requests above are all in the file.
-            audit = sorted((self.workdir / "predictors").glob(f"{NAMESPACE}/{name}-predictor-*/audit.jsonl"))
-            if audit:
-                lines = audit[-1].read_text().splitlines()
-                requests = [line for line in lines if json.loads(line).get("event") == "request"]
-                self.console.block(f"the audit log ({audit[-1]}, {len(lines)} records: the writer's start and one "
-                                   f"per request; patient ids hashed)", "\n".join(requests[:3]))
+            # Each record is durable (committed to PostgreSQL) before its answer is sent, so the requests above
+            # are all in the database. The writer is the pod: <name>-predictor-NNNNN/<version>/<start time>.
+            where = f"writer LIKE '{name}-predictor-%'"
+            total = self.postgres.sql(f"SELECT count(*) FROM audit_records WHERE {where}").strip()
+            requests = self.postgres.sql(f"SELECT record FROM audit_records WHERE {where} AND event = 'request' "
+                                         "ORDER BY writer, seq LIMIT 3").strip()
+            self.console.block(f"the audit log (PostgreSQL audit_records, {total} records of {name}'s runtime: the "
+                               f"writer's start and one per request; patient ids hashed)", requests)
 
 
     def send_reference_traffic(self) -> None:

@@ -13,7 +13,7 @@ What it emulates:
   after asking for aggregated discovery), /version, /openapi/v3 that tells kubectl to leave field
   validation to the server (kubectl then sends `fieldValidation=Strict`, honoured here) and, with
   /openapi/v2, publishes the custom resources' schemas (`kubectl explain`);
-- core/v1 namespaces, configmaps, secrets, events, serviceaccounts, services, pods; apps/v1
+- core/v1 namespaces, configmaps, secrets, persistentvolumeclaims, events, serviceaccounts, services, pods; apps/v1
   deployments (stored, never rolled out); batch/v1 jobs and cronjobs; events.k8s.io/v1 events;
   coordination.k8s.io/v1 leases; rbac.authorization.k8s.io/v1;
   apiextensions.k8s.io/v1 customresourcedefinitions, whose create/update/delete add and remove the

@@ -2,7 +2,8 @@
 
 It watches the InferenceServices in the emulated API (polling, every half second) and runs each predictor
 that uses the medserve runtime as local processes (`python -m medserve_runtime` with the container's own
-args and env; ports, file paths and the API-key Secret mapped onto the local machine), in the deployment
+args and env; the port mapped onto the local machine, volumes and env materialised as the kubelet would
+by kubelet_volumes.py: Secrets as files, emptyDirs, a PersistentVolumeClaim as a shared directory), in the deployment
 mode KServe would pick (kserve pkg/controller/v1beta1/inferenceservice/utils/utils.go `GetDeploymentMode`:
 `status.deploymentMode` once recorded, else the `serving.kserve.io/deploymentMode` annotation when it is
 Standard, Knative or ModelMesh (the legacy RawDeployment and Serverless mapped to them), else the cluster
@@ -38,7 +39,6 @@ The operator never knows it is talking to a stand-in.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -56,7 +56,7 @@ from aiohttp import web
 from medserve_operator.clients.kube import KubeClient
 from medserve_operator.kit.conditions import now_rfc3339
 
-from medserve_sandbox import knative_podspec, kserve_status, procs
+from medserve_sandbox import knative_podspec, kserve_status, kubelet_volumes, procs
 from medserve_sandbox.kserve_webhooks import DEPLOYMENT_MODE_ANNOTATION, KNATIVE, MODELMESH, STANDARD, normalise_mode
 from medserve_sandbox.loopback_proxy import Backend, WeightedProxy
 from medserve_sandbox.prometheus_server import TARGETS_FILE, write_targets
@@ -64,7 +64,6 @@ from medserve_sandbox.prometheus_server import TARGETS_FILE, write_targets
 logger = logging.getLogger("medserve.kserve-standin")
 
 ISVC_API, ISVC_PLURAL = "serving.kserve.io/v1beta1", "inferenceservices"
-REMAPPED_PATH_ARGS = ("--audit_log", "--api_keys_file")
 # What the HPA, not the Deployment, holds in Standard mode; and what no child reads at all.
 NOT_IN_DEPLOYMENT = frozenset({"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "autoScaling",
                                "canaryTrafficPercent", "name"})
@@ -239,6 +238,8 @@ class Standin:
         self.proxy_http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0))
         self.targets_path = workdir / "prometheus" / TARGETS_FILE
         self._targets: list[tuple[str, dict[str, str]]] | None = None
+        self.start_errors: dict[tuple[str, str], str] = {}
+        """Why the latest start of each InferenceService's pod failed (the kubelet's message)."""
         self.directory = ServiceDirectory(self.services, self.proxy_http, directory_port) if directory_port else None
         self._directory_started = False
 
@@ -417,6 +418,8 @@ class Standin:
             latest.pod = None
         if latest.pod is None and latest.failed is None:
             latest.pod = await self.start(key, isvc, predictor, f"{latest.name}-deployment", template)
+            if latest.pod is None and key in self.start_errors:
+                latest.failed = f'Revision "{latest.name}" failed with message: {self.start_errors[key]}.'
         if latest.pod is not None and not latest.pod.ready:
             latest.pod.ready = await self.probe(latest.pod)
         ready = [r for r in ksvc.revisions if r.pod is not None and r.pod.ready and r.pod.running]
@@ -449,6 +452,8 @@ class Standin:
 
     async def start(self, key: tuple[str, str], isvc: dict[str, Any], pod_spec: dict[str, Any], pod_name: str,
                     template: str) -> Pod | None:
+        """The kubelet: the pod's volumes and env materialised (kubelet_volumes.py), then the runtime process.
+        None when it cannot start; `start_errors[key]` says why, in the kubelet's words."""
         namespace, name = key
         containers = pod_spec.get("containers") or []
         if not containers:
@@ -457,18 +462,19 @@ class Standin:
         container = containers[0]
         home = self.workdir / "predictors" / namespace / pod_name
         home.mkdir(parents=True, exist_ok=True)
+        try:
+            local = await kubelet_volumes.materialise(
+                self.kube, namespace=namespace, pod_name=pod_name, container=container,
+                volumes=pod_spec.get("volumes") or [], pod_dir=home / "volumes", shared_dir=self.workdir / "volumes")
+        except kubelet_volumes.ContainerConfigError as exc:
+            logger.warning("pod %s of %s/%s cannot start: %s", pod_name, namespace, name, exc)
+            self.start_errors[key] = f"{exc.reason}: {exc.message}"
+            return None
+        self.start_errors.pop(key, None)
         port = procs.free_port()
-        args = [a for a in container.get("args", []) if not a.startswith(("--http_port", *REMAPPED_PATH_ARGS))]
+        args = [a for a in local.args if not a.startswith("--http_port")]
         args.append(f"--http_port={port}")
-        for arg in container.get("args", []):
-            if arg.startswith("--audit_log="):
-                args.append(f"--audit_log={home / 'audit.jsonl'}")
-            elif arg.startswith("--api_keys_file="):
-                keys = await self.secret_file(namespace, isvc, home)
-                if keys is None:
-                    return None
-                args.append(f"--api_keys_file={keys}")
-        env = {**os.environ, **{e["name"]: e.get("value", "") for e in container.get("env", []) if "name" in e}}
+        env = {**os.environ, **local.env}
         if self.mlflow_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         env.setdefault("MEDSERVE_PHI_HASH_KEY", hashlib.sha256(f"sandbox/{namespace}/{name}".encode()).hexdigest())
@@ -476,26 +482,6 @@ class Standin:
         logger.info("starting pod %s on port %d", pod_name, port)
         proc = procs.spawn([sys.executable, "-m", "medserve_runtime", *args], log_path=log_path, env=env, cwd=home)
         return Pod(pod_name, port, proc, log_path, template)
-
-    async def secret_file(self, namespace: str, isvc: dict[str, Any], home: Path) -> Path | None:
-        """Mount the API-key Secret as the kubelet would: its `keys.json` key as a file."""
-        volumes = isvc["spec"]["predictor"].get("volumes", [])
-        secret_name = next((v["secret"]["secretName"] for v in volumes if "secret" in v), None)
-        secret = await self.kube.get("v1", "secrets", namespace, secret_name) if secret_name else None
-        if secret is None:
-            logger.warning("Secret %s/%s not found: the predictor cannot start", namespace, secret_name)
-            return None
-        if "keys.json" in (secret.get("data") or {}):
-            content = base64.b64decode(secret["data"]["keys.json"])
-        elif "keys.json" in (secret.get("stringData") or {}):
-            content = secret["stringData"]["keys.json"].encode()
-        else:
-            logger.warning("Secret %s/%s has no keys.json", namespace, secret_name)
-            return None
-        path = home / "api-keys.json"
-        path.write_bytes(content)
-        path.chmod(0o600)
-        return path
 
     async def probe(self, pod: Pod) -> bool:
         try:

@@ -1,8 +1,9 @@
 """A real MLflow tracking server on loopback, for the sandbox and the integration tests.
 
-SQLite backend store and a local artifact folder under one working directory, artifacts proxied by
-the server itself (`--serve-artifacts`), so that clients only ever need the tracking URL, exactly as a
-model-runtime pod or a training Job in a cluster would.
+SQLite backend store (or `backend_store_uri`, e.g. the sandbox's PostgreSQL, its password in the
+environment as $PGPASSWORD rather than on the command line) and a local artifact folder under one working
+directory, artifacts proxied by the server itself (`--serve-artifacts`), so that clients only ever need the
+tracking URL, exactly as a model-runtime pod or a training Job in a cluster would.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ class MlflowServer(procs.LoopbackServer):
     name = "MLflow server"
     health_path = "/health"
     default_log = "mlflow.log"
+    backend_store_uri: str | None = None
+    backend_env: dict[str, str] | None = None
 
     def command(self) -> list[str]:
         return [
             *mlflow_executable(), "server",
-            "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+            "--backend-store-uri", self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}",
             "--serve-artifacts",
             "--artifacts-destination", str(self.workdir / "artifacts"),
             "--host", "127.0.0.1",
@@ -53,4 +56,5 @@ class MlflowServer(procs.LoopbackServer):
         # The server must not inherit a client-side tracking URI pointing at some other server.
         env.pop("MLFLOW_TRACKING_URI", None)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.backend_env or {})
         return env

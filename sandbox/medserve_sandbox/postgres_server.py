@@ -69,6 +69,10 @@ class PostgresServer:
         return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -132,6 +136,12 @@ class PostgresServer:
         if out.returncode != 0:
             raise RuntimeError(f"psql failed: {out.stderr.strip()}")
         return out.stdout
+
+    def create_database(self, name: str) -> None:
+        """Another database in the same cluster (MLflow's backend store beside the audit records)."""
+        if not name.isidentifier():
+            raise ValueError(f"not a plain database name: {name!r}")
+        self._psql("postgres", f"CREATE DATABASE {name}")
 
     def sql(self, sql: str) -> str:
         """Run SQL in the medserve database (tests edit the audit table by hand with it)."""

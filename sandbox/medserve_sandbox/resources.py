@@ -91,6 +91,7 @@ def builtin_types() -> list[ResourceType]:
         _builtin("", "v1", "namespaces", "Namespace", namespaced=False, status=True, short_names=["ns"]),
         _builtin("", "v1", "configmaps", "ConfigMap", short_names=["cm"]),
         _builtin("", "v1", "secrets", "Secret"),
+        _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", status=True, short_names=["pvc"]),
         _builtin("", "v1", "events", "Event", short_names=["ev"]),
         _builtin("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
         _builtin("", "v1", "services", "Service", status=True, short_names=["svc"], categories=["all"]),

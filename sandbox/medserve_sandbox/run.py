@@ -1,7 +1,9 @@
 """`medserve sandbox`: the whole system on loopback, step by step — what `make demo` runs.
 
-It starts the Kubernetes API emulator (with crds/ installed), a real MLflow server and a real
-Prometheus (scraping every runtime process every second), trains and
+It starts the Kubernetes API emulator (with crds/ installed), a real MLflow server, a real
+Prometheus (scraping every runtime process every second), a real PostgreSQL (the runtimes' audit records;
+MLflow's backend store too with `--mlflow-backend postgresql`) and a real Redis (rate limits the runtimes
+share), trains and
 registers the example triage model (version 1, alias `champion`), starts the real operator against
 the emulator, local stand-ins for KServe's controller and the kubelet (each InferenceService runs
 as a medserve-runtime process), for KServe's InferenceGraph router (a weighted splitter) and for the Job
@@ -10,12 +12,14 @@ with the real kubectl, waits until the ModelDeployment is Ready, sends it real c
 example API keys, and shows the responses, `/models` and the audit log. Then it runs the whole loop: drift
 on a shifted population, a retraining Job, an A/B test of the new version against the champion on
 ground-truth feedback, promotion of the winner; it prints the timeline from the Events and writes
-`report.png` (drift score over time, the A/B difference with its confidence sequence). Then it stops
+`report.png` (drift score over time, the A/B difference with its confidence sequence), and checks every
+audit chain in PostgreSQL with `medserve audit verify --dsn ...`. Then it stops
 everything, or with `--keep` leaves it running for you to explore (`medserve sandbox --stop` ends it).
 
 All state lives under the work directory (default `.sandbox/`): `cluster/` (the kubeconfig),
-`mlflow/` (database and artifacts), `prometheus/` (its config, targets file and data), `predictors/`
-(each runtime process's files, its audit log among them), `jobs/` (one log per Job attempt), `logs/`
+`mlflow/` (database and artifacts), `prometheus/` (its config, targets file and data), `postgres/`,
+`redis/`, `predictors/` (each runtime process's files and volumes), `volumes/` (the PersistentVolumeClaims:
+the audit spool the runtimes share), `jobs/` (one log per Job attempt), `logs/`
 (one log per process), `report.png` (with its figures in `report.json`) and `sandbox.json` (the
 running processes, for `--stop`). Each run starts from a fresh cluster and registry.
 
@@ -46,6 +50,7 @@ from medserve_sandbox.demo_traffic import DemoTraffic
 from medserve_sandbox.report import Recorder, write_report
 from medserve_sandbox.sandbox_processes import (
     DEPLOY_TIMEOUT,
+    MLFLOW_BACKENDS,
     MODEL_ALIAS,
     MODEL_NAME,
     find_repo,
@@ -65,7 +70,8 @@ class Sandbox(DemoTraffic):
     @property
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
         return [
-            ("Start MLflow and the Kubernetes API emulator (with crds/ installed)", self.start_services),
+            ("Start MLflow, PostgreSQL, Redis and the Kubernetes API emulator (with crds/ installed)",
+             self.start_services),
             (f"Train the example triage model and register it in MLflow (alias {MODEL_ALIAS})", self.train_model),
             ("Start the medserve operator against the emulator", self.start_operator),
             ("Start the local KServe stand-in (each InferenceService runs as a medserve-runtime process)",
@@ -208,6 +214,7 @@ class Sandbox(DemoTraffic):
             start = end - (time.monotonic() - self.recorder.started)
             for drawn in dashboards.draw(self.prometheus.url, self.workdir, start=start, end=end):
                 self.console.say(f"      dashboard: {drawn.path} ({drawn.title})")
+        self.verify_audit()
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -221,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true",
                         help="leave everything running at the end and print how to use and stop it")
     parser.add_argument("--stop", action="store_true", help="stop a sandbox that --keep left running")
+    parser.add_argument("--mlflow-backend", choices=MLFLOW_BACKENDS, default="sqlite",
+                        help="MLflow's backend store: a SQLite file (default) or a database in the sandbox's "
+                             "PostgreSQL (needs psycopg2)")
     return parser
 
 
@@ -242,7 +252,7 @@ def main(argv: list[str]) -> int:
         return 1
 
     console.say(f"medserve sandbox: everything on loopback, state and logs in {workdir}")
-    sandbox = Sandbox(workdir, repo, console)
+    sandbox = Sandbox(workdir, repo, console, mlflow_backend=args.mlflow_backend)
     steps = sandbox.steps
     keep = False
     try:

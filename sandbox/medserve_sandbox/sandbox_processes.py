@@ -1,5 +1,11 @@
-"""The sandbox's processes: starting, watching and stopping the emulator, MLflow, Prometheus, the operator
-and the stand-ins, reading the cluster with kubectl, and the `--keep` / `--stop` state file.
+"""The sandbox's processes: starting, watching and stopping the emulator, MLflow, Prometheus, PostgreSQL,
+Redis, the operator and the stand-ins, reading the cluster with kubectl, and the `--keep` / `--stop` state
+file.
+
+PostgreSQL holds the runtimes' audit records (and, with `--mlflow-backend postgresql`, MLflow's backend
+store, in a database of its own); Redis the runtimes' shared rate limits. The runtimes find both through
+Secrets the sandbox creates in the demo namespace, which the operator names in every ModelDeployment it
+renders as its defaults (the chart's `audit.*` and `redis.*` values), with a persistent spool.
 
 `SandboxProcesses` holds the processes and the helpers every step uses (waiting on the cluster,
 querying it); demo_traffic.py adds the requests the demo sends, run.py the steps of the story.
@@ -8,8 +14,10 @@ querying it); demo_traffic.py adds the requests the demo sends, run.py the steps
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,7 +32,9 @@ import httpx
 from medserve_sandbox import procs
 from medserve_sandbox.emulator import EmulatorProcess
 from medserve_sandbox.mlflow_server import MlflowServer
+from medserve_sandbox.postgres_server import USER, PostgresServer
 from medserve_sandbox.prometheus_server import PrometheusServer
+from medserve_sandbox.redis_server import RedisServer
 from medserve_sandbox.report import Recorder
 from medserve_sandbox.story import Console, SandboxError
 
@@ -39,6 +49,16 @@ OPERATOR_RESYNC_SECONDS = "1"
 STATE_FILE = "sandbox.json"
 DRIFT_TIMEOUT = 90.0
 """Seconds to wait for a drift evaluation to reach the expected verdict."""
+MLFLOW_BACKENDS = ("sqlite", "postgresql")
+AUDIT_DB_SECRET, AUDIT_KEY_SECRET, REDIS_SECRET = "medserve-audit-db", "medserve-audit-key", "medserve-redis"
+"""The Secrets the sandbox creates and the operator uses as its defaults (MEDSERVE_*_SECRET)."""
+
+
+def redacted(dsn: str) -> str:
+    """`dsn` with its password shown as ***, for what is printed."""
+    head, sep, tail = dsn.rpartition("@")
+    scheme, _, userinfo = head.partition("://")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{tail}" if sep and ":" in userinfo else dsn
 
 
 def find_repo() -> Path:
@@ -52,14 +72,24 @@ def find_repo() -> Path:
 class SandboxProcesses:
     """The sandbox's processes, how each is started and stopped, and the waits and reads on the cluster."""
 
-    def __init__(self, workdir: Path, repo: Path, console: Console) -> None:
+    def __init__(self, workdir: Path, repo: Path, console: Console, *, mlflow_backend: str = "sqlite") -> None:
         self.workdir = workdir.resolve()
         self.repo = repo
         self.console = console
         self.logs = self.workdir / "logs"
         self.emulator = EmulatorProcess(self.workdir / "cluster", crd_paths=[repo / "crds"],
                                         log_path=self.logs / "emulator.log")
+        self.postgres = PostgresServer(self.workdir / "postgres")
+        self.redis = RedisServer(self.workdir / "redis", log_path=self.logs / "redis.log")
+        self.audit_key = secrets.token_hex(32)
         self.mlflow = MlflowServer(self.workdir / "mlflow", log_path=self.logs / "mlflow.log")
+        if mlflow_backend not in MLFLOW_BACKENDS:
+            raise SandboxError(f"--mlflow-backend {mlflow_backend!r}: choose one of {', '.join(MLFLOW_BACKENDS)}")
+        self.mlflow_backend = mlflow_backend
+        if mlflow_backend == "postgresql":
+            # libpq reads the password from the environment: it stays off MLflow's command line.
+            self.mlflow.backend_store_uri = f"postgresql://{USER}@127.0.0.1:{self.postgres.port}/mlflow"
+            self.mlflow.backend_env = {"PGPASSWORD": self.postgres.password}
         # Its targets file is the one the KServe stand-in keeps (<workdir>/prometheus/targets.json).
         self.prometheus = PrometheusServer(self.workdir / "prometheus", log_path=self.logs / "prometheus.log")
         # The operator's own /metrics, scraped beside the runtimes: the dashboards drawn at the end need both.
@@ -79,13 +109,54 @@ class SandboxProcesses:
 
     def start_services(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.mlflow.launch()  # it migrates a fresh database for a few seconds: start the emulator meanwhile
+        if self.mlflow_backend == "postgresql" and importlib.util.find_spec("psycopg2") is None:
+            raise SandboxError("--mlflow-backend postgresql needs MLflow's PostgreSQL driver, psycopg2, in this "
+                               "environment (pip install psycopg2-binary); or use --mlflow-backend sqlite")
+        if self.mlflow_backend == "sqlite":
+            self.mlflow.launch()  # it migrates a fresh database for a few seconds: start the others meanwhile
+        self.postgres.start()
+        self.redis.start()
+        self.console.say(f"      PostgreSQL {redacted(self.postgres.dsn)}  (audit records"
+                         f"{'; MLflow database mlflow' if self.mlflow_backend == 'postgresql' else ''})")
+        self.console.say(f"      Redis     {self.redis.url}  (rate limits shared by the runtimes)")
+        if self.mlflow_backend == "postgresql":
+            self.postgres.create_database("mlflow")
+            self.mlflow.launch()
         self.emulator.start()
         self.console.say(f"      emulator  {self.emulator.url}  (kubeconfig {self.emulator.kubeconfig})")
+        self.create_secrets()
         self.prometheus.start()
         self.console.say(f"      Prometheus {self.prometheus.url}  (scraping {self.prometheus.targets_file})")
         self.mlflow.wait_ready()
         self.console.say(f"      MLflow    {self.mlflow.url}")
+
+    def create_secrets(self) -> None:
+        """The audit database's URL, the audit key and the Redis URL as Secrets in the demo namespace (from
+        files, so that no secret is on a command line), as an administrator would create them."""
+        folder = self.workdir / "secrets"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        try:
+            for name, key, value in ((AUDIT_DB_SECRET, "dsn", self.postgres.dsn),
+                                     (AUDIT_KEY_SECRET, "key", self.audit_key), (REDIS_SECRET, "url", self.redis.url)):
+                path = folder / key
+                path.touch(mode=0o600)
+                path.write_text(value)
+                self.emulator.kubectl("create", "secret", "generic", name, f"--from-file={key}={path}",
+                                      "-n", NAMESPACE)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.console.say(f"      Secrets {AUDIT_DB_SECRET} (dsn), {AUDIT_KEY_SECRET} (key), {REDIS_SECRET} (url) "
+                         f"in namespace {NAMESPACE}")
+
+    def verify_audit(self) -> None:
+        """`medserve audit verify --dsn ...` over every runtime's chain, as printed (the password redacted)."""
+        cmd = [sys.executable, "-m", "medserve_operator.cli", "audit", "verify"]  # the DSN and key from the env
+        env = {**os.environ, "MEDSERVE_AUDIT_DSN": self.postgres.dsn, "MEDSERVE_AUDIT_KEY": self.audit_key}
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False,
+                                stdin=subprocess.DEVNULL)
+        self.console.block(f"medserve audit verify --dsn {redacted(self.postgres.dsn)}",
+                           (result.stdout + result.stderr).replace(self.postgres.password, "***").rstrip()
+                           + f"\n(exit {result.returncode})")
 
     def train_model(self) -> None:
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.mlflow.url, "MEDSERVE_MODEL_NAME": MODEL_NAME}
@@ -113,7 +184,9 @@ class SandboxProcesses:
                # The router forwards the API key (KServe's router.headers.propagate), and an arm reaches the
                # other through the KServe stand-in's service directory (the sandbox's cluster DNS).
                "MEDSERVE_ROUTER_HEADERS_PROPAGATE": ROUTER_HEADERS_PROPAGATE,
-               "MEDSERVE_RUNTIME_PEER_URL_TEMPLATE": f"http://127.0.0.1:{self.directory_port}/{{namespace}}/{{arm}}"}
+               "MEDSERVE_RUNTIME_PEER_URL_TEMPLATE": f"http://127.0.0.1:{self.directory_port}/{{namespace}}/{{arm}}",
+               "MEDSERVE_AUDIT_DSN_SECRET": AUDIT_DB_SECRET, "MEDSERVE_AUDIT_KEY_SECRET": AUDIT_KEY_SECRET,
+               "MEDSERVE_REDIS_SECRET": REDIS_SECRET, "MEDSERVE_AUDIT_SPOOL_PERSISTENT": "true"}
         health = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         log = self.logs / "operator.log"
         self.operator = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator",
@@ -254,13 +327,13 @@ class SandboxProcesses:
                  "kserve-standin": self.standin.pid if self.standin else None,
                  "job-standin": self.job_standin.pid if self.job_standin else None,
                  "graph-standin": self.graph_standin.pid if self.graph_standin else None, "mlflow": self.mlflow.pid,
-                 "prometheus": self.prometheus.pid,
+                 "prometheus": self.prometheus.pid, "redis": self.redis.pid, "postgres": self.postgres.pid,
                  "emulator": self.emulator.proc.pid if self.emulator.proc else None}
         return {name: pid for name, pid in found.items() if pid is not None}
 
     def save_state(self) -> None:
         state = {"pids": self.pids(), "kubeconfig": str(self.emulator.kubeconfig), "mlflow": self.mlflow.url,
-                 "prometheus": self.prometheus.url,
+                 "prometheus": self.prometheus.url, "postgres": redacted(self.postgres.dsn), "redis": self.redis.url,
                  "emulator": self.emulator.url, "logs": str(self.logs)}
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -290,6 +363,12 @@ class SandboxProcesses:
         if self.mlflow.pid is not None:
             self.console.say("      stopping MLflow")
             self.mlflow.stop()
+        if self.redis.pid is not None:
+            self.console.say("      stopping Redis")
+            self.redis.stop()
+        if self.postgres.running:
+            self.console.say("      stopping PostgreSQL")
+            self.postgres.remove()
         if self.emulator.proc is not None:
             self.console.say("      stopping the emulator")
             self.emulator.stop()
@@ -303,7 +382,7 @@ def prepare_workdir(workdir: Path) -> None:
         raise SandboxError(f"a sandbox is already running in {workdir} (pids "
                            f"{', '.join(map(str, running.values()))}); stop it with: "
                            f"medserve sandbox --stop --workdir {workdir}")
-    for sub in ("cluster", "mlflow", "prometheus", "logs"):
+    for sub in ("cluster", "mlflow", "prometheus", "logs", "postgres", "redis", "volumes"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     (workdir / STATE_FILE).unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +414,8 @@ def stop_kept(workdir: Path, console: Console) -> int:
         console.say(f"no sandbox is running in {workdir}")
         (workdir / STATE_FILE).unlink(missing_ok=True)
         return 0
-    for name in ("operator", "kserve-standin", "job-standin", "graph-standin", "prometheus", "mlflow", "emulator"):
+    for name in ("operator", "kserve-standin", "job-standin", "graph-standin", "prometheus", "mlflow", "redis",
+                 "postgres", "emulator"):
         pid = running.get(name)
         if pid is None:
             continue

@@ -43,6 +43,7 @@ MODEL_VERSION = r"^[1-9][0-9]*$"
 MODEL_ALIAS = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 ENV_VAR_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 # Loose on purpose: the CRD can only check the shape; croniter checks the fields in Python.
 CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+\s+\S+\s+\S+\s+\S+\s+\S+)$"
 TIME_ZONE_PATTERN = r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"
@@ -64,6 +65,7 @@ PATTERN_HINTS: dict[str, str] = {
     "at most 64 characters",
     CONDITION_REASON: "must be a CamelCase reason such as ModelNotFound",
     ENV_VAR_NAME: "must be an environment variable name: letters, digits, '-', '.', '_', not starting with a digit",
+    SECRET_KEY: "must be a Secret key: letters, digits, '-', '.' or '_'",
     CRON_PATTERN: "must be a 5-field cron expression or one of @hourly, @daily, @weekly, @monthly, @yearly",
     TIME_ZONE_PATTERN: "must be an IANA time zone name such as Europe/Berlin",
     QUANTITY_PATTERN: "must be a Kubernetes quantity such as 500m, 2, 1Gi or 512Mi",
@@ -250,6 +252,13 @@ class LocalObjectReference(ApiModel):
     name: str = Field(
         pattern=DNS1123_SUBDOMAIN, min_length=1, max_length=253, description="Name of the referenced object."
     )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the same namespace; each use subclasses it to give `key` its own default."""
+
+    name: str = Field(pattern=DNS1123_SUBDOMAIN, min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(pattern=SECRET_KEY, min_length=1, max_length=253, description="The Secret's key.")
 
 
 class ResourceRequirements(ApiModel):

@@ -14,6 +14,7 @@ from medserve_operator.api.common import (
     MODEL_ALIAS,
     MODEL_VERSION,
     READY,
+    SECRET_KEY,
     ApiModel,
     ApiVersion,
     CelRule,
@@ -23,7 +24,9 @@ from medserve_operator.api.common import (
     LocalObjectReference,
     PositiveDuration,
     PrinterColumn,
+    Quantity,
     ResourceRequirements,
+    SecretKeyRef,
     Timestamp,
     TopLevel,
     name_rules,
@@ -39,6 +42,9 @@ DRIFT_DETECTED: Final = "DriftDetected"
 """Reported, never held against Ready (the model still answers)."""
 DEGRADED: Final = "Degraded"
 """Accuracy from feedback below `monitoring.alerts.minAccuracy`; holds Ready back."""
+AUDIT_DURABLE: Final = "AuditDurable"
+"""Whether audit records outlive the pod (PostgreSQL with a persistent spool); reported, never held against
+Ready (the model still answers, and every answer is still audited)."""
 
 CONDITIONS = ConditionSet(required=(MODEL_RESOLVED, INFERENCE_SERVICE_READY), negative=(DEGRADED, DRIFT_DETECTED))
 """DriftDetected is negative for Events (turning True is a Warning) but not required by Ready."""
@@ -71,6 +77,11 @@ LOW_ACCURACY: Final = "LowAccuracy"
 ACCURACY_OK: Final = "AccuracyOK"
 MONITORING_FAILED: Final = "MonitoringFailed"
 INVALID_DRIFT_DATA: Final = "InvalidDriftData"
+AUDIT_PERSISTENT: Final = "PersistentSpool"
+SPOOL_NOT_PERSISTENT: Final = "SpoolNotPersistent"
+SPOOL_CLAIM_FAILED: Final = "SpoolClaimFailed"
+AUDIT_IN_POD: Final = "AuditLogInPod"
+AUDIT_DISABLED: Final = "AuditDisabled"
 
 # --- event reasons -------------------------------------------------------------------------------------------
 ROLLOUT_STARTED: Final = "RolloutStarted"
@@ -259,6 +270,60 @@ class MonitoringSpec(ApiModel):
     alerts: AlertsSpec = Field(default_factory=AlertsSpec, description="Alert thresholds.")
 
 
+class AuditDsnSecretRef(SecretKeyRef):
+    """The Secret key holding the audit database's PostgreSQL URL, password included."""
+
+    key: str = Field(default="dsn", pattern=SECRET_KEY,
+                     min_length=1, max_length=253, description="The Secret's key holding the URL.")
+
+
+class AuditKeySecretRef(SecretKeyRef):
+    """The Secret key holding the HMAC key of the audit chains."""
+
+    key: str = Field(default="key", pattern=SECRET_KEY,
+                     min_length=1, max_length=253, description="The Secret's key holding the HMAC key.")
+
+
+class RedisSecretRef(SecretKeyRef):
+    """The Secret key holding the URL of the Redis the replicas share."""
+
+    key: str = Field(default="url", pattern=SECRET_KEY,
+                     min_length=1, max_length=253, description="The Secret's key holding the redis:// URL.")
+
+
+class AuditSpoolSpec(ApiModel):
+    """The volume where audit records wait, fsynced, while PostgreSQL is unreachable: a ReadWriteMany
+    PersistentVolumeClaim `<name>-audit-spool` the operator creates, shared by the replicas, so that a
+    replica deleted during an outage leaves its records to the others to write."""
+
+    storage_class_name: str | None = Field(
+        default=None, pattern=DNS1123_SUBDOMAIN, max_length=253,
+        description="Storage class of the claim (one that offers ReadWriteMany); unset: the operator's "
+        "default, else the cluster's.",
+    )
+    size: Quantity | None = Field(default=None, description="Requested size; unset: the operator's default.")
+
+
+class AuditSpec(ApiModel):
+    """Where the audit records go. With `dsnSecretRef` they go to PostgreSQL (with a spool for outages),
+    else to a file in the pod, which does not outlive it."""
+
+    dsn_secret_ref: AuditDsnSecretRef | None = Field(
+        default=None,
+        description="Secret key holding the PostgreSQL URL; unset: the operator's default, else a file in the pod.",
+    )
+    key_secret_ref: AuditKeySecretRef | None = Field(
+        default=None,
+        description="Secret key holding the chains' HMAC key; unset: the operator's default, else unkeyed "
+        "(an edit with the chain recomputed is then not detected).",
+    )
+    spool: AuditSpoolSpec | None = Field(
+        default=None,
+        description="Persistent spool for outages of the database; unset: the operator's default, else an "
+        "emptyDir (records spooled in an outage are then lost with the pod, and AuditDurable says so).",
+    )
+
+
 class SecuritySpec(ApiModel):
     """Access control and request limits of the inference endpoint."""
 
@@ -266,10 +331,31 @@ class SecuritySpec(ApiModel):
         default=None,
         description="Secret whose keys.json key holds the hashed API keys; without it the endpoint is open.",
     )
-    rate_limit_per_minute: int = Field(default=100, ge=1, le=1000000, description="Requests per minute per key.")
-    audit_log: bool = Field(default=True, description="Write one audit record per request.")
+    rate_limit_per_minute: int = Field(
+        default=100, ge=1, le=1000000,
+        description="Requests (a batch: one per record) per minute per key, for the deployment as a whole: "
+        "shared through Redis (redisSecretRef), else each replica allows its share of scaling.maxReplicas.",
+    )
+    redis_secret_ref: RedisSecretRef | None = Field(
+        default=None,
+        description="Secret key holding the Redis URL the replicas share rate limits through; unset: the "
+        "operator's default, else per-replica limits.",
+    )
+    audit_log: bool = Field(default=True, description="Write one audit record per request (false: none at all).")
+    audit: AuditSpec | None = Field(
+        default=None, description="Where the audit records go; unset: the operator's defaults."
+    )
     max_request_bytes: int = Field(
         default=1048576, ge=1024, le=67108864, description="Largest request body accepted, in bytes."
+    )
+
+    __cel_rules__ = (
+        CelRule(
+            rule="self.auditLog || !has(self.audit)",
+            message="audit settings need auditLog: true",
+            check=lambda m: m.audit_log or m.audit is None,
+            field_path=".audit",
+        ),
     )
 
 

@@ -99,7 +99,8 @@ class Renderer:
             model_version=version, image=spec.runtime.image or self.config.runtime_image,
             mlflow_uri=self.config.runtime_mlflow_uri,
             mode=spec.runtime.deployment_mode or self.mode or self.config.deployment_mode, canary_from=canary,
-            peer_url_template=self.config.runtime_peer_url_template.replace("{namespace}", namespace))
+            peer_url_template=self.config.runtime_peer_url_template.replace("{namespace}", namespace),
+            audit=md_render.audit_plan(spec.security, self.config.audit))
 
     async def resolve(self, model: str, alias: str) -> str:
         from medserve_operator.clients.mlflow import MlflowRegistry, ModelNotFound, RegistryError

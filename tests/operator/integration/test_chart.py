@@ -50,7 +50,11 @@ def test_helm_lint() -> None:
     (),
     ("operator.watchNamespaces={clinical,research}", "operator.logLevel=debug",
      "runtime.image.repository=example/rt", "runtime.image.tag=1",
-     "mlflow.runtimeTrackingUri=http://mlflow:5000", "serviceAccount.create=false", "serviceAccount.name=ops"),
+     "mlflow.runtimeTrackingUri=http://mlflow:5000", "serviceAccount.create=false", "serviceAccount.name=ops",
+     "audit.dsnSecret.name=audit-db", "audit.keySecret.name=audit-key", "redis.secret.name=redis",
+     "audit.spool.persistent=true", "audit.spool.storageClassName=nfs-rwx", "audit.spool.size=5Gi",
+     "networkPolicy.enabled=true", "networkPolicy.namespaces={clinical}", "networkPolicy.postgres.enabled=true",
+     "networkPolicy.postgres.to[0].ipBlock.cidr=10.0.5.0/24", "networkPolicy.redis.enabled=true"),
 ], ids=["defaults", "every-option"])
 def test_every_rendered_object_is_valid(values: tuple[str, ...]) -> None:
     objects = render(*values)
@@ -107,11 +111,29 @@ def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
         ("batch", "jobs"): {"list", "watch", "create"},
         ("batch", "cronjobs"): {"get", "create", "update", "delete"},
         ("", "events"): {"create"},
+        ("", "persistentvolumeclaims"): {"get", "create", "update"},  # the audit spool
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("", "namespaces"): {"list", "watch"},
     }
     (binding,) = by_kind(render(), "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "medserve", "namespace": "medserve-system"}]
+
+
+def test_external_postgres_and_redis_are_operator_defaults_by_secret_name() -> None:
+    (deployment,) = by_kind(render("audit.dsnSecret.name=audit-db", "audit.keySecret.name=audit-key",
+                                   "audit.keySecret.key=hmac", "redis.secret.name=redis",
+                                   "audit.spool.persistent=true", "audit.spool.storageClassName=nfs-rwx"),
+                            "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["MEDSERVE_AUDIT_DSN_SECRET"], env["MEDSERVE_AUDIT_DSN_SECRET_KEY"]) == ("audit-db", "dsn")
+    assert (env["MEDSERVE_AUDIT_KEY_SECRET"], env["MEDSERVE_AUDIT_KEY_SECRET_KEY"]) == ("audit-key", "hmac")
+    assert (env["MEDSERVE_REDIS_SECRET"], env["MEDSERVE_REDIS_SECRET_KEY"]) == ("redis", "url")
+    assert (env["MEDSERVE_AUDIT_SPOOL_PERSISTENT"], env["MEDSERVE_AUDIT_SPOOL_STORAGE_CLASS"],
+            env["MEDSERVE_AUDIT_SPOOL_SIZE"]) == ("true", "nfs-rwx", "1Gi")
+    assert not any(o["kind"] in {"StatefulSet", "Secret"} for o in render())  # no bundled database
+    (plain,) = by_kind(render(), "Deployment")
+    defaults = {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MEDSERVE_AUDIT_DSN_SECRET" not in defaults and "MEDSERVE_REDIS_SECRET" not in defaults
 
 
 def test_watch_namespaces_become_arguments() -> None:

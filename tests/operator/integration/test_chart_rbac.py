@@ -67,11 +67,14 @@ def test_blocking_owner_reference_needs_update_on_the_owners_finalizers(
     ("create", "jobs.batch", True),
     ("delete", "cronjobs.batch", True),
     ("create", "events", True),
+    ("create", "persistentvolumeclaims", True),
+    ("update", "persistentvolumeclaims", True),
     # Trimmed: the operator never does these.
     ("delete", "abtests.medserve.io", False),
     ("delete", "inferenceservices.serving.kserve.io", False),
     ("delete", "jobs.batch", False),
     ("get", "secrets", False),
+    ("delete", "persistentvolumeclaims", False),
 ])
 def test_the_operator_account_may_do_what_it_does_and_no_more(
         plane: ControlPlane, operator_kubeconfig: Path, verb: str, resource: str, allowed: bool) -> None:

@@ -314,6 +314,8 @@ CEL_SAMPLES: list[dict[str, Any]] = [
     doc("ModelDeployment", {**MD, "scaling": {"minReplicas": 4}}),
     doc("ModelDeployment", {**MD, "scaling": {"minReplicas": 3}}),
     doc("ModelDeployment", {**MD, "scaling": {"minReplicas": 5, "maxReplicas": 4}}),
+    doc("ModelDeployment", {**MD, "security": {"audit": {"dsnSecretRef": {"name": "pg"}, "spool": {}}}}),
+    doc("ModelDeployment", {**MD, "security": {"auditLog": False, "audit": {"dsnSecretRef": {"name": "pg"}}}}),
     doc("ModelDeployment", MD, name="a" * 45),
     doc("ModelDeployment", MD, name="a" * 46),
     doc("ModelDeployment", MD, name="Upper"),

@@ -562,3 +562,55 @@ async def test_low_accuracy_from_prometheus_degrades_the_deployment(world: World
     await world.reconcile(periodic=True)
     assert world.condition("Degraded")["reason"] == "AccuracyOK"
     assert world.status()["phase"] == "Ready"
+
+
+PVC = "persistentvolumeclaims"
+AUDIT_SPEC = {"audit": {"dsnSecretRef": {"name": "audit-db"}, "keySecretRef": {"name": "audit-key"},
+                        "spool": {"storageClassName": "nfs-rwx"}}}
+
+
+async def test_a_persistent_spool_is_an_owned_claim_and_audit_durable_says_so(world: World, events: Events) -> None:
+    world.registry.add_version(MODEL)
+    world.registry.move_alias(MODEL, "champion", "1")
+    world.apply(security=AUDIT_SPEC)
+    await world.reconcile()
+    claim = world.kube.obj("v1", PVC, NS, "triage-audit-spool")
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == world.md()["metadata"]["uid"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs-rwx"
+    volumes = {v["name"]: v for v in world.isvc()["spec"]["predictor"]["volumes"]}
+    assert volumes["audit-spool"]["persistentVolumeClaim"] == {"claimName": "triage-audit-spool"}
+    durable = world.condition("AuditDurable")
+    assert (durable["status"], durable["reason"]) == ("True", "PersistentSpool")
+    assert "audit-db" in durable["message"] and "triage-audit-spool" in durable["message"]
+    # The claim is left alone afterwards (its spec is immutable), even when the spec asks for another size.
+    world.apply(security={"audit": {**AUDIT_SPEC["audit"], "spool": {"storageClassName": "nfs-rwx", "size": "9Gi"}}})
+    writes = world.kube.writes["replace"]
+    await world.reconcile()
+    assert world.kube.obj("v1", PVC, NS, "triage-audit-spool")["spec"] == claim["spec"]
+    assert world.kube.writes["replace"] == writes  # the size is the claim's only, and the claim stays
+
+
+async def test_a_refused_claim_falls_back_to_an_empty_dir_and_says_so(world: World, events: Events) -> None:
+    world.registry.add_version(MODEL)
+    world.registry.move_alias(MODEL, "champion", "1")
+
+    def refuse(verb: str, plural: str, name: str) -> None:
+        if plural == PVC:
+            raise ApiError(403, "Forbidden", 'persistentvolumeclaims is forbidden: User "medserve" cannot create')
+    world.kube.before_write = refuse
+    world.apply(security=AUDIT_SPEC)
+    await world.reconcile()
+    volumes = {v["name"]: v for v in world.isvc()["spec"]["predictor"]["volumes"]}
+    assert volumes["audit-spool"] == {"name": "audit-spool", "emptyDir": {}}
+    durable = world.condition("AuditDurable")
+    assert (durable["status"], durable["reason"]) == ("False", "SpoolClaimFailed")
+    assert "forbidden" in durable["message"] and "emptyDir" in durable["message"]
+    assert "SpoolClaimFailed" in events.reasons()
+
+
+async def test_audit_in_the_pod_is_reported_not_held_against_ready(world: World, events: Events) -> None:
+    await serving(world, events)
+    durable = world.condition("AuditDurable")
+    assert (durable["status"], durable["reason"]) == ("False", "AuditLogInPod")
+    assert "UNKEYED" in durable["message"]
+    assert world.condition("Ready")["status"] == "True"

@@ -8,6 +8,7 @@ from typing import Any
 import knative_masks
 import pytest
 from medserve_operator.api import ModelDeploymentSpec, parse_spec
+from medserve_operator.config import AuditDefaults, OperatorConfig, SecretKey
 from medserve_operator.controllers.modeldeployment import render
 from medserve_operator.kit import manifest
 
@@ -201,3 +202,116 @@ def test_valid_against_kserve_schema_in_both_modes() -> None:
     for mode in ("Serverless", "Standard"):
         for canary in (None, render.ModelVersion("sepsis-risk", "2")):
             registry.admit(rendered(s, mode=mode, canary_from=canary), old=None, field_validation="Strict")
+
+
+
+AUDITED = {"auditLog": True, "redisSecretRef": {"name": "redis"},
+           "audit": {"dsnSecretRef": {"name": "audit-db"}, "keySecretRef": {"name": "audit-hmac", "key": "hmac"},
+                     "spool": {"storageClassName": "nfs-rwx", "size": "2Gi"}}}
+
+
+def container_of(isvc: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = isvc["spec"]["predictor"]["containers"][0]
+    return container
+
+
+def test_default_audit_is_a_file_in_the_pod_and_the_limit_is_shared_by_max_replicas() -> None:
+    isvc = rendered(spec(scaling={"maxReplicas": 4}))
+    container = container_of(isvc)
+    assert "--audit_log=/var/log/medserve/audit.jsonl" in container["args"]
+    assert "--rate_limit_replicas=4" in container["args"]
+    assert {"name": "audit", "emptyDir": {}} in isvc["spec"]["predictor"]["volumes"]
+    assert not any(a.startswith(("--audit_dsn", "--audit_spool", "--audit_key")) for a in container["args"])
+
+
+def test_postgres_audit_redis_and_spool_come_from_secrets_and_a_claim_never_values() -> None:
+    s = spec(security=AUDITED)
+    plan = render.audit_plan(s.security)
+    isvc = rendered(s, audit=plan)
+    container, predictor = container_of(isvc), isvc["spec"]["predictor"]
+    args = container["args"]
+    assert "--audit_dsn_file=/var/run/medserve/audit-db/dsn" in args
+    assert "--audit_key_file=/var/run/medserve/audit-key/hmac" in args
+    assert "--audit_spool=/var/lib/medserve/audit/$(POD_NAME).jsonl" in args
+    assert not any(a.startswith("--audit_log") for a in args)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"] == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert env["MEDSERVE_REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "redis", "key": "url"}}
+    assert all("value" not in e for e in (env["POD_NAME"], env["MEDSERVE_REDIS_URL"]))
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert volumes["audit-db"]["secret"] == {"secretName": "audit-db", "defaultMode": 0o444,
+                                             "items": [{"key": "dsn", "path": "dsn"}]}
+    assert volumes["audit-key"]["secret"]["items"] == [{"key": "hmac", "path": "hmac"}]
+    assert volumes["audit-spool"] == {"name": "audit-spool",
+                                      "persistentVolumeClaim": {"claimName": "sepsis-audit-spool"}}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["audit-db"]["readOnly"] and mounts["audit-key"]["readOnly"]
+    assert mounts["audit-spool"] == {"name": "audit-spool", "mountPath": "/var/lib/medserve/audit"}
+
+    assert plan.spool is not None
+    claim = render.render_spool_claim(name="sepsis", namespace="icu", uid="uid-1", claim=plan.spool)
+    assert claim["metadata"]["name"] == "sepsis-audit-spool"
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs-rwx",
+                             "resources": {"requests": {"storage": "2Gi"}}}
+
+
+def test_without_a_spool_the_database_audit_spools_to_an_empty_dir() -> None:
+    s = spec(security={"audit": {"dsnSecretRef": {"name": "audit-db", "key": "url"}}})
+    plan = render.audit_plan(s.security)
+    assert plan.spool is None and plan.key is None
+    isvc = rendered(s, audit=plan)
+    assert {"name": "audit-spool", "emptyDir": {}} in isvc["spec"]["predictor"]["volumes"]
+    assert "--audit_dsn_file=/var/run/medserve/audit-db/url" in container_of(isvc)["args"]
+
+
+def test_the_operators_defaults_fill_what_the_spec_leaves_unset() -> None:
+    defaults = AuditDefaults(dsn_secret=SecretKey(name="pg", key="dsn"), key_secret=SecretKey(name="k", key="key"),
+                             redis_secret=SecretKey(name="r", key="url"), spool_persistent=True,
+                             spool_storage_class="efs", spool_size="5Gi")
+    plan = render.audit_plan(spec().security, defaults)
+    assert plan == render.AuditPlan(enabled=True, dsn=defaults.dsn_secret, key=defaults.key_secret,
+                                    redis=defaults.redis_secret,
+                                    spool=render.SpoolClaim(storage_class="efs", size="5Gi"))
+    mine = render.audit_plan(spec(security={"audit": {"dsnSecretRef": {"name": "mine"}, "spool": {}}}).security,
+                             defaults)
+    assert mine.dsn == SecretKey(name="mine", key="dsn") and mine.spool == render.SpoolClaim(storage_class="efs",
+                                                                                              size="5Gi")
+    off = render.audit_plan(spec(security={"auditLog": False}).security, defaults)
+    assert off == render.AuditPlan(enabled=False, redis=defaults.redis_secret)
+    assert not any(a.startswith("--audit") for a in container_of(rendered(spec(security={"auditLog": False}),
+                                                                          audit=off))["args"])
+
+
+def test_audit_settings_with_audit_log_off_are_refused() -> None:
+    with pytest.raises(Exception, match="audit settings need auditLog: true"):
+        spec(security={"auditLog": False, "audit": {"dsnSecretRef": {"name": "pg"}}})
+
+
+def test_audit_wiring_valid_against_kserve_and_kubernetes_schemas() -> None:
+    schemas = pytest.importorskip("medserve_sandbox.schemas")
+    directory = schemas.find_kserve_crds_dir()
+    if directory is None:
+        pytest.skip("KServe CRD schemas not found (../shared/upstream/kserve); cannot validate the render")
+    registry = schemas.SchemaRegistry()
+    registry.add_kserve_crds(directory)
+    s = spec(security=AUDITED)
+    plan = render.audit_plan(s.security)
+    for audit in (plan, render.audit_plan(spec(security={"audit": {"dsnSecretRef": {"name": "db"}}}).security)):
+        registry.admit(rendered(s, audit=audit), old=None, field_validation="Strict")
+    assert registry.has_schema("v1", "PersistentVolumeClaim")
+    assert plan.spool is not None
+    registry.admit(render.render_spool_claim(name="sepsis", namespace="icu", uid="uid-1", claim=plan.spool),
+                   old=None, field_validation="Strict")
+
+
+def test_operator_audit_defaults_from_env() -> None:
+    config = OperatorConfig.from_env({"MEDSERVE_AUDIT_DSN_SECRET": "audit-db", "MEDSERVE_AUDIT_KEY_SECRET": "k",
+                                      "MEDSERVE_AUDIT_KEY_SECRET_KEY": "hmac", "MEDSERVE_REDIS_SECRET": "r",
+                                      "MEDSERVE_AUDIT_SPOOL_PERSISTENT": "true",
+                                      "MEDSERVE_AUDIT_SPOOL_STORAGE_CLASS": "efs", "MEDSERVE_AUDIT_SPOOL_SIZE": "3Gi"})
+    assert config.audit == AuditDefaults(dsn_secret=SecretKey(name="audit-db", key="dsn"),
+                                         key_secret=SecretKey(name="k", key="hmac"),
+                                         redis_secret=SecretKey(name="r", key="url"), spool_persistent=True,
+                                         spool_storage_class="efs", spool_size="3Gi")
+    assert OperatorConfig.from_env({}).audit == AuditDefaults()

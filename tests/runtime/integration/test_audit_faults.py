@@ -34,7 +34,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pg_runtime(workdir: Path, model_dir: Path, pg: PostgresServer, *, spool: bool = True,
-               args: tuple[str, ...] = ()) -> RuntimeProcess:
+               spool_path: Path | None = None, args: tuple[str, ...] = (),
+               env: dict[str, str] | None = None) -> RuntimeProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     dsn_file = workdir / "dsn"
     dsn_file.write_text(pg.dsn)
@@ -42,8 +43,8 @@ def pg_runtime(workdir: Path, model_dir: Path, pg: PostgresServer, *, spool: boo
     key_file.write_text(AUDIT_KEY)
     flags = [f"--audit_dsn_file={dsn_file}", f"--audit_key_file={key_file}"]
     if spool:
-        flags.append(f"--audit_spool={workdir / 'spool.jsonl'}")
-    return RuntimeProcess(workdir, model_dir=model_dir, audit=False, args=[*flags, *args])
+        flags.append(f"--audit_spool={spool_path or workdir / 'spool.jsonl'}")
+    return RuntimeProcess(workdir, model_dir=model_dir, audit=False, args=[*flags, *args], env=env)
 
 
 def verify(pg: PostgresServer) -> subprocess.CompletedProcess[str]:
@@ -148,6 +149,47 @@ async def test_sigkill_mid_load_every_answer_recorded_unclean_end_reported(model
         done = verify(pg)
         assert done.returncode == 0, done.stdout
         assert "no clean shutdown record" in done.stdout
+
+
+def test_a_deleted_pods_spool_is_drained_by_another_writer(model_dir: Path, tmp_path: Path) -> None:
+    """Pod A is killed while PostgreSQL is down (its answered requests only in its spool); pod B, on the same
+    spool directory (the ReadWriteMany volume), drains A's file into the database once and removes it."""
+    spools = tmp_path / "spool"
+    with PostgresServer(tmp_path / "pg") as pg:
+        a = pg_runtime(tmp_path / "a", model_dir, pg, spool_path=spools / "pod-a.jsonl",
+                       env={"POD_NAME": "pod-a"}).start()
+        http = a.client()
+        assert http.post("/predict", json=predict_body()).status_code == 200
+        pg.stop()
+        answered = []
+        for n in range(5):
+            r = http.post("/predict", json=predict_body(f"patient-{n}"))
+            assert r.status_code == 200, r.text
+            answered.append(r.json()["prediction_id"])
+        assert a.proc is not None
+        os.killpg(a.proc.pid, signal.SIGKILL)
+        a.proc.wait()
+        a.proc = None
+        assert (spools / "pod-a.jsonl").stat().st_size > 0
+        pg.start()
+        with pg_runtime(tmp_path / "b", model_dir, pg, spool_path=spools / "pod-b.jsonl",
+                        env={"POD_NAME": "pod-b"}) as b:
+            deadline = time.monotonic() + 60
+            while (spools / "pod-a.jsonl").exists():
+                assert time.monotonic() < deadline, "pod A's spool was not drained"
+                time.sleep(0.2)
+            assert httpx.get(f"{b.url}/health", timeout=10).json()["audit"]["recovered_total"] > 0
+        recorded = [r for r in requests_in_db(pg) if r["writer"].startswith("pod-a/")]
+        assert [r["prediction_id"] for r in recorded][-5:] == answered  # in order
+        assert len({(r["writer"], r["seq"]) for r in recorded}) == len(recorded) == 6  # exactly once
+        (recovery,) = [json.loads(line) for line in pg.sql(
+            "SELECT record FROM audit_records WHERE event = 'spool_recovered'").splitlines()]
+        assert recovery["writer"].startswith("pod-b/") and recovery["spool"] == "pod-a.jsonl"
+        assert sum(recovery["chains"].values()) == recovery["records"] >= 5
+        done = verify(pg)
+        assert done.returncode == 0, done.stdout
+        unclean = [line for line in done.stdout.splitlines() if "no clean shutdown record" in line]
+        assert len(unclean) == 1 and "writer pod-a/" in unclean[0], done.stdout
 
 
 def test_no_audit_destination_means_503_and_not_ready_then_recovery(model_dir: Path, tmp_path: Path) -> None:

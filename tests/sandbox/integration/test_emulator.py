@@ -93,7 +93,8 @@ def watch_lines(api: httpx.Client, path: str, params: dict[str, str], count: int
 def test_discovery_lists_builtin_and_custom_resources(api: httpx.Client) -> None:
     assert api.get("/api").json()["versions"] == ["v1"]
     core = {r["name"]: r for r in api.get("/api/v1").json()["resources"]}
-    for plural in ("namespaces", "configmaps", "secrets", "events", "serviceaccounts", "services", "pods"):
+    for plural in ("namespaces", "configmaps", "secrets", "persistentvolumeclaims", "events", "serviceaccounts",
+                   "services", "pods"):
         assert plural in core
     assert core["namespaces"]["namespaced"] is False
     assert "pods/status" in core

@@ -6,7 +6,9 @@
    once; aliases move: every `monitoring.interval`);
 2. `decide_rollout` (pure): whether a changed version rolls out as a canary beside the serving one, the
    canary is promoted, or KServe reports the new version serving all traffic (per deployment mode);
-3. `apply`: render the InferenceService and create or replace it (`kit.apply.apply_child`);
+3. `apply`: the audit spool's PersistentVolumeClaim when one is asked for (else, or when it cannot be
+   created, the spool is an emptyDir and the AuditDurable condition says so), then render the
+   InferenceService and create or replace it (`kit.apply.apply_child`);
 4. `evaluate`: every `monitoring.interval` on the periodic path, drift and accuracy from the monitor
    (monitoring.py: Prometheus and the reference profile), which status.py turns into `status.drift` and
    the `DriftDetected` and `Degraded` conditions.
@@ -226,6 +228,7 @@ async def apply(rt: Runtime, ctx: Context, spec: ModelDeploymentSpec, outcome: O
     assert outcome.resolved is not None and outcome.mode is not None
     new = outcome.resolved
     previous = outcome.previous_model
+    outcome.audit = await apply_spool_claim(rt, ctx, render.audit_plan(spec.security, rt.config.audit), outcome)
     try:
         desired = render.render_inference_service(
             name=ctx.name, namespace=ctx.namespace, uid=ctx.uid, spec=spec, model_name=new.name,
@@ -233,7 +236,7 @@ async def apply(rt: Runtime, ctx: Context, spec: ModelDeploymentSpec, outcome: O
             mlflow_uri=rt.config.runtime_mlflow_uri, mode=outcome.mode,
             peer_url_template=rt.config.runtime_peer_url_template.replace("{namespace}", ctx.namespace),
             canary_from=render.ModelVersion(str(previous.get("name") or new.name), str(previous["version"]))
-            if canary and previous else None,
+            if canary and previous else None, audit=outcome.audit,
         )
     except render.RenderError as exc:
         outcome.isvc_error, outcome.isvc_error_reason = str(exc), md.ISVC_UNSUPPORTED
@@ -248,6 +251,24 @@ async def apply(rt: Runtime, ctx: Context, spec: ModelDeploymentSpec, outcome: O
     outcome.inference_service = applied.object
     if applied.created:
         outcome.event(md.ISVC_CREATED, f"InferenceService {ctx.name} created for {new.uri}")
+
+
+async def apply_spool_claim(rt: Runtime, ctx: Context, plan: render.AuditPlan, outcome: Outcome) -> render.AuditPlan:
+    """Create the audit spool's claim when `plan` asks for one; the plan the InferenceService is rendered with
+    (its spool an emptyDir, and `outcome.spool_error` saying why, when the claim cannot be written)."""
+    if plan.spool is None:
+        return plan
+    desired = render.render_spool_claim(name=ctx.name, namespace=ctx.namespace, uid=ctx.uid, claim=plan.spool)
+    try:
+        current = await get_child(rt.kube, render.PERSISTENT_VOLUME_CLAIM, ctx.namespace, desired["metadata"]["name"])
+        if current is not None:  # a claim's spec is immutable: only its labels and owner are put back
+            desired["spec"] = current.get("spec") or {}
+        await apply_child(rt.kube, render.PERSISTENT_VOLUME_CLAIM, desired, current)
+    except ApiError as exc:
+        outcome.spool_error = f"PersistentVolumeClaim {desired['metadata']['name']} could not be applied: {exc}"
+        ctx.logger.warning("%s; the audit spool falls back to an emptyDir", outcome.spool_error)
+        return dataclasses.replace(plan, spool=None)
+    return plan
 
 
 async def evaluate(rt: Runtime, ctx: Context, spec: ModelDeploymentSpec, model: ResolvedModel) -> Evaluation:

@@ -1,4 +1,5 @@
-"""Pure builders of the ModelDeployment's child: the KServe v1beta1 InferenceService running the model runtime.
+"""Pure builders of the ModelDeployment's children: the KServe v1beta1 InferenceService running the model
+runtime, and the PersistentVolumeClaim its replicas share as the audit spool.
 
 A parsed spec in, a manifest (a plain dict) out; nothing here talks to a cluster. Tests assert on the dicts
 and validate them against KServe's real schemas and Knative's field masks. `render_inference_service` puts
@@ -45,7 +46,8 @@ import dataclasses
 import re
 from typing import Any, Final
 
-from medserve_operator.api.modeldeployment import KIND, DeploymentMode, ModelDeploymentSpec
+from medserve_operator.api.modeldeployment import KIND, AuditSpec, DeploymentMode, ModelDeploymentSpec, SecuritySpec
+from medserve_operator.config import AuditDefaults, SecretKey
 from medserve_operator.kit.apply import ChildKind
 from medserve_operator.kit.manifest import (
     MODEL_DEPLOYMENT_LABEL,
@@ -57,10 +59,14 @@ from medserve_operator.kit.manifest import (
 )
 
 INFERENCE_SERVICE: Final = ChildKind("serving.kserve.io/v1beta1", "inferenceservices")
+PERSISTENT_VOLUME_CLAIM: Final = ChildKind("v1", "persistentvolumeclaims")
 RUNTIME_PORT = 8080
 RUNTIME_UID = 1000
 API_KEYS_DIR = "/etc/medserve/api-keys"
 AUDIT_DIR = "/var/log/medserve"
+AUDIT_DB_DIR = "/var/run/medserve/audit-db"
+AUDIT_KEY_DIR = "/var/run/medserve/audit-key"
+AUDIT_SPOOL_DIR = "/var/lib/medserve/audit"
 MODEL_VERSION_LABEL: Final = "medserve.io/model-version"
 CONTAINER_NAME: Final = "kserve-container"
 """`constants.InferenceServiceContainerName`: the container KServe reads the storage URI and protocol from."""
@@ -151,9 +157,120 @@ def runtime_args(name: str, spec: ModelDeploymentSpec, model_uri: str) -> list[s
     ]
     if security.api_key_secret_ref is not None:
         args.append(f"--api_keys_file={API_KEYS_DIR}/keys.json")
-    if security.audit_log:
-        args.append(f"--audit_log={AUDIT_DIR}/audit.jsonl")
     return args
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpoolClaim:
+    """The audit spool's PersistentVolumeClaim, as the spec and the operator's defaults ask for it."""
+
+    storage_class: str | None
+    size: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditPlan:
+    """Where a ModelDeployment's audit records and shared rate limits go: `spec.security`, else the
+    operator's defaults (`audit_plan`). `spool` None with a database: the spool is an emptyDir."""
+
+    enabled: bool
+    dsn: SecretKey | None = None
+    key: SecretKey | None = None
+    redis: SecretKey | None = None
+    spool: SpoolClaim | None = None
+
+
+def audit_plan(security: SecuritySpec, defaults: AuditDefaults | None = None) -> AuditPlan:
+    """Resolve `security`'s audit and Redis settings against the operator's `defaults` (pure)."""
+    defaults = defaults or AuditDefaults()
+    audit = security.audit or AuditSpec()
+
+    def ref(spec_ref: Any, default: SecretKey | None) -> SecretKey | None:
+        return SecretKey(name=spec_ref.name, key=spec_ref.key) if spec_ref is not None else default
+
+    redis = ref(security.redis_secret_ref, defaults.redis_secret)
+    if not security.audit_log:
+        return AuditPlan(enabled=False, redis=redis)
+    dsn = ref(audit.dsn_secret_ref, defaults.dsn_secret)
+    spool = None
+    if dsn is not None and (audit.spool is not None or defaults.spool_persistent):
+        asked = audit.spool
+        spool = SpoolClaim(storage_class=(asked.storage_class_name if asked else None) or defaults.spool_storage_class,
+                           size=str(asked.size if asked and asked.size is not None else defaults.spool_size))
+    return AuditPlan(enabled=True, dsn=dsn, key=ref(audit.key_secret_ref, defaults.key_secret), redis=redis,
+                     spool=spool)
+
+
+def spool_claim_name(name: str) -> str:
+    return f"{name}-audit-spool"
+
+
+def render_spool_claim(*, name: str, namespace: str, uid: str, claim: SpoolClaim) -> dict[str, Any]:
+    """The ReadWriteMany PersistentVolumeClaim every replica's spool file lives on (one file per pod)."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": claim.size}}}
+    if claim.storage_class:
+        spec["storageClassName"] = claim.storage_class
+    return {
+        "apiVersion": PERSISTENT_VOLUME_CLAIM.api_version,
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": spool_claim_name(name), "namespace": namespace,
+                     "labels": app_labels("medserve-audit-spool", name, **{MODEL_DEPLOYMENT_LABEL: name}),
+                     "annotations": {}, "ownerReferences": [owner_reference(kind=KIND, name=name, uid=uid)]},
+        "spec": spec,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Wiring:
+    """What `audit_and_limits` adds to the runtime container and its pod."""
+
+    args: list[str]
+    env: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+
+def _secret_volume(volume: str, secret: SecretKey, mount_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    # Only the one key, under its own name: a Secret without that key fails the mount with the kubelet's
+    # own message (in the pod's events and KServe's status), rather than a runtime that starts without it.
+    return ({"name": volume, "secret": {"secretName": secret.name, "defaultMode": SECRET_FILE_MODE,
+                                        "items": [{"key": secret.key, "path": secret.key}]}},
+            {"name": volume, "mountPath": mount_path, "readOnly": True})
+
+
+def audit_and_limits(name: str, spec: ModelDeploymentSpec, plan: AuditPlan | None = None) -> Wiring:
+    """The runtime's audit trail and shared rate limits: args, env, volumes and mounts (no secret value:
+    the DSN and the HMAC key are files from Secret volumes, the Redis URL an env var from a Secret).
+    `plan` None: `spec.security` alone, without the operator's defaults."""
+    plan = plan or audit_plan(spec.security)
+    args = [f"--rate_limit_replicas={spec.scaling.max_replicas}"]
+    env: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if plan.enabled and plan.dsn is not None:
+        env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        volume, mount = _secret_volume("audit-db", plan.dsn, AUDIT_DB_DIR)
+        volumes.append(volume)
+        mounts.append(mount)
+        args.append(f"--audit_dsn_file={AUDIT_DB_DIR}/{plan.dsn.key}")
+        args.append(f"--audit_spool={AUDIT_SPOOL_DIR}/$(POD_NAME).jsonl")  # the kubelet expands $(POD_NAME)
+        volumes.append({"name": "audit-spool", **(
+            {"persistentVolumeClaim": {"claimName": spool_claim_name(name)}}
+            if plan.spool is not None else {"emptyDir": {}})})
+        mounts.append({"name": "audit-spool", "mountPath": AUDIT_SPOOL_DIR})
+    elif plan.enabled:
+        volumes.append({"name": "audit", "emptyDir": {}})
+        mounts.append({"name": "audit", "mountPath": AUDIT_DIR})
+        args.append(f"--audit_log={AUDIT_DIR}/audit.jsonl")
+    if plan.enabled and plan.key is not None:
+        volume, mount = _secret_volume("audit-key", plan.key, AUDIT_KEY_DIR)
+        volumes.append(volume)
+        mounts.append(mount)
+        args.append(f"--audit_key_file={AUDIT_KEY_DIR}/{plan.key.key}")
+    if plan.redis is not None:
+        env.append({"name": "MEDSERVE_REDIS_URL",
+                    "valueFrom": {"secretKeyRef": {"name": plan.redis.name, "key": plan.redis.key}}})
+    return Wiring(args, env, volumes, mounts)
 
 
 def runtime_resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
@@ -165,13 +282,10 @@ def runtime_resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
     return resources
 
 
-def runtime_volumes(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The pod's volumes and the container's mounts: scratch space, the audit log, the API keys."""
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if spec.security.audit_log:
-        volumes.append({"name": "audit", "emptyDir": {}})
-        mounts.append({"name": "audit", "mountPath": AUDIT_DIR})
+def runtime_volumes(spec: ModelDeploymentSpec, wiring: Wiring) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the container's mounts: scratch space, the audit trail's, the API keys."""
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *wiring.volumes]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}, *wiring.mounts]
     if spec.security.api_key_secret_ref is not None:
         volumes.append({"name": "api-keys", "secret": {"secretName": spec.security.api_key_secret_ref.name,
                                                         "defaultMode": SECRET_FILE_MODE}})
@@ -180,7 +294,7 @@ def runtime_volumes(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], li
 
 
 def runtime_container(*, name: str, spec: ModelDeploymentSpec, model: ModelVersion, image: str, mlflow_uri: str,
-                      mode: DeploymentMode, mounts: list[dict[str, Any]],
+                      mode: DeploymentMode, mounts: list[dict[str, Any]], wiring: Wiring,
                       peer_url_template: str | None = None) -> dict[str, Any]:
     """The kserve-container running the model runtime for `model`.
 
@@ -193,6 +307,7 @@ def runtime_container(*, name: str, spec: ModelDeploymentSpec, model: ModelVersi
         {"name": "MEDSERVE_MODEL_DEPLOYMENT", "value": name},
         {"name": "MEDSERVE_MODEL_VERSION", "value": model.version},
         {"name": "PROTOCOL", "value": spec.runtime.protocol},
+        *wiring.env,
     ]
     if peer_url_template:
         env.append({"name": "MEDSERVE_PEER_URL_TEMPLATE", "value": peer_url_template})
@@ -201,7 +316,7 @@ def runtime_container(*, name: str, spec: ModelDeploymentSpec, model: ModelVersi
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
-        "args": runtime_args(name, spec, model.uri),
+        "args": [*runtime_args(name, spec, model.uri), *wiring.args],
         "env": env,
         "ports": [{"containerPort": RUNTIME_PORT, "name": "http1", "protocol": "TCP"}],
         "securityContext": dict(RUNTIME_CONTAINER_SECURITY),
@@ -240,14 +355,17 @@ def scaling_fields(spec: ModelDeploymentSpec, mode: DeploymentMode) -> dict[str,
 
 
 def render_predictor(*, name: str, spec: ModelDeploymentSpec, model: ModelVersion, image: str, mlflow_uri: str,
-                     mode: DeploymentMode, peer_url_template: str | None = None) -> dict[str, Any]:
+                     mode: DeploymentMode, peer_url_template: str | None = None,
+                     audit: AuditPlan | None = None) -> dict[str, Any]:
     """The predictor serving `model`: scaling, the pod fields, the runtime container and its volumes."""
-    volumes, mounts = runtime_volumes(spec)
+    wiring = audit_and_limits(name, spec, audit)
+    volumes, mounts = runtime_volumes(spec, wiring)
     predictor: dict[str, Any] = {
         **scaling_fields(spec, mode),
         **pod_fields(spec),
         "containers": [runtime_container(name=name, spec=spec, model=model, image=image, mlflow_uri=mlflow_uri,
-                                         mode=mode, mounts=mounts, peer_url_template=peer_url_template)],
+                                         mode=mode, mounts=mounts, wiring=wiring,
+                                         peer_url_template=peer_url_template)],
         "volumes": volumes,
     }
     if mode == "Standard":
@@ -281,22 +399,25 @@ def render_inference_service(
     mode: DeploymentMode = "Serverless",
     canary_from: ModelVersion | None = None,
     peer_url_template: str | None = None,
+    audit: AuditPlan | None = None,
 ) -> dict[str, Any]:
     """A KServe v1beta1 InferenceService in deployment `mode` whose predictor runs the medserve model runtime.
 
     `canary_from` (the version serving now) rolls `model_version` out as a canary taking
     `rollout.canaryTrafficPercent` of the traffic; without it the new version serves everything (in
     Standard mode by retargeting the predictor to the canary's name). Raises RenderError for a spec the mode
-    cannot run.
+    cannot run. `audit`: where the audit records and shared rate limits go (`audit_plan`; None:
+    `spec.security` without the operator's defaults).
     """
     model = ModelVersion(model_name, model_version)
     predictor = render_predictor(name=name, spec=spec, model=model, image=image, mlflow_uri=mlflow_uri, mode=mode,
-                                 peer_url_template=peer_url_template)
+                                 peer_url_template=peer_url_template, audit=audit)
     isvc_spec: dict[str, Any] = {"predictor": predictor}
     percent = spec.rollout.canary_traffic_percent
     if canary_from is not None and percent > 0 and canary_from != model:
         stable = render_predictor(name=name, spec=spec, model=canary_from, image=image, mlflow_uri=mlflow_uri,
-                                  mode=mode, peer_url_template=peer_url_template) if mode == "Standard" \
+                                  mode=mode, peer_url_template=peer_url_template, audit=audit) \
+            if mode == "Standard" \
             else predictor
         isvc_spec = canary_spec(stable=stable, canary=predictor, mode=mode, percent=percent)
     return {

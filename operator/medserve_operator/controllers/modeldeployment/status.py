@@ -3,7 +3,8 @@
 KServe's own code defines it.
 
 `Ready` is derived from ModelResolved and InferenceServiceReady, held back by Degraded (accuracy); drift is
-reported by DriftDetected and never held against Ready (the model still answers).
+reported by DriftDetected and never held against Ready (the model still answers), and so is AuditDurable
+(whether the audit records outlive the pod).
 
 Reading KServe 0.20 (kserve/kserve `pkg/apis/serving/v1beta1/inference_service_status.go`):
 - `status.observedGeneration` is NOT the InferenceService's: `PropagateStatus` copies the Knative Service's
@@ -32,7 +33,7 @@ from medserve_operator.api.modeldeployment import DriftStatus, ModelDeploymentSp
 from medserve_operator.clients.mlflow import ModelNotFound, RegistryError, ResolvedModel
 from medserve_operator.controllers.modeldeployment import monitoring, render
 from medserve_operator.controllers.modeldeployment.monitoring import Evaluation
-from medserve_operator.controllers.modeldeployment.render import MODEL_VERSION_LABEL
+from medserve_operator.controllers.modeldeployment.render import MODEL_VERSION_LABEL, AuditPlan, spool_claim_name
 from medserve_operator.kit import conditions, reconciler
 from medserve_operator.kit import status as kit_status
 from medserve_operator.kit.conditions import Conditions, ConditionStatus
@@ -59,6 +60,10 @@ class Outcome(reconciler.Outcome):
     """monitoring.alerts.minAccuracy; None drops the Degraded condition (once the spec was read)."""
     evaluation: Evaluation | None = None
     """Drift and accuracy, when this reconciliation evaluated them (every monitoring.interval)."""
+    audit: AuditPlan | None = None
+    """Where the rendered runtime sends its audit records, when this reconciliation rendered it."""
+    spool_error: str | None = None
+    """Why the audit spool's claim could not be written (the spool is then an emptyDir)."""
 
 
 def pinned_model(spec: ModelDeploymentSpec, model: Mapping[str, Any] | None) -> ResolvedModel | None:
@@ -214,6 +219,7 @@ def compute_status(current: dict[str, Any], outcome: Outcome, *, name: str, gene
         status.pop("rollout", None)
 
     _inference_service_condition(status, conds, outcome, name)
+    _audit_condition(conds, outcome, name)
     _monitoring_conditions(status, conds, outcome)
     final = conds.ready(md.CONDITIONS.required, negative=md.READY_NEGATIVE)
     status["conditions"] = final
@@ -260,6 +266,35 @@ def _inference_service_condition(status: dict[str, Any], conds: Conditions, outc
                       if c is not None and c.get("status") != "True" and c.get("reason")), ready)
         conds.put(md.INFERENCE_SERVICE_READY, "False", str(cause.get("reason") or md.ISVC_NOT_READY),
                   str(cause.get("message") or ready.get("message") or f"InferenceService {name} is not ready"))
+
+
+def _audit_condition(conds: Conditions, outcome: Outcome, name: str) -> None:
+    """AuditDurable: whether what the runtime is rendered with keeps the audit records past the pod. It
+    names Secrets and claims, never their contents."""
+    plan = outcome.audit
+    if plan is None:
+        return
+    keyed = f"; chains keyed by Secret {plan.key.name} key {plan.key.key}" if plan.key else \
+        "; chains UNKEYED (no audit key Secret): an edit with the chain recomputed is not detected"
+    if not plan.enabled:
+        conds.put(md.AUDIT_DURABLE, "False", md.AUDIT_DISABLED, "spec.security.auditLog is false: no audit records")
+    elif plan.dsn is None:
+        conds.put(md.AUDIT_DURABLE, "False", md.AUDIT_IN_POD,
+                  "audit records go to a file on an emptyDir and are lost with the pod; set "
+                  f"spec.security.audit.dsnSecretRef (or the operator's default) for PostgreSQL{keyed}")
+    elif outcome.spool_error is not None:
+        conds.put(md.AUDIT_DURABLE, "False", md.SPOOL_CLAIM_FAILED,
+                  f"{outcome.spool_error}; the audit spool is an emptyDir: records spooled while PostgreSQL is "
+                  "unreachable are lost if the pod is deleted before it answers again")
+    elif plan.spool is None:
+        conds.put(md.AUDIT_DURABLE, "False", md.SPOOL_NOT_PERSISTENT,
+                  f"audit records go to PostgreSQL (Secret {plan.dsn.name} key {plan.dsn.key}); the spool is an "
+                  "emptyDir: records spooled while PostgreSQL is unreachable are lost if the pod is deleted "
+                  f"before it answers again; set spec.security.audit.spool for a persistent one{keyed}")
+    else:
+        conds.put(md.AUDIT_DURABLE, "True", md.AUDIT_PERSISTENT,
+                  f"audit records go to PostgreSQL (Secret {plan.dsn.name} key {plan.dsn.key}), spooled in an "
+                  f"outage on PersistentVolumeClaim {spool_claim_name(name)}{keyed}")
 
 
 _DRIFT_CONDITION: dict[str, tuple[ConditionStatus, str]] = {
