@@ -88,7 +88,7 @@ class SandboxProcesses:
         self.mlflow_backend = mlflow_backend
         if mlflow_backend == "postgresql":
             # libpq reads the password from the environment: it stays off MLflow's command line.
-            self.mlflow.backend_store_uri = f"postgresql://{USER}@127.0.0.1:{self.postgres.port}/mlflow"
+            self.mlflow.backend_store_uri = f"postgresql+psycopg2://{USER}@127.0.0.1:{self.postgres.port}/mlflow"
             self.mlflow.backend_env = {"PGPASSWORD": self.postgres.password}
         # Its targets file is the one the KServe stand-in keeps (<workdir>/prometheus/targets.json).
         self.prometheus = PrometheusServer(self.workdir / "prometheus", log_path=self.logs / "prometheus.log")
