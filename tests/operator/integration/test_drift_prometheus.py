@@ -183,7 +183,7 @@ def test_shifted_traffic_flips_drift_and_prometheus_down_is_unknown(
     wait_for(lambda: scraped(prometheus), timeout=WAIT, what="Prometheus scraping the runtime")
     targets = json.loads((prometheus.targets_file).read_text())
     assert targets[0]["labels"] == {"namespace": "default", "inferenceservice": NAME,
-                                    "pod": f"{NAME}-predictor-00001"}
+                                    "pod": f"{NAME}-predictor-00001-deployment"}  # Knative's revision pod
 
     # Reference-like traffic (the training population, another seed): no drift.
     labels = ["upper_respiratory_infection", "pneumonia", "sepsis", "acute_coronary_syndrome"]
