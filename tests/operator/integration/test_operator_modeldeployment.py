@@ -60,12 +60,33 @@ def isvc(cluster: EmulatorProcess, name: str, namespace: str = "default") -> dic
 
 
 def kserve_marks_ready(cluster: EmulatorProcess, name: str) -> None:
-    """Write the InferenceService status as KServe's controller does once the predictor is up."""
+    """Write the InferenceService status as KServe 0.20's controller does in Serverless mode once the
+    predictor's latest revision is up (kserve pkg/apis/serving/v1beta1/inference_service_status.go
+    `PropagateStatus`: the Knative Service's conditions and traffic, `latestRolledoutRevision` once the latest
+    ready revision has 100%; sandbox/medserve_sandbox/kserve_status.py builds the same). One revision per
+    model version here: `<name>-predictor-0000<version>`. With `canaryTrafficPercent` set, the latest
+    revision gets that share and the last rolled-out one keeps the rest (`ksvc_reconciler.go`)."""
     obj = isvc(cluster, name)
     assert obj is not None
+    predictor = obj["spec"]["predictor"]
+    uri = next(a for a in predictor["containers"][0]["args"] if a.startswith("--model_uri="))
+    latest = f"{name}-predictor-{int(uri.rsplit('/', 1)[1]):05d}"
+    previous = ((obj.get("status") or {}).get("components") or {}).get("predictor", {}).get("latestRolledoutRevision")
+    percent = predictor.get("canaryTrafficPercent")
+    if percent is not None and previous and previous != latest:
+        traffic = [{"revisionName": latest, "latestRevision": True, "percent": percent},
+                   {"revisionName": previous, "latestRevision": False, "percent": 100 - percent, "tag": "prev"}]
+        rolled_out = previous
+    else:
+        traffic, rolled_out = [{"revisionName": latest, "latestRevision": True, "percent": 100}], latest
+    when = "2026-01-01T00:00:00Z"
     status = {"observedGeneration": obj["metadata"]["generation"],
               "url": f"http://{name}.default.example.com",
-              "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+              "deploymentMode": "Knative",
+              "components": {"predictor": {"latestCreatedRevision": latest, "latestReadyRevision": latest,
+                                           "latestRolledoutRevision": rolled_out, "traffic": traffic}},
+              "conditions": [{"type": t, "status": "True", "lastTransitionTime": when}
+                             for t in ("IngressReady", "LatestDeploymentReady", "PredictorReady", "Ready")]}
     cluster.kubectl("patch", "inferenceservices.serving.kserve.io", name, "--subresource=status",
                     "--type=merge", "-p", json.dumps({"status": status}))
 
@@ -120,6 +141,7 @@ def test_version_change_rolls_out_as_canary_then_completes(cluster: EmulatorProc
     kserve_marks_ready(cluster, "sepsis-b")
     service = wait_for(lambda: (s := isvc(cluster, "sepsis-b")) and
                        "canaryTrafficPercent" not in s["spec"]["predictor"] and s, what="canary promoted")
+    kserve_marks_ready(cluster, "sepsis-b")  # Knative moves all traffic to the latest revision
     obj = wait_for(lambda: (o := md(cluster, "sepsis-b")) and "previousModel" not in o["status"] and o,
                    what="previousModel cleared")
     events = cluster.kubectl("get", "events", "--field-selector", "involvedObject.name=sepsis-b", "-o", "json")
