@@ -52,6 +52,7 @@ from medserve_operator.kit.conditions import now_rfc3339
 from medserve_sandbox import procs
 from medserve_sandbox.kserve_status import Conditions
 from medserve_sandbox.kserve_webhooks import DEPLOYMENT_MODE_ANNOTATION, KNATIVE, STANDARD, normalise_mode
+from medserve_sandbox.loopback_proxy import serve_on_a_free_port
 
 logger = logging.getLogger("medserve.graph-standin")
 
@@ -162,18 +163,7 @@ class GraphRouter:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        await self.runner.setup()
-        for attempt in range(3):
-            port = procs.free_port()  # another process may take it before the bind: pick again
-            try:
-                await web.TCPSite(self.runner, "127.0.0.1", port).start()
-            except OSError:
-                if attempt == 2:
-                    await self.runner.cleanup()
-                    raise
-                continue
-            self.port = port
-            return
+        self.port = await serve_on_a_free_port(self.runner)
 
     async def close(self) -> None:
         await self.runner.cleanup()

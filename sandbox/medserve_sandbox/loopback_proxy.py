@@ -31,6 +31,23 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 NOT_RETURNED = HOP_BY_HOP | {"content-encoding"}  # httpx hands back the decoded body
 
 
+async def serve_on_a_free_port(runner: web.AppRunner) -> int:
+    """Set `runner` up and listen on a free loopback port; the port. Another process may take the port
+    between the pick and the bind: then pick again (three tries)."""
+    await runner.setup()
+    for attempt in range(3):
+        port = procs.free_port()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+        except OSError:
+            if attempt == 2:
+                await runner.cleanup()
+                raise
+            continue
+        return port
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where a share of the traffic goes: `name` (a revision or a Deployment) at `url`, with `weight`."""
@@ -56,18 +73,7 @@ class WeightedProxy:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        await self.runner.setup()
-        for attempt in range(3):
-            port = procs.free_port()  # another process may take it before the bind: pick again
-            try:
-                await web.TCPSite(self.runner, "127.0.0.1", port).start()
-            except OSError:
-                if attempt == 2:
-                    await self.runner.cleanup()
-                    raise
-                continue
-            self.port = port
-            return
+        self.port = await serve_on_a_free_port(self.runner)
 
     async def close(self) -> None:
         await self.runner.cleanup()

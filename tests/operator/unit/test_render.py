@@ -289,12 +289,7 @@ def test_audit_settings_with_audit_log_off_are_refused() -> None:
 
 
 def test_audit_wiring_valid_against_kserve_and_kubernetes_schemas() -> None:
-    schemas = pytest.importorskip("medserve_sandbox.schemas")
-    directory = schemas.find_kserve_crds_dir()
-    if directory is None:
-        pytest.skip("KServe CRD schemas not found (../shared/upstream/kserve); cannot validate the render")
-    registry = schemas.SchemaRegistry()
-    registry.add_kserve_crds(directory)
+    registry = kserve_schemas()
     s = spec(security=AUDITED)
     plan = render.audit_plan(s.security)
     for audit in (plan, render.audit_plan(spec(security={"audit": {"dsnSecretRef": {"name": "db"}}}).security)):
