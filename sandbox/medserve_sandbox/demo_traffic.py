@@ -99,6 +99,8 @@ class DemoTraffic(SandboxProcesses):
             stdin=subprocess.DEVNULL).stdout)
         headers = {"Authorization": f"Bearer {DEMO_KEYS['clinician']}"}
         arms: dict[str, int] = {}
+        spec = self.abtest["spec"]
+        roles = {spec[role]["modelDeployment"]: role for role in ("control", "treatment")}
         sent, concluded = 0, None
         with httpx.Client(base_url=url, timeout=60, headers=headers) as client, \
                 concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
@@ -108,7 +110,7 @@ class DemoTraffic(SandboxProcesses):
                 self._expect(response, 200, "POST /predict through the split")
                 feedback = {"prediction_id": response.json()["prediction_id"], "outcome": labelled[i]["label"]}
                 # KServe's router hands back the arm's body alone: the body names the arm that answered.
-                return str(response.json().get("model_name", "?")), client.post("/feedback", json=feedback)
+                return roles.get(str(response.json().get("model_name")), "?"), client.post("/feedback", json=feedback)
 
             while sent < len(labelled) and concluded is None:
                 # Paced at about AB_RATE a second, so that the report shows the test's path look by look.
