@@ -144,7 +144,7 @@ def test_keep_leaves_it_running_until_stop(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "sandbox.json").read_text())
     try:
         assert set(state["pids"]) == {"operator", "kserve-standin", "job-standin", "graph-standin", "prometheus",
-                                      "mlflow", "emulator"}
+                                      "mlflow", "emulator", "postgres", "redis"}
         assert all(alive(pid) for pid in state["pids"].values())
         got = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "get", "md", "triage", "-o",
                               "jsonpath={.status.model.version}"], capture_output=True, text=True, timeout=60,
