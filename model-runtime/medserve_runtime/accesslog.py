@@ -32,19 +32,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import orjson
 
+from medserve_runtime.asgi import ASGIApp, Message, Receive, Scope, Send
 from medserve_runtime.routes import classify
 from medserve_runtime.schemas import error_body
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SCOPE_KEY = "medserve.access"
 """Where the access facts of a request live in its ASGI scope (the gate adds the key id)."""

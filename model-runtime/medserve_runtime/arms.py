@@ -34,23 +34,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import orjson
 from fastapi import Request, Response
 
+from medserve_runtime.asgi import ASGIApp, Message, Receive, Scope, Send
 from medserve_runtime.context import current_note
 from medserve_runtime.errors import ClinicalError
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ARM_HEADER = "x-medserve-arm"
 FORWARDED_BY = "x-medserve-forwarded-by"

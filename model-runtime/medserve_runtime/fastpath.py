@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import inspect
 import types
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from medserve_runtime.api import ClinicalApi
+from medserve_runtime.asgi import ASGIApp, Receive, Scope, Send
 from medserve_runtime.routes import ROUTES
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def direct_routes(api: ClinicalApi) -> dict[tuple[str, str], tuple[Callable[..., Awaitable[Response]], bool]]:

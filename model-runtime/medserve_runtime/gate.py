@@ -31,12 +31,13 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from medserve_runtime.accesslog import ROUTE_KEY, note_key, request_id
+from medserve_runtime.asgi import ASGIApp, Message, Receive, Scope, Send
 from medserve_runtime.batching import Arrivals
 from medserve_runtime.context import RequestNote, close_note, open_note
 from medserve_runtime.groupcommit import AuditTrail, AuditUnavailable
@@ -49,11 +50,6 @@ from medserve_runtime.stats import VersionStats
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLIENT_CLOSED = 499  # nginx's code for "client went away before the answer"; only ever in audit/metrics
 # KServe's readiness routes: V2 server and model readiness, V1 model status.

@@ -52,7 +52,7 @@ from medserve_operator.kit.conditions import now_rfc3339
 from medserve_sandbox import procs
 from medserve_sandbox.kserve_status import Conditions
 from medserve_sandbox.kserve_webhooks import DEPLOYMENT_MODE_ANNOTATION, KNATIVE, STANDARD, normalise_mode
-from medserve_sandbox.loopback_proxy import serve_on_a_free_port
+from medserve_sandbox.loopback_proxy import LoopbackListener
 
 logger = logging.getLogger("medserve.graph-standin")
 
@@ -146,27 +146,14 @@ class RoutingError(Exception):
         self.status, self.message = status, message
 
 
-class GraphRouter:
+class GraphRouter(LoopbackListener):
     """One graph's listener on 127.0.0.1, running the router's contract on the resolved graph spec."""
 
     def __init__(self, key: tuple[str, str], http: httpx.AsyncClient, rng: random.Random,
                  patterns: list[re.Pattern[str]]) -> None:
+        super().__init__()
         self.key, self.http, self.rng, self.patterns = key, http, rng, patterns
         self.spec: dict[str, Any] | None = None
-        self.port = 0
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.port = await serve_on_a_free_port(self.runner)
-
-    async def close(self) -> None:
-        await self.runner.cleanup()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == READINESS_PATH:

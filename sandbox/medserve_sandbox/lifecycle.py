@@ -202,28 +202,21 @@ class ObjectLifecycle(ObjectStorage):
         found = self._lookup_key(self.by_uid[owner_uid]) if owner_uid in self.by_uid else None
         if found is None:
             return
-        rtype, obj = found
-        finalizers = obj["metadata"].get("finalizers") or []
-        if "orphan" not in finalizers:
-            return
-        remaining = [f for f in finalizers if f != "orphan"]
-        new = dict(obj, metadata=dict(obj["metadata"], finalizers=remaining))
-        if remaining:
-            self._put(rtype, new, old=obj)
-        else:
-            del new["metadata"]["finalizers"]
-            self._remove(rtype, new)
+        self._release(*found, "orphan")
 
     def _finish_foreground(self, owner_uid: str) -> None:
         """Release an owner in foreground deletion once its last dependent is gone."""
         found = self._lookup_key(self.by_uid[owner_uid]) if owner_uid in self.by_uid else None
         if found is None or self.dependents.get(owner_uid):
             return
-        rtype, obj = found
+        self._release(*found, "foregroundDeletion")
+
+    def _release(self, rtype: ResourceType, obj: Obj, finalizer: str) -> None:
+        """Take `finalizer` off `obj`; with none left, the object (being deleted) is gone."""
         finalizers = obj["metadata"].get("finalizers") or []
-        if "foregroundDeletion" not in finalizers:
+        if finalizer not in finalizers:
             return
-        remaining = [f for f in finalizers if f != "foregroundDeletion"]
+        remaining = [f for f in finalizers if f != finalizer]
         new = dict(obj, metadata=dict(obj["metadata"], finalizers=remaining))
         if remaining:
             self._put(rtype, new, old=obj)

@@ -14,6 +14,7 @@ ingress/httproute_reconciler.go `applyCanaryWeights`). Not a production proxy: b
 
 from __future__ import annotations
 
+import abc
 import logging
 import random
 from dataclasses import dataclass
@@ -57,12 +58,10 @@ class Backend:
     weight: int
 
 
-class WeightedProxy:
-    """One listener; `route()` sets its backends."""
+class LoopbackListener(abc.ABC):
+    """An HTTP listener on a free loopback port whose every request goes to `handle`."""
 
-    def __init__(self, http: httpx.AsyncClient, rng: random.Random) -> None:
-        self.http, self.rng = http, rng
-        self.backends: list[Backend] = []
+    def __init__(self) -> None:
         self.port = 0
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -77,6 +76,19 @@ class WeightedProxy:
 
     async def close(self) -> None:
         await self.runner.cleanup()
+
+    @abc.abstractmethod
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one request."""
+
+
+class WeightedProxy(LoopbackListener):
+    """One listener; `route()` sets its backends."""
+
+    def __init__(self, http: httpx.AsyncClient, rng: random.Random) -> None:
+        super().__init__()
+        self.http, self.rng = http, rng
+        self.backends: list[Backend] = []
 
     def route(self, backends: list[Backend]) -> bool:
         """Send traffic by these weights from the next request on; True when that changed anything."""
