@@ -388,10 +388,14 @@ class ApiServer(KubernetesEmulator):
         if raw.content_type == "application/vnd.kubernetes.protobuf":
             try:
                 return protobuf.decode(data)
+            except protobuf.UnsupportedField as exc:
+                raise ApiError(415, "UnsupportedMediaType",
+                               f"the medserve emulator cannot decode {exc} from protobuf (it would be lost): "
+                               f"write the object as YAML and use `kubectl apply -f`") from exc
             except protobuf.UnsupportedKind as exc:
                 raise ApiError(415, "UnsupportedMediaType",
                                f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret, "
-                               f"ServiceAccount, DeleteOptions and the authorization reviews, not {exc}: "
+                               f"ServiceAccount, Job, DeleteOptions and the authorization reviews, not {exc}: "
                                f"write it as YAML and use `kubectl apply -f`") from exc
             except protobuf.ProtobufError as exc:
                 raise bad_request(f"the request body is not valid Kubernetes protobuf: {exc}") from exc

@@ -6,7 +6,8 @@ Defaulting, in the emulator's words, of:
   (terminationMessagePath/-Policy, imagePullPolicy from the image's tag), `SetDefaults_ContainerPort`
   (protocol), and the always-present `resources` (ResourceRequirements is not a pointer in Go);
 - pkg/apis/batch/v1/defaults.go `SetDefaults_Job` (completions, parallelism, backoffLimit,
-  completionMode, suspend, podReplacementPolicy) and pkg/registry/batch/job/strategy.go
+  completionMode, suspend, podReplacementPolicy), `SetDefaults_CronJob` (concurrencyPolicy, suspend,
+  the history limits; the job template's pod spec as a PodSpec), and pkg/registry/batch/job/strategy.go
   `generateSelector` (the template's controller-uid and job-name labels, in both the legacy and the
   batch.kubernetes.io/ forms since v1.27, and the selector on the batch.kubernetes.io/controller-uid);
 - apps/v1 `SetDefaults_Deployment` (replicas, strategy, revisionHistoryLimit, progressDeadlineSeconds).
@@ -71,7 +72,7 @@ def _template(spec: Obj) -> Obj | None:
 
 
 def job(obj: Obj) -> None:
-    """SetDefaults_Job and the create strategy's generated selector and labels, in place."""
+    """SetDefaults_Job, in place."""
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return
@@ -82,10 +83,18 @@ def job(obj: Obj) -> None:
     spec.setdefault("completionMode", "NonIndexed")
     spec.setdefault("suspend", False)
     spec.setdefault("podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed")
-    template = _template(spec)
+    _template(spec)
+
+
+def job_selector(obj: Obj) -> None:
+    """The Job create strategy's generated selector and template labels, in place."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    template = spec.get("template")
     meta = obj.get("metadata") or {}
     uid, name = meta.get("uid"), meta.get("name")
-    if template is None or spec.get("manualSelector") or not uid:
+    if not isinstance(template, dict) or spec.get("manualSelector") or not uid:
         return
     labels = (template.setdefault("metadata", {})).setdefault("labels", {})
     for key, value in (("batch.kubernetes.io/controller-uid", uid), ("batch.kubernetes.io/job-name", name),
@@ -113,11 +122,36 @@ def deployment(obj: Obj) -> None:
     _template(spec)
 
 
+def cronjob(obj: Obj) -> None:
+    """SetDefaults_CronJob and, through SetObjectDefaults_CronJob, the job template's pod spec, in place
+    (the template's JobSpec gets no SetDefaults_Job: that takes a Job, not a JobSpec)."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("concurrencyPolicy", "Allow")
+    spec.setdefault("suspend", False)
+    spec.setdefault("successfulJobsHistoryLimit", 3)
+    spec.setdefault("failedJobsHistoryLimit", 1)
+    template = spec.get("jobTemplate")
+    if isinstance(template, dict) and isinstance(template.get("spec"), dict):
+        _template(template["spec"])
+
+
 def on_create(key: tuple[str, str], obj: Obj) -> None:
-    """The defaults a create of this built-in kind gets."""
+    """What a create of this built-in kind gets: the defaults, and the create strategies' fields."""
+    on_write(key, obj)
+    if key == ("batch", "jobs"):
+        job_selector(obj)
+
+
+def on_write(key: tuple[str, str], obj: Obj) -> None:
+    """The defaults of this built-in kind, which the real server applies when it decodes any write
+    (create, update, patch): an update that drops a defaulted field gets it back."""
     match key:
         case ("batch", "jobs"):
             job(obj)
+        case ("batch", "cronjobs"):
+            cronjob(obj)
         case ("apps", "deployments"):
             deployment(obj)
         case ("", "pods"):

@@ -55,9 +55,10 @@ What it does NOT emulate:
 - strategic merge patch beyond a table of well-known list merge keys (see patches.py);
 - consistent pagination (`limit`/`continue` page in key order with the real token format and
   `remainingItemCount`, but later pages show objects as they are now), aggregated discovery, protobuf
-  responses (answers are JSON; protobuf request bodies are decoded only for the four kinds that
-  `kubectl create namespace|configmap|secret|serviceaccount` send, the DeleteOptions of typed
-  clients' deletes and `kubectl auth can-i`'s reviews, see protobuf.py);
+  responses (answers are JSON; protobuf request bodies are decoded only for the kinds that
+  `kubectl create namespace|configmap|secret|serviceaccount|job` send — the Job's pod spec without
+  probes, lifecycle hooks, affinity and the rarer volume types, refused with 415 rather than dropped —
+  the DeleteOptions of typed clients' deletes and `kubectl auth can-i`'s reviews, see protobuf.py);
 - controllers other than garbage collection and namespace/CRD cleanup: no scheduler, no kubelet, no
   Job or CronJob controller, no Service endpoints (the sandbox's stand-ins do that through the API);
 - per-kind field selector restrictions (any dotted path is accepted), graceful pod termination,

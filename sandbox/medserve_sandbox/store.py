@@ -368,6 +368,8 @@ class Store(ObjectLifecycle):
                     new.pop("status", None)
             if rtype.key == ("", "secrets"):
                 self._fold_string_data(new)
+            if not rtype.custom:
+                defaults.on_write(rtype.key, new)
         new_meta = new["metadata"]
         new_meta["resourceVersion"] = old_meta["resourceVersion"]
         if old_meta.get("deletionTimestamp"):

@@ -175,7 +175,13 @@ def test_imperative_create_and_label(cluster: EmulatorProcess, namespace: str) -
     assert cm["data"] == {"a": "b"}
     cluster.kubectl("create", "serviceaccount", "robot", "-n", namespace)
     assert cluster.kubectl("get", "sa", "robot", "-n", namespace, "-o", "name").stdout.strip() == "serviceaccount/robot"
-    refused = cluster.kubectl("create", "job", "once", "-n", namespace, "--image=busybox", check=False)
+    cluster.kubectl("create", "job", "once", "-n", namespace, "--image=busybox")
+    once = json.loads(cluster.kubectl("get", "job", "once", "-n", namespace, "-o", "json").stdout)
+    container = once["spec"]["template"]["spec"]["containers"][0]
+    assert (container["name"], container["image"], container["imagePullPolicy"]) == ("once", "busybox", "Always")
+    assert once["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # A kind whose protobuf the emulator does not decode is refused with the way out, never half-read.
+    refused = cluster.kubectl("create", "deployment", "web", "-n", namespace, "--image=nginx", check=False)
     assert refused.returncode != 0 and "kubectl apply -f" in refused.stderr
     cluster.kubectl("label", "cm", "cfg", "-n", namespace, "tier=gold")
     cluster.kubectl("annotate", "cm", "cfg", "-n", namespace, "note=hi")

@@ -251,3 +251,30 @@ def test_a_running_job_blocks_the_next_even_without_cooldown(
     assert last["result"] == "Succeeded" and "no version" in last["reason"]
     cluster.kubectl("delete", "retrainpolicy", "rt-busy")
     wait_for(lambda: not jobs(cluster, "rt-busy"), what="the Jobs garbage-collected with the policy")
+
+
+def test_a_job_made_with_kubectl_create_job_from_the_cronjob_is_recorded(
+        cluster: EmulatorProcess, operator: OperatorProcess, mlflow_server: MlflowServer, job_standin: Path) -> None:
+    """`kubectl create job --from=cronjob/...` (the README's "retrain now"): kubectl builds the Job from the
+    CronJob's jobTemplate on the client side, owned by the CronJob, with the instantiate annotation; the
+    operator finds it by the template's label and records it like a scheduled run."""
+    register(mlflow_server.url, "rt-manual")
+    apply_md(cluster, "rt-manual", "rt-manual")
+    apply_rtp(cluster, "rt-manual", modelDeployment="rt-manual", schedule="0 3 * * 0",
+              job={"image": "x", "command": ["python", "-c", "pass"]})
+    cronjob = wait_for(lambda: get_json(cluster, "cronjob", "rt-manual"), what="the CronJob")
+    cluster.kubectl("create", "job", "rt-manual-now", "--from=cronjob/rt-manual")
+
+    job = get_json(cluster, "job", "rt-manual-now") or {}
+    assert job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == cronjob["metadata"]["uid"]
+    assert job["metadata"]["labels"]["medserve.io/retrain-policy"] == "rt-manual"
+    # kubectl sent the CronJob's template as protobuf; the emulator decoded all of it.
+    template = cronjob["spec"]["jobTemplate"]["spec"]
+    assert job["spec"]["template"]["spec"] == template["template"]["spec"]
+    assert job["spec"]["backoffLimit"] == template["backoffLimit"]
+    assert [j["metadata"]["name"] for j in jobs(cluster, "rt-manual")] == ["rt-manual-now"]
+    last = wait_for(lambda: rtp(cluster, "rt-manual").get("status", {}).get("lastJob"), timeout=120,
+                    what="the manual Job recorded")
+    assert (last["name"], last["result"]) == ("rt-manual-now", "Succeeded"), last
+    assert condition(rtp(cluster, "rt-manual"), "Scheduled")["reason"] == "CronJobReady"
