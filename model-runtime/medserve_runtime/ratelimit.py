@@ -107,7 +107,8 @@ class SharedLimiter:
     """Per-key sliding windows in Redis with the local fallback (see the module docstring)."""
 
     def __init__(self, url: str | None, per_minute: int, *, replicas: int = 1, prefix: str = PREFIX,
-                 window_s: float = WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 window_s: float = WINDOW_S, timeout_s: float = REDIS_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if per_minute < 1:
             raise ValueError(f"rate_limit_per_minute must be >= 1, got {per_minute}")
         if replicas < 1:
@@ -119,6 +120,7 @@ class SharedLimiter:
         self.window_limit = max(1, round(per_minute * window_s / 60))
         self.replicas = replicas
         self.prefix = prefix
+        self.timeout_s = timeout_s
         self._clock = clock
         # Without Redis this replica's bucket is the whole limit; as Redis's fallback, its share of it.
         self.local = RateLimiter(per_minute if url is None else max(1, per_minute // replicas), clock=clock)
@@ -132,8 +134,8 @@ class SharedLimiter:
     def _redis(self) -> Any:
         if self._client is None:
             assert self.url is not None
-            self._client = aioredis.Redis.from_url(self.url, socket_timeout=REDIS_TIMEOUT_S,
-                                                   socket_connect_timeout=REDIS_TIMEOUT_S,
+            self._client = aioredis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                                   socket_connect_timeout=self.timeout_s,
                                                    retry_on_timeout=False)
             self._script = self._client.register_script(WINDOW_SCRIPT)
         return self._script
