@@ -19,11 +19,13 @@ as a PNG from the same Prometheus, and every panel must have drawn a line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +177,40 @@ def predict(url: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def scraped_after(prometheus: PrometheusServer, name: str, since: float) -> bool:
+    """Whether Prometheus' latest scrape of the runtime of InferenceService `name` is later than `since`."""
+    query = f'timestamp(up{{inferenceservice="{name}"}} == 1)'
+    body = httpx.get(f"{prometheus.url}/api/v1/query", params={"query": query}, timeout=10).json()
+    return any(float(r["value"][1]) > since for r in body["data"]["result"])
+
+
+@contextlib.contextmanager
+def shifted_traffic(url: str) -> Iterator[None]:
+    """A shifted population sent to `url` in batches of 250, every second, while the block runs."""
+    stop = threading.Event()
+    errors: list[Exception] = []
+
+    def send() -> None:
+        seed = 202
+        while not stop.is_set():
+            try:
+                predict(url, clinical_records(250, seed=seed, shift=1.5))
+            except Exception as exc:  # reported when the block ends
+                errors.append(exc)
+                return
+            seed += 1
+            stop.wait(1.0)
+
+    sender = threading.Thread(target=send, name="shifted-traffic", daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(timeout=120)
+    assert not errors, f"the shifted traffic failed: {errors[0]!r}"
+
+
 def feedback(url: str, predictions: list[dict[str, Any]], *, correct: bool) -> None:
     with httpx.Client(base_url=url, timeout=30) as client:
         for p in predictions:
@@ -234,8 +270,15 @@ def test_every_alert_and_panel_returns_data(
                     "spec": {"modelDeployment": CONTROL, "triggers": {"drift": {"enabled": True}}, "cooldown": "1h",
                              "job": {"image": "ghcr.io/medserve/training:0.1.0",
                                      "command": ["python", "-c", "raise SystemExit(3)"], "backoffLimit": 0}}})
-    wait_for(lambda: status_of(cluster, "abtest", RUNNING_AB).get("startedAt"), timeout=WAIT,
-             what=f"{RUNNING_AB} started")
+    started_at = wait_for(lambda: status_of(cluster, "abtest", RUNNING_AB).get("startedAt"), timeout=WAIT,
+                          what=f"{RUNNING_AB} started")
+    # The test counts increase() since startedAt, which starts from the first sample inside that window:
+    # feedback given before Prometheus has scraped an arm again would not count (a loaded machine scrapes late).
+    since = conditions.parse_time(started_at)
+    assert since is not None
+    for name in (CONTROL, TREATMENT):
+        wait_for(lambda name=name: scraped_after(prometheus, name, since.timestamp()), timeout=WAIT,
+                 what=f"a scrape of {name} after {started_at}")
 
     # Traffic from the reference population with correct ground truth on both arms (the A/B samples), a
     # request the runtime refuses (4xx), then a shifted population: drift, and the failing retraining Job.
@@ -243,18 +286,26 @@ def test_every_alert_and_panel_returns_data(
         feedback(urls[name], predict(urls[name], clinical_records(300, seed=seed))[:60], correct=True)
     refused = httpx.post(f"{urls[CONTROL]}/predict", json={"clinical_data": "not an object"}, timeout=10)
     assert 400 <= refused.status_code < 500
-    predict(urls[CONTROL], clinical_records(1000, seed=202, shift=1.5))
-    wait_for(lambda: conditions.is_true(status_of(cluster, "modeldeployment", CONTROL).get("conditions"),
-                                        "DriftDetected"), timeout=WAIT, what="DriftDetected=True")
-    # While the shifted records are inside the 30 s window: once they leave it (a slow machine reaches
-    # the checks below later than that), the window holds too few samples and the condition is Unknown.
-    wait_for(lambda: {s["model"] for s in series(by_alert["MedserveDriftDetected"])} == {CONTROL},
-             timeout=WAIT, what="MedserveDriftDetected for the control")
-    queries.poll()
+    # The shift is sustained, as drift in a hospital is, until the drift alert's series is seen: one burst
+    # leaves the 30 s window before a slow machine's operator and Prometheus have both seen it.
+    with shifted_traffic(urls[CONTROL]):
+        try:
+            wait_for(lambda: conditions.is_true(status_of(cluster, "modeldeployment", CONTROL).get("conditions"),
+                                                "DriftDetected"), timeout=WAIT, what="DriftDetected=True")
+        except AssertionError as exc:
+            status = status_of(cluster, "modeldeployment", CONTROL)
+            raise AssertionError(f"{exc}\nDriftDetected: {conditions.find(status.get('conditions'), 'DriftDetected')}"
+                                 f"\nstatus.drift: {status.get('drift')}\noperator log:\n{op.log()[-3000:]}") from None
+        wait_for(lambda: {s["model"] for s in series(by_alert["MedserveDriftDetected"])} == {CONTROL},
+                 timeout=WAIT, what="MedserveDriftDetected for the control")
+        queries.poll()
     wait_for(lambda: (status_of(cluster, "retrainpolicy", POLICY).get("lastJob") or {}).get("result") == "Failed",
              timeout=WAIT, what="the retraining Job failed")
-    wait_for(lambda: (status_of(cluster, "abtest", RUNNING_AB).get("samples") or {}).get("treatment", 0) > 0,
-             timeout=WAIT, what=f"{RUNNING_AB} samples")
+    try:
+        wait_for(lambda: (status_of(cluster, "abtest", RUNNING_AB).get("samples") or {}).get("treatment", 0) > 0,
+                 timeout=WAIT, what=f"{RUNNING_AB} samples")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nDEBUG status: {status_of(cluster, 'abtest', RUNNING_AB)}") from None
     wait_for(lambda: status_of(cluster, "abtest", RUNNING_AB).get("alwaysValidPValue") is not None,
              timeout=WAIT, what=f"{RUNNING_AB} p-value")
     # The A/B panels while the test runs (the control stops being Ready below).
