@@ -194,10 +194,15 @@ class ScalingSpec(ApiModel):
 
     min_replicas: int = Field(default=1, ge=0, le=100, description="Fewest replicas; 0 allows scale to zero.")
     max_replicas: int = Field(default=3, ge=1, le=1000, description="Most replicas.")
-    metric: Literal["concurrency", "rps", "cpu", "memory"] = Field(
-        default="concurrency", description="Metric the autoscaler tracks."
+    metric: Literal["concurrency", "rps", "cpu", "memory"] | None = Field(
+        default=None, description="Metric the autoscaler tracks. Unset: concurrency in Serverless mode (Knative's "
+        "autoscaler), cpu in Standard mode (the HPA); Standard takes only cpu and memory."
     )
-    target: int = Field(default=8, ge=1, le=100000, description="Target value of the metric per replica.")
+    target: int | None = Field(
+        default=None, ge=1, le=100000, description="Target value of the metric per replica (cpu and memory: "
+        "percent of the request). Unset: 8 for concurrency, else KServe's and Knative's own default (cpu and "
+        "memory 80%, rps 200)."
+    )
 
     __cel_rules__ = (
         CelRule(

@@ -64,7 +64,7 @@ def test_model_deployment_defaults() -> None:
             "batching": {"maxBatchSize": 16, "maxLatencyMs": 5},
             "resources": {"limits": {}, "requests": {}},
         },
-        "scaling": {"minReplicas": 1, "maxReplicas": 3, "metric": "concurrency", "target": 8},
+        "scaling": {"minReplicas": 1, "maxReplicas": 3},
         "rollout": {"canaryTrafficPercent": 10, "canaryDuration": "0s"},
         "monitoring": {
             "interval": "5m",

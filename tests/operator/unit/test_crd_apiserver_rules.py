@@ -229,7 +229,7 @@ def test_defaults_of_sub_objects_are_what_the_server_would_build_from_empty() ->
                 bare = {k: v for k, v in node.items() if k != "default"}
                 assert node["default"] == crdgen.apply_schema_defaults(bare, {}), (kind, path)
     scaling = schema_of("ModelDeployment")["properties"]["spec"]["properties"]["scaling"]
-    assert scaling["default"] == {"minReplicas": 1, "maxReplicas": 3, "metric": "concurrency", "target": 8}
+    assert scaling["default"] == {"minReplicas": 1, "maxReplicas": 3}
 
 
 # --- the checks fail on the bugs a real server found -----------------------------------------------------------

@@ -226,12 +226,9 @@ def test_spec_details() -> None:
     assert limits["type"] == "object"
     assert limits["additionalProperties"] == {"x-kubernetes-int-or-string": True}
     assert md["properties"]["runtime"]["properties"]["protocol"]["enum"] == ["v1", "v2"]
-    assert md["properties"]["scaling"]["default"] == {
-        "minReplicas": 1,
-        "maxReplicas": 3,
-        "metric": "concurrency",
-        "target": 8,
-    }
+    # metric and target have no schema default: the renderer picks them per deployment mode.
+    assert md["properties"]["scaling"]["default"] == {"minReplicas": 1, "maxReplicas": 3}
+    assert "default" not in md["properties"]["scaling"]["properties"]["metric"]
     interval = md["properties"]["monitoring"]["properties"]["interval"]
     assert (interval["pattern"], interval["default"]) == (api.POSITIVE_DURATION_PATTERN, "5m")
     status = schema_of("ModelDeployment")["properties"]["status"]
@@ -260,7 +257,7 @@ def test_apply_schema_defaults_fills_nested_defaults() -> None:
     defaulted = crdgen.apply_schema_defaults(schema, doc)
     assert doc == {"spec": {"model": {"name": "m", "version": "1"}, "scaling": {"minReplicas": 2}}}
     spec = defaulted["spec"]
-    assert spec["scaling"] == {"minReplicas": 2, "maxReplicas": 3, "metric": "concurrency", "target": 8}
+    assert spec["scaling"] == {"minReplicas": 2, "maxReplicas": 3}
     assert spec["monitoring"]["drift"]["window"] == "1h"
     parsed = api.parse_spec(api.ModelDeploymentSpec, doc["spec"])
     assert parsed.model_dump(by_alias=True, exclude_none=True) == {

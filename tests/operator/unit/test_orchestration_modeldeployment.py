@@ -328,7 +328,8 @@ async def test_standard_scaling_change_is_not_stuck_deploying(world: World, even
 
 async def test_standard_mode_refuses_a_knative_scaling_metric(world: World, events: Events) -> None:
     world.registry.add_version(MODEL)
-    world.apply(model={"name": MODEL, "version": "1"}, runtime={"deploymentMode": "Standard"})
+    world.apply(model={"name": MODEL, "version": "1"}, runtime={"deploymentMode": "Standard"},
+                scaling={"metric": "rps"})
     await world.reconcile()
     ready = world.condition("InferenceServiceReady")
     assert (ready["status"], ready["reason"]) == ("False", "UnsupportedInMode")

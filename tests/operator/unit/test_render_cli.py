@@ -25,11 +25,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[
     return code, [d for d in yaml.safe_load_all(out) if d is not None], err
 
 
-def standard_variant(tmp_path: Path) -> Path:
-    """The example with a metric Standard mode's HPA scales on."""
+def with_metric(tmp_path: Path, metric: str) -> Path:
+    """The example with spec.scaling.metric set."""
     doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["spec"]["scaling"]["metric"] = "cpu"
-    path = tmp_path / "standard.yaml"
+    doc["spec"]["scaling"]["metric"] = metric
+    path = tmp_path / f"{metric}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -51,17 +51,30 @@ def test_example_passes_kserves_schema_in_both_modes(capsys: pytest.CaptureFixtu
         pytest.skip("KServe CRD schemas not found (../shared/upstream/kserve)")
     registry = schemas.SchemaRegistry()
     registry.add_kserve_crds(directory)
-    for mode, path in (("Serverless", EXAMPLE), ("Standard", standard_variant(tmp_path))):
-        code, docs, err = run(capsys, str(path), "--mode", mode, "--model-version", "3", "--canary-from", "2")
+    for mode in ("Serverless", "Standard"):
+        code, docs, err = run(capsys, str(EXAMPLE), "--mode", mode, "--model-version", "3", "--canary-from", "2")
         assert code == 0, err
         registry.admit(docs[0], old=None, field_validation="Strict")
-        code, docs, err = run(capsys, str(path), "--mode", mode, "--model-version", "3")
+        code, docs, err = run(capsys, str(EXAMPLE), "--mode", mode, "--model-version", "3")
         assert code == 0, err
         registry.admit(docs[0], old=None, field_validation="Strict")
 
 
-def test_standard_mode_says_why_the_example_metric_cannot_scale(capsys: pytest.CaptureFixture[str]) -> None:
-    code, docs, err = run(capsys, str(EXAMPLE), "--mode", "Standard")
+def test_the_scaling_metric_defaults_per_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """The example names no metric: Knative's concurrency (target 8) in Serverless, the HPA's cpu in Standard
+    (no scaleTarget: KServe's DefaultCPUUtilization, 80%)."""
+    picked = {}
+    for mode in ("Serverless", "Standard"):
+        code, docs, err = run(capsys, str(EXAMPLE), "--mode", mode, "--model-version", "3")
+        assert code == 0, err
+        predictor = docs[0]["spec"]["predictor"]
+        picked[mode] = (predictor["scaleMetric"], predictor.get("scaleTarget"))
+    assert picked == {"Serverless": ("concurrency", 8), "Standard": ("cpu", None)}
+
+
+def test_standard_mode_says_why_a_knative_metric_cannot_scale(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    code, docs, err = run(capsys, str(with_metric(tmp_path, "concurrency")), "--mode", "Standard")
     assert (code, docs) == (1, [])
     assert "ModelDeployment/triage: spec.scaling.metric: 'concurrency' needs Knative" in err
 

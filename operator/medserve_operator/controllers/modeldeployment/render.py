@@ -82,6 +82,14 @@ MODEL_MOUNT_DIR: Final = "/mnt/models"
 HPA_METRICS: Final = ("cpu", "memory")
 """`constants.AutoscalerAllowedHPAMetricsList`: what Standard mode's HPA scales on (`hpa_reconciler.go` makes
 the scale metric a resource name)."""
+DEFAULT_SCALE_METRIC: Final[dict[DeploymentMode, str]] = {"Serverless": "concurrency", "Standard": "cpu"}
+"""spec.scaling.metric unset: Knative's autoscaler scales on concurrency; KServe's HPA reconciler on cpu
+(`hpa_reconciler.go` `getResourceName`), at `constants.DefaultCPUUtilization` (80%) without a scaleTarget
+(`getTargetUtilization`)."""
+DEFAULT_CONCURRENCY_TARGET: Final = 8
+"""In-flight requests per replica when scaling on concurrency without spec.scaling.target: the API's default
+before the target became optional (so an upgrade re-renders nothing). Knative's own default
+(`container-concurrency-target-default`, 100) queues far deeper than a CPU-bound model server stays fast at."""
 CANARY_FIXED_FIELDS: Final = ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget")
 """Left off a Standard canary: `validateCanarySpecs` refuses maxReplicas, scaleTarget, scaleMetric; KServe
 sizes it (`canaryReplicaCount`: ceil(stable minReplicas * trafficPercent / 100))."""
@@ -346,12 +354,17 @@ def pod_fields(spec: ModelDeploymentSpec) -> dict[str, Any]:
 def scaling_fields(spec: ModelDeploymentSpec, mode: DeploymentMode) -> dict[str, Any]:
     """minReplicas, maxReplicas and the autoscaler's metric; RenderError for a metric the mode cannot use."""
     scaling = spec.scaling
-    if mode == "Standard" and scaling.metric not in HPA_METRICS:
+    metric = scaling.metric or DEFAULT_SCALE_METRIC[mode]
+    if mode == "Standard" and metric not in HPA_METRICS:
         raise RenderError("spec.scaling.metric",
-                          f"{scaling.metric!r} needs Knative's autoscaler (deploymentMode Serverless); Standard "
+                          f"{metric!r} needs Knative's autoscaler (deploymentMode Serverless); Standard "
                           f"mode's HPA scales on {' or '.join(HPA_METRICS)}")
-    return {"minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas,
-            "scaleMetric": scaling.metric, "scaleTarget": scaling.target}
+    fields: dict[str, Any] = {"minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas,
+                              "scaleMetric": metric}
+    target = scaling.target or (DEFAULT_CONCURRENCY_TARGET if metric == "concurrency" else None)
+    if target is not None:
+        fields["scaleTarget"] = target
+    return fields
 
 
 def render_predictor(*, name: str, spec: ModelDeploymentSpec, model: ModelVersion, image: str, mlflow_uri: str,
