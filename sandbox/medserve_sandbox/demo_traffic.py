@@ -70,8 +70,12 @@ class DemoTraffic(SandboxProcesses):
                 self._expect(models, 200, "GET /models")
                 self.console.block(f"GET {url}/models", json.dumps(models.json(), indent=2))
             # Each record is durable (committed to PostgreSQL) before its answer is sent, so the requests above
-            # are all in the database. The writer is the pod: <name>-predictor-NNNNN/<version>/<start time>.
-            where = f"writer LIKE '{name}-predictor-%'"
+            # are all in the database. The writer is the pod/<version>/<start time>, the pod named after the
+            # predictor's workload: <name>-predictor-NNNNN-deployment-... (a Knative revision) or, in Standard
+            # mode, <name>-<predictor.name>-predictor-... (KServe's Deployment for a named predictor).
+            predictor = ((self._get("inferenceservice", name) or {}).get("spec") or {}).get("predictor") or {}
+            workload = f"{name}-{predictor['name']}-predictor" if predictor.get("name") else f"{name}-predictor"
+            where = f"writer LIKE '{workload}-%'"
             total = self.postgres.sql(f"SELECT count(*) FROM audit_records WHERE {where}").strip()
             requests = self.postgres.sql(f"SELECT record FROM audit_records WHERE {where} AND event = 'request' "
                                          "ORDER BY writer, seq LIMIT 3").strip()

@@ -198,6 +198,7 @@ async def serve(args: argparse.Namespace) -> int:
             kserve_dir or "no --kserve-crds, no $MEDSERVE_KSERVE_CRDS, no shared/upstream/kserve above here",
         )
         _install_unvalidated_kserve(store)
+    _install_knative_services(store)
 
     app = ApiServer(store=store, host=args.host)
     stop = asyncio.Event()
@@ -242,6 +243,32 @@ def _install_unvalidated_kserve(store: Store) -> None:
             },
         }
         install_crd(store, crd, source="built-in KServe stand-in")
+
+
+def _install_knative_services(store: Store) -> None:
+    """Serve Knative Serving's Service (`serving.knative.dev/v1` `services`, short names `kservice`/`ksvc`,
+    the names of knative/serving `config/core/300-resources/service.yaml`), without a schema: the emulator
+    holds one only where KServe's graph controller makes one (the router of a graph in Knative mode, which
+    the graph stand-in writes and the operator reads before it releases an A/B arm), and checks nothing in it."""
+    install_crd(store, {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "services.serving.knative.dev"},
+        "spec": {
+            "group": "serving.knative.dev", "scope": "Namespaced",
+            "names": {"kind": "Service", "plural": "services", "singular": "service", "listKind": "ServiceList",
+                      "shortNames": ["kservice", "ksvc"], "categories": ["all", "knative", "serving"]},
+            "versions": [{
+                "name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                "additionalPrinterColumns": [
+                    {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+                    {"name": "LatestCreated", "type": "string", "jsonPath": ".status.latestCreatedRevisionName"},
+                    {"name": "LatestReady", "type": "string", "jsonPath": ".status.latestReadyRevisionName"},
+                    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+                ],
+            }],
+        },
+    }, source="built-in Knative Serving stand-in")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,7 +59,9 @@ logger = logging.getLogger("medserve.graph-standin")
 GRAPH_API, GRAPH_PLURAL = "serving.kserve.io/v1alpha1", "inferencegraphs"
 ISVC_API, ISVC_PLURAL = "serving.kserve.io/v1beta1", "inferenceservices"
 DEPLOYMENT_API, DEPLOYMENTS = "apps/v1", "deployments"
+KSERVICE_API, KSERVICES = "serving.knative.dev/v1", "services"
 GRAPH_LABEL = "serving.kserve.io/inferencegraph"
+KIND_LABEL = "serving.kserve.io/kind"  # pkg/constants/constants.go KServeWorkloadKind
 READINESS_PATH = "/readyz"  # pkg/constants/constants.go RouterReadinessEndpoint
 
 
@@ -270,38 +272,57 @@ class GraphStandin:
             routes = [f"{s.get('name') or s.get('serviceName')}={s.get('weight')} -> {s.get('serviceUrl')}"
                       for s in ((spec.get("nodes") or {}).get("root") or {}).get("steps") or []]
             logger.info("InferenceGraph %s/%s routes %s", *key, ", ".join(routes))
-        if graph_mode(graph, self.default_mode) == STANDARD:
-            await self.write_router_deployment(graph, spec)
+        await self.write_router_workload(graph, spec, router)
         await self.write_status(graph, router, generation)
 
-    async def write_router_deployment(self, graph: dict[str, Any], spec: dict[str, Any]) -> None:
-        """The router's Deployment as KServe's graph controller makes it in Standard mode: named after the graph,
-        its pod template carrying the resolved graph spec as `--graph-json` (kserve
-        pkg/controller/v1alpha1/inferencegraph/raw_ig.go `createInferenceGraphPodSpec`), owned by the graph.
-        This process routes by the new steps at once, so the Deployment is reported rolled out (every replica
-        updated and available at its generation) as soon as its template changes: that is what the operator
-        waits for before it removes an arm (controllers/abtest/router.py)."""
+    async def write_router_workload(self, graph: dict[str, Any], spec: dict[str, Any], router: GraphRouter) -> None:
+        """The router's workload as KServe's graph controller makes it, named after the graph, owned by it, its pod
+        template carrying the resolved graph spec as `--graph-json`: a Deployment in Standard mode (kserve
+        pkg/controller/v1alpha1/inferencegraph/raw_ig.go `createInferenceGraphPodSpec`), a Knative Service in
+        Knative mode (knative_reconciler.go `createKnativeService`: the revision template labelled
+        `serving.kserve.io/inferencegraph` and `serving.kserve.io/kind: InferenceGraph`). This process routes by
+        the new steps at once, so the workload is reported rolled out as soon as its template changes — the
+        Deployment with every replica updated and available at its generation, the Knative Service Ready with
+        all traffic on its latest revision — which is what the operator waits for before it removes an arm
+        (controllers/abtest/router.py)."""
         meta = graph["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        template = {"metadata": {"labels": {GRAPH_LABEL: name}},
+        standard = graph_mode(graph, self.default_mode) == STANDARD
+        labels = {GRAPH_LABEL: name} if standard else {GRAPH_LABEL: name, KIND_LABEL: "InferenceGraph"}
+        template = {"metadata": {"labels": labels},
                     "spec": {"containers": [{"name": name, "image": "kserve/router:sandbox-stand-in",
                                              "args": ["--graph-json", json.dumps(spec)]}]}}
-        current = await self.kube.get(DEPLOYMENT_API, DEPLOYMENTS, namespace, name)
-        desired: dict[str, Any] = {"apiVersion": DEPLOYMENT_API, "kind": "Deployment",
+        api, plural, kind = (DEPLOYMENT_API, DEPLOYMENTS, "Deployment") if standard else \
+            (KSERVICE_API, KSERVICES, "Service")
+        body: dict[str, Any] = {"template": template}
+        if standard:
+            body = {"replicas": 1, "selector": {"matchLabels": {GRAPH_LABEL: name}}, **body}
+        current = await self.kube.get(api, plural, namespace, name)
+        desired: dict[str, Any] = {"apiVersion": api, "kind": kind,
                    "metadata": {"name": name, "namespace": namespace, "labels": {GRAPH_LABEL: name},
                                 "ownerReferences": [{"apiVersion": GRAPH_API, "kind": "InferenceGraph", "name": name,
                                                      "uid": meta["uid"], "controller": True}]},
-                   "spec": {"replicas": 1, "selector": {"matchLabels": {GRAPH_LABEL: name}}, "template": template}}
+                   "spec": body}
         if current is None:
-            current = await self.kube.create(DEPLOYMENT_API, DEPLOYMENTS, namespace, desired)
+            current = await self.kube.create(api, plural, namespace, desired)
         elif (current.get("spec") or {}).get("template") != template:
             desired["metadata"] = {**desired["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
-            current = await self.kube.replace(DEPLOYMENT_API, DEPLOYMENTS, namespace, desired)
-        status = {"observedGeneration": current["metadata"].get("generation", 1), "replicas": 1,
-                  "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
-                  "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}
+            current = await self.kube.replace(api, plural, namespace, desired)
+        generation = current["metadata"].get("generation", 1)
+        if standard:
+            status: dict[str, Any] = {
+                "observedGeneration": generation, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
+                "availableReplicas": 1,
+                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}
+        else:  # a revision per generation (<name>-0000N), all traffic on the latest (service_lifecycle.go)
+            revision = f"{name}-{generation:05d}"
+            status = {"observedGeneration": generation, "url": router.url, "latestCreatedRevisionName": revision,
+                      "latestReadyRevisionName": revision,
+                      "traffic": [{"revisionName": revision, "latestRevision": True, "percent": 100}],
+                      "conditions": [{"type": t, "status": "True"}
+                                     for t in ("ConfigurationsReady", "Ready", "RoutesReady")]}
         if current.get("status") != status:
-            await procs.patch_status(self.kube, DEPLOYMENT_API, DEPLOYMENTS, current, status)
+            await procs.patch_status(self.kube, api, plural, current, status)
 
     async def write_status(self, graph: dict[str, Any], router: GraphRouter, generation: int) -> None:
         old = graph.get("status") or {}

@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 from medserve_operator.api import ModelDeploymentSpec, RetrainPolicySpec, parse_spec
+from medserve_operator.api.modeldeployment import DEPLOYMENT_MODES
+from medserve_operator.config import DEFAULT_DEPLOYMENT_MODE
 
 from medserve_sandbox import dashboards, procs
 from medserve_sandbox.demo_traffic import DemoTraffic
@@ -231,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlflow-backend", choices=MLFLOW_BACKENDS, default="sqlite",
                         help="MLflow's backend store: a SQLite file (default) or a database in the sandbox's "
                              "PostgreSQL (needs psycopg2)")
+    parser.add_argument("--deployment-mode", choices=DEPLOYMENT_MODES, default=DEFAULT_DEPLOYMENT_MODE,
+                        help="KServe's deployment mode for the demo's InferenceServices and graphs: Serverless "
+                             "(Knative revisions; the default, as the operator's) or Standard (Deployments, "
+                             "spec.canary)")
     return parser
 
 
@@ -251,8 +257,10 @@ def main(argv: list[str]) -> int:
         console.say(f"medserve sandbox: {exc}")
         return 1
 
-    console.say(f"medserve sandbox: everything on loopback, state and logs in {workdir}")
-    sandbox = Sandbox(workdir, repo, console, mlflow_backend=args.mlflow_backend)
+    console.say(f"medserve sandbox: everything on loopback, KServe's {args.deployment_mode} mode, state and logs in "
+                f"{workdir}")
+    sandbox = Sandbox(workdir, repo, console, mlflow_backend=args.mlflow_backend,
+                      deployment_mode=args.deployment_mode)
     steps = sandbox.steps
     keep = False
     try:

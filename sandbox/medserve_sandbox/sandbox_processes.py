@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from medserve_operator.api.modeldeployment import DEPLOYMENT_MODES
+from medserve_operator.config import DEFAULT_DEPLOYMENT_MODE
 
 from medserve_sandbox import procs
 from medserve_sandbox.emulator import EmulatorProcess
@@ -72,7 +74,8 @@ def find_repo() -> Path:
 class SandboxProcesses:
     """The sandbox's processes, how each is started and stopped, and the waits and reads on the cluster."""
 
-    def __init__(self, workdir: Path, repo: Path, console: Console, *, mlflow_backend: str = "sqlite") -> None:
+    def __init__(self, workdir: Path, repo: Path, console: Console, *, mlflow_backend: str = "sqlite",
+                 deployment_mode: str = DEFAULT_DEPLOYMENT_MODE) -> None:
         self.workdir = workdir.resolve()
         self.repo = repo
         self.console = console
@@ -86,6 +89,11 @@ class SandboxProcesses:
         if mlflow_backend not in MLFLOW_BACKENDS:
             raise SandboxError(f"--mlflow-backend {mlflow_backend!r}: choose one of {', '.join(MLFLOW_BACKENDS)}")
         self.mlflow_backend = mlflow_backend
+        if deployment_mode not in DEPLOYMENT_MODES:
+            raise SandboxError(f"--deployment-mode {deployment_mode!r}: choose one of {', '.join(DEPLOYMENT_MODES)}")
+        # The operator's default mode (MEDSERVE_DEPLOYMENT_MODE) and the cluster's (the stand-ins'
+        # deploy.defaultDeploymentMode): the examples name none, so every InferenceService gets this one.
+        self.deployment_mode = deployment_mode
         if mlflow_backend == "postgresql":
             # libpq reads the password from the environment: it stays off MLflow's command line.
             self.mlflow.backend_store_uri = f"postgresql+psycopg2://{USER}@127.0.0.1:{self.postgres.port}/mlflow"
@@ -186,7 +194,8 @@ class SandboxProcesses:
                "MEDSERVE_ROUTER_HEADERS_PROPAGATE": ROUTER_HEADERS_PROPAGATE,
                "MEDSERVE_RUNTIME_PEER_URL_TEMPLATE": f"http://127.0.0.1:{self.directory_port}/{{namespace}}/{{arm}}",
                "MEDSERVE_AUDIT_DSN_SECRET": AUDIT_DB_SECRET, "MEDSERVE_AUDIT_KEY_SECRET": AUDIT_KEY_SECRET,
-               "MEDSERVE_REDIS_SECRET": REDIS_SECRET, "MEDSERVE_AUDIT_SPOOL_PERSISTENT": "true"}
+               "MEDSERVE_REDIS_SECRET": REDIS_SECRET, "MEDSERVE_AUDIT_SPOOL_PERSISTENT": "true",
+               "MEDSERVE_DEPLOYMENT_MODE": self.deployment_mode}
         health = f"http://127.0.0.1:{self.operator_health_port}/healthz"
         log = self.logs / "operator.log"
         self.operator = procs.spawn([sys.executable, "-m", "medserve_operator.cli", "operator",
@@ -199,7 +208,7 @@ class SandboxProcesses:
         log = self.logs / "kserve-standin.log"
         self.standin = procs.spawn([sys.executable, "-m", "medserve_sandbox.kserve_standin",
                                     "--kubeconfig", str(self.emulator.kubeconfig), "--workdir", str(self.workdir),
-                                    "--mlflow-uri", self.mlflow.url,
+                                    "--mlflow-uri", self.mlflow.url, "--default-deployment-mode", self.deployment_mode,
                                     "--service-directory-port", str(self.directory_port)], log_path=log)
         procs.wait_until(lambda: "KServe stand-in watching" in log.read_text(errors="replace"), proc=self.standin,
                          log_path=log, what="KServe stand-in", timeout=60)
@@ -209,7 +218,8 @@ class SandboxProcesses:
         log = self.logs / "graph-standin.log"
         self.graph_standin = procs.spawn([sys.executable, "-m", "medserve_sandbox.graph_standin",
                                           "--kubeconfig", str(self.emulator.kubeconfig),
-                                          "--propagate-header", ROUTER_HEADERS_PROPAGATE], log_path=log)
+                                          "--propagate-header", ROUTER_HEADERS_PROPAGATE,
+                                          "--default-deployment-mode", self.deployment_mode], log_path=log)
         procs.wait_until(lambda: "InferenceGraph stand-in watching" in log.read_text(errors="replace"),
                          proc=self.graph_standin, log_path=log, what="InferenceGraph stand-in", timeout=60)
         self.console.say(f"      InferenceGraph stand-in pid {self.graph_standin.pid}")

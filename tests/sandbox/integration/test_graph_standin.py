@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 from kit import get_json, wait_for
+from medserve_operator.controllers.abtest import router
 from medserve_sandbox import procs
 from medserve_sandbox.emulator import EmulatorProcess, KubectlError
 
@@ -235,6 +236,43 @@ def test_weight_change_reroutes_on_the_same_port(cluster: EmulatorProcess, stand
         assert args[0] == "--graph-json" and json.loads(args[1])["nodes"]["root"]["steps"][1]["weight"] == 100
         assert deployment["status"]["observedGeneration"] == deployment["metadata"]["generation"]
         assert deployment["status"]["updatedReplicas"] == deployment["status"]["replicas"] == 1
+
+
+def test_knative_mode_router_is_a_knative_service_rolled_out_per_change(cluster: EmulatorProcess, standin: Path,
+                                                                         arms: tuple[Arm, Arm]) -> None:
+    """knative_reconciler.go `createKnativeService`: in Knative mode the router is a Knative Service named after
+    the graph, a revision per change of its `--graph-json`; the graph's status copies its conditions and no
+    observedGeneration (controller.go `Reconcile`). The operator's `router_rolled_out` reads that Service."""
+    champion, challenger = arms
+    doc = json.loads(splitter("triage-kn", [
+        {"name": "champion", "serviceUrl": f"{champion.url}/predict", "weight": 50},
+        {"name": "challenger", "serviceUrl": f"{challenger.url}/predict", "weight": 50},
+    ]))
+    doc["metadata"]["annotations"] = {"serving.kserve.io/deploymentMode": "Knative"}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+    def ksvc() -> dict[str, Any]:
+        return get_json(cluster, "ksvc", "triage-kn") or {}
+
+    obj = wait_for(lambda: (o := graph(cluster, "triage-kn")) and ready(o).get("status") == "True" and o,
+                   timeout=15, what="InferenceGraph triage-kn Ready")
+    assert "observedGeneration" not in obj["status"]
+    assert {c["type"] for c in obj["status"]["conditions"]} == {"ConfigurationsReady", "Ready", "RoutesReady",
+                                                                 "Stopped"}
+    first = wait_for(lambda: ksvc().get("status", {}).get("latestReadyRevisionName"), timeout=15,
+                     what="the router's Knative Service")
+    assert first == "triage-kn-00001"
+    cluster.kubectl("patch", GRAPH, "triage-kn", "--type=json", "-p", json.dumps([
+        {"op": "replace", "path": "/spec/nodes/root/steps/0/weight", "value": 100},
+        {"op": "replace", "path": "/spec/nodes/root/steps/1/weight", "value": 0}]))
+    service = wait_for(lambda: (k := ksvc()) and k["status"].get("latestReadyRevisionName") == "triage-kn-00002" and k,
+                       timeout=15, what="the router's second revision")
+    args = service["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert json.loads(args[1])["nodes"]["root"]["steps"][0]["weight"] == 100
+    assert service["spec"]["template"]["metadata"]["labels"]["serving.kserve.io/kind"] == "InferenceGraph"
+    assert service["metadata"]["ownerReferences"][0]["kind"] == "InferenceGraph"
+    assert router.router_rolled_out(service, released=[]) == (
+        True, "all traffic of the router's Knative Service triage-kn goes to revision triage-kn-00002")
 
 
 def test_weights_not_summing_to_100_are_refused_by_the_webhook(cluster: EmulatorProcess, standin: Path,

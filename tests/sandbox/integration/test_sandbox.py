@@ -57,10 +57,16 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
 
 
-def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
-    result = sandbox("--workdir", str(tmp_path))
+@pytest.mark.parametrize(("mode", "annotation", "pods"), [
+    ("Serverless", "Knative", "triage-predictor-"),  # Knative revisions: <isvc>-predictor-0000N-deployment-...
+    ("Standard", "Standard", "triage-v1-predictor-"),  # a Deployment per named predictor: <isvc>-v1-predictor-...
+])
+def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path, mode: str, annotation: str, pods: str) -> None:
+    """The whole story in each KServe deployment mode: `make demo` runs Serverless, the flag picks Standard."""
+    result = sandbox("--workdir", str(tmp_path), "--deployment-mode", mode)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert f"KServe's {mode} mode" in out
 
     rows = table_after(out, "kubectl get medserve")
     assert rows[0][:4] == ["NAME", "MODEL", "VERSION", "PHASE"]
@@ -69,6 +75,7 @@ def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
     isvc = out.split("$ kubectl get inferenceservice triage -o yaml\n", 1)[1]
     assert "kind: InferenceService" in isvc
     assert "--model_uri=models:/triage-classifier/1" in isvc
+    assert f"serving.kserve.io/deploymentMode: {annotation}\n" in isvc
 
     # The runtime answered real predictions, refused a wrong key, and audited with hashed patient ids.
     assert re.search(r"MRN-0042117: \w+ \(confidence [01]\.\d\d", out)
@@ -78,7 +85,7 @@ def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path) -> None:
     audit = out.split("the audit log (", 1)[1].split("\n\n", 1)[0]
     records = [json.loads(line) for line in audit.splitlines() if line.startswith("{")]
     assert records and all(r["patient_hash"].startswith("pt_") for r in records)
-    assert all(r["writer"].startswith("triage-predictor-") for r in records)  # from PostgreSQL: POD_NAME/...
+    assert all(r["writer"].startswith(pods) for r in records)  # from PostgreSQL: POD_NAME/...
     assert "MRN-" not in audit
     assert "PostgreSQL audit_records" in audit
 
