@@ -74,6 +74,9 @@ class OperatorConfig:
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     resync_seconds: float = 30.0
     """How often each object is looked at again without an event (alias moves, registry retries)."""
+    resync_concurrency: int = 8
+    """At most this many resyncs of one kind at once (`kit/resync.py`): with more objects than that
+    concurrency gets through in `resync_seconds`, each is looked at as often as it allows."""
     registry_timeout: float = 5.0
     prometheus_url: str | None = None
     """Where the operator queries Prometheus for drift and accuracy; None turns that evaluation off (the
@@ -104,6 +107,7 @@ class OperatorConfig:
             runtime_mlflow_uri=env.get("MEDSERVE_RUNTIME_MLFLOW_URI") or mlflow_uri,
             runtime_image=env.get("MEDSERVE_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
             resync_seconds=float(env.get("MEDSERVE_RESYNC_SECONDS") or 30.0),
+            resync_concurrency=int(env.get("MEDSERVE_RESYNC_CONCURRENCY") or 8),
             registry_timeout=float(env.get("MEDSERVE_REGISTRY_TIMEOUT") or 5.0),
             prometheus_url=env.get("MEDSERVE_PROMETHEUS_URL") or None,
             metrics_address=env.get("MEDSERVE_METRICS_ADDRESS") or None,

@@ -62,17 +62,19 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         # kopf's own loaders: no Kubernetes client library needed (and none is loaded).
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
+    modeldeployment.register(registry, config)
+    retrainpolicy.register(registry, config)
+    abtest.register(registry, config)
+    state_metrics.register(registry, collector)
+
+    # Registered after the kinds: their resync loops stop (cleanup handlers run in order) before this closes
+    # the clients they use.
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
         kube, registry_client, prometheus = memo.get("clients") or (None, None, None)
         for client in (kube, registry_client, prometheus):
             if client is not None:
                 await client.aclose()
-
-    modeldeployment.register(registry, config)
-    retrainpolicy.register(registry, config)
-    abtest.register(registry, config)
-    state_metrics.register(registry, collector)
     return registry
 
 

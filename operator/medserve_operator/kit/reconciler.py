@@ -1,9 +1,9 @@
 """The reconciler base: the locked prologue and epilogue every reconciliation runs, and kopf registration.
 
-Every path into a controller — a spec change, the operator's restart, the periodic resync, an event on a
-child — runs one idempotent function, `reconcile_object`, which
+Every path into a controller — a spec change, the operator's restart, the periodic resync (`resync.py`), an
+event on a child — runs one idempotent function, `reconcile_object`, which
 
-1. takes the object's lock (a timer and a watch event never reconcile one object at once),
+1. takes the object's lock (the resync and a watch event never reconcile one object at once),
 2. reads the status as last written (`ObjectMemory`), not the possibly older one in the body,
 3. parses the spec with the kind's model; an invalid spec skips the steps and is reported by the status,
 4. runs the controller's named steps, which record what they found on the kind's Outcome,
@@ -14,6 +14,7 @@ child — runs one idempotent function, `reconcile_object`, which
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -28,6 +29,7 @@ from medserve_operator.config import OperatorConfig
 from medserve_operator.kit import Logger
 from medserve_operator.kit.conditions import Event
 from medserve_operator.kit.manifest import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from medserve_operator.kit.resync import Resyncer
 from medserve_operator.kit.status import ObjectMemory, Resource, write_status
 
 S = TypeVar("S", bound=BaseModel)
@@ -110,6 +112,8 @@ async def reconcile_object(rt: HasClients, kind: Kind[S], body: Mapping[str, Any
             await steps(ctx, spec, outcome)
         await write_status(rt.kube, rt.memory, kind.resource, body, ctx.status, status(ctx, outcome),
                            events=outcome.events)
+    if rt.memory.on_reconciled is not None:
+        rt.memory.on_reconciled(uid)
     post_events(body, outcome.events)
     if outcome.retry is not None:
         raise outcome.retry
@@ -137,13 +141,16 @@ def handler_id(prefix: str, what: str) -> str:
 def register_kind(registry: kopf.OperatorRegistry, config: OperatorConfig, kind: Kind[Any], *, memo_key: str,
                   prefix: str, reconcile: Reconcile, forget: Callable[[Any, str], None],
                   changed: Changed | None = None) -> None:
-    """The handlers every kind has: create/update(spec)/resume, the periodic resync, and delete.
+    """The handlers every kind has: create/update(spec)/resume, the watch feeding the periodic resync (a
+    `Resyncer`, run from start-up to clean-up), and forgetting a deleted object.
 
     The runtime is `memo[memo_key]`; `reconcile` serves the resync and, without `changed`, the spec changes.
-    An invalid spec is a permanent error for kopf (status says why).
+    An invalid spec is a permanent error for kopf (status says why). No handler needs a finalizer, so kopf
+    puts none on the objects (and takes off the one earlier versions' timers put there).
     """
     resource = (GROUP, VERSION, kind.plural)
     changed_id = handler_id(prefix, "changed")
+    resyncer = Resyncer(kind.plural, config.resync_seconds, concurrency=config.resync_concurrency)
 
     @kopf.on.resume(*resource, registry=registry, id=changed_id)
     @kopf.on.create(*resource, registry=registry, id=changed_id)
@@ -154,14 +161,27 @@ def register_kind(registry: kopf.OperatorRegistry, config: OperatorConfig, kind:
         if outcome.spec_error is not None:
             raise kopf.PermanentError(f"invalid spec: {outcome.spec_error}")
 
-    @kopf.timer(*resource, interval=config.resync_seconds, initial_delay=config.resync_seconds,
-                registry=registry, id=handler_id(prefix, "resync"))
-    async def resynced(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-        await reconcile(memo[memo_key], body, logger)
+    @kopf.on.event(*resource, registry=registry, id=handler_id(prefix, "observed"))
+    async def observed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+        resyncer.observe(body, type)
+        if type == "DELETED" and memo_key in memo:
+            forget(memo[memo_key], str(body.metadata.uid))
 
-    @kopf.on.delete(*resource, optional=True, registry=registry, id=handler_id(prefix, "deleted"))
-    async def deleted(uid: str, memo: kopf.Memo, **_: Any) -> None:
-        forget(memo[memo_key], uid)
+    @kopf.on.startup(registry=registry, id=handler_id(prefix, "resync"))
+    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+        if memo_key not in memo:  # made by the operator's configure handler, registered (so run) before this one
+            raise kopf.TemporaryError(f"the {kind.plural} runtime is not built yet", delay=1)
+        rt = memo[memo_key]
+        rt.memory.on_reconciled = resyncer.reconciled
+        memo[f"{prefix}_resync"] = asyncio.create_task(
+            resyncer.run(lambda body, logger: reconcile(rt, body, logger)), name=f"resync {kind.plural}")
+
+    @kopf.on.cleanup(registry=registry, id=handler_id(prefix, "resync_stop"))
+    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+        task = memo.get(f"{prefix}_resync")
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def managed(**labels: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The status writer, and the per-object memory it keeps: one lock per object, and the status last written.
 
 The operator is the only writer of its resources' status, so the status it last wrote is never older
-than one in a body handed over by a timer or a watch event: reconcilers decide on that, and a
+than one in a body handed over by the resync or a watch event: reconcilers decide on that, and a
 reconciliation that finds nothing new writes nothing.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from medserve_operator.api.common import API_VERSION, INVALID_SPEC, READY, ConditionSet
@@ -30,6 +30,8 @@ class Resource:
 class ObjectMemory:
     locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
     statuses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    on_reconciled: Callable[[str], None] | None = None
+    """Told each object reconciled, by any path (the kind's `Resyncer.reconciled`)."""
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())

@@ -101,6 +101,8 @@ def test_create_renders_isvc_and_pins_version(cluster: EmulatorProcess, operator
     assert obj["status"]["model"]["uri"] == "models:/sepsis-a/2"
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert condition(obj, "ModelResolved")["status"] == "True"
+    # No handler needs a finalizer (the resync is not a kopf timer): a deletion never waits for the operator.
+    assert "finalizers" not in obj["metadata"]
     service = isvc(cluster, "sepsis-a")
     assert service is not None
     owner = service["metadata"]["ownerReferences"][0]
