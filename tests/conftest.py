@@ -152,7 +152,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def operator(cluster: Cluster, mlflow_server: MlflowServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("op")
-    kubeconfig = chart_service_account(cluster, workdir) if isinstance(cluster, ControlPlane) else cluster.kubeconfig
+    kubeconfig = chart_service_account(cluster, workdir)  # the operator runs with the chart's RBAC, no more
     op = OperatorProcess(kubeconfig, mlflow_server.url, workdir / "operator.log")
     op.start()
     yield op

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ import attrs
 import yaml
 from kmock import KubernetesEmulator
 
-from medserve_sandbox import discovery, managedfields, protobuf
+from medserve_sandbox import discovery, managedfields, protobuf, rbac
 from medserve_sandbox.resources import (
     ResourceType,
     api_group,
@@ -187,6 +188,42 @@ def _page(items: list[Obj], rv: str, query: Any, *, compacted_rv: int, selected:
     return page, meta
 
 
+REQUEST_LABELS = ("verb", "dry_run", "group", "version", "resource", "subresource", "scope", "component", "code")
+VERBS = {"POST": "POST", "PUT": "PUT", "PATCH": "PATCH", "DELETE": "DELETE"}
+
+
+def request_labels(raw: aiohttp.web.BaseRequest, code: int) -> tuple[str, ...]:
+    """The labels kube-apiserver counts a request under in apiserver_request_total (k8s.io/apiserver
+    pkg/endpoints/metrics/metrics.go: requestCounter, CleanVerb, CleanScope): GET on a collection is LIST,
+    with ?watch WATCH, an apply patch APPLY; scope is resource for a named object or a create, namespace
+    or cluster for a collection. A non-resource path counts under its verb with no resource."""
+    where = parse_resource_path(raw.path.rstrip("/") or "/")
+    dry_run = "All" if "All" in raw.query.getall("dryRun", []) else ""
+    if where is None:
+        return (raw.method, dry_run, "", "", "", "", "", "apiserver", str(code))
+    verb = VERBS.get(raw.method, raw.method)
+    if raw.method == "GET":
+        verb = "WATCH" if raw.query.get("watch") in {"true", "1"} else "GET" if where.name else "LIST"
+    elif raw.method == "PATCH" and raw.content_type.startswith("application/apply-patch"):
+        verb = "APPLY"
+    elif raw.method == "DELETE" and where.name is None:
+        verb = "DELETECOLLECTION"
+    scope = "resource" if where.name or raw.method == "POST" else "namespace" if where.namespace else "cluster"
+    return (verb, dry_run, where.group, where.version, where.plural, where.subresource or "", scope, "apiserver",
+            str(code))
+
+
+def render_request_metrics(requests: Counter[tuple[str, ...]]) -> str:
+    """apiserver_request_total in the Prometheus text format, as kube-apiserver serves it on /metrics."""
+    lines = ["# HELP apiserver_request_total [STABLE] Counter of apiserver requests broken out for each verb, "
+             "dry run value, group, version, resource, scope, component, and HTTP response code.",
+             "# TYPE apiserver_request_total counter"]
+    for values, count in sorted(requests.items()):
+        labels = ",".join(f'{name}="{value}"' for name, value in zip(REQUEST_LABELS, values, strict=True))
+        lines.append(f"apiserver_request_total{{{labels}}} {count}")
+    return "\n".join(lines) + "\n"
+
+
 def _wants_table(request: aiohttp.web.BaseRequest) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
@@ -197,24 +234,49 @@ class ApiServer(KubernetesEmulator):
     store: Store
     host: str = "127.0.0.1"
     port: int = 0
+    requests: Counter[tuple[str, ...]] = attrs.field(factory=Counter)
+    """apiserver_request_total's series: label values (REQUEST_LABELS) -> count."""
+    tokens: rbac.TokenIssuer = attrs.field(factory=rbac.TokenIssuer)
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock's own entry point records every request and parses paths with its K8s parser;
         # a long-running emulator needs neither, so requests are routed here directly.
+        user_token = None
         try:
-            return await self._route(raw)
+            user = self.tokens.authenticate(self.store, raw.headers.get("Authorization"))
+            user_token = rbac.CURRENT_USER.set(user)
+            self._authorize(raw, user)
+            response = await self._route(raw)
         except ApiError as exc:
             if exc.code >= 500:
                 logger.error("%s %s: %s", raw.method, raw.path_qs, exc.message)
-            return _json_response(exc.status_body(), status=exc.code)
+            response = _json_response(exc.status_body(), status=exc.code)
         except SelectorError as exc:
-            return _json_response(bad_request(str(exc)).status_body(), status=400)
+            response = _json_response(bad_request(str(exc)).status_body(), status=400)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.exception("%s %s failed", raw.method, raw.path_qs)
             error = ApiError(500, "InternalError", f"the emulator failed on this request: {exc!r}")
-            return _json_response(error.status_body(), status=500)
+            response = _json_response(error.status_body(), status=500)
+        finally:
+            if user_token is not None:
+                rbac.CURRENT_USER.reset(user_token)
+        self.requests[request_labels(raw, response.status)] += 1
+        return response
+
+    def _authorize(self, raw: aiohttp.web.BaseRequest, user: rbac.User) -> None:
+        """RBAC for the request (rbac.py); the emulator's own kubeconfig is the cluster admin."""
+        if rbac.MASTERS in user.groups:
+            return
+        where = parse_resource_path(raw.path.rstrip("/") or "/")
+        if where is None:
+            attributes = rbac.request_attributes(user, raw.method, raw.path, raw.query, resource_request=False)
+        else:
+            attributes = rbac.request_attributes(
+                user, raw.method, raw.path, raw.query, resource_request=True, group=where.group,
+                namespace=where.namespace, plural=where.plural, name=where.name, subresource=where.subresource)
+        rbac.require(self.store, attributes)
 
     async def _route(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
@@ -230,6 +292,8 @@ class ApiServer(KubernetesEmulator):
             return _json_response(SERVER_VERSION)
         if path in {"/healthz", "/readyz", "/livez"}:
             return aiohttp.web.Response(text="ok", content_type="text/plain")
+        if path == "/metrics":
+            return aiohttp.web.Response(text=render_request_metrics(self.requests), content_type="text/plain")
         if path == "/api":
             return _json_response({
                 "kind": "APIVersions", "versions": ["v1"],
@@ -260,8 +324,8 @@ class ApiServer(KubernetesEmulator):
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
     async def _review(self, raw: aiohttp.web.BaseRequest, where: ResourcePath) -> aiohttp.web.Response:
-        """The authorization API: the emulator authorizes every request (kube-apiserver's AlwaysAllow
-        authorizer), so every review answers allowed; the review is echoed, never stored."""
+        """The authorization API, answered by the emulator's RBAC (rbac.py) for the requester (self reviews) or
+        for spec.user/groups (SubjectAccessReview); the review is echoed, never stored."""
         if raw.method != "POST" or where.name is not None or where.version != "v1":
             raise ApiError(405 if raw.method != "POST" else 404, "MethodNotAllowed" if raw.method != "POST"
                            else "NotFound", "the server could not find the requested resource")
@@ -271,13 +335,46 @@ class ApiServer(KubernetesEmulator):
             raise ApiError(422, "Invalid", f'{kind}.authorization.k8s.io "" is invalid: spec: Required value',
                            {"group": "authorization.k8s.io", "kind": kind, "causes": [
                                {"reason": "FieldValueRequired", "message": "Required value", "field": "spec"}]})
-        status: Obj = {"allowed": True}
+        spec = body["spec"]
+        user = rbac.CURRENT_USER.get()
+        if kind in {"SubjectAccessReview", "LocalSubjectAccessReview"}:
+            user = rbac.User(str(spec.get("user") or ""), tuple(spec.get("groups") or ()))
+        status: Obj
         if kind == "SelfSubjectRulesReview":
-            status = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-                      "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
+            status = self._rules_review(user, str(spec.get("namespace") or ""))
+        else:
+            resource = spec.get("resourceAttributes")
+            if isinstance(resource, dict):
+                namespace = where.namespace if kind == "LocalSubjectAccessReview" else resource.get("namespace")
+                attributes = rbac.Attributes(
+                    user=user, verb=str(resource.get("verb") or ""), resource_request=True,
+                    namespace=str(namespace or ""), api_group=str(resource.get("group") or ""),
+                    resource=str(resource.get("resource") or ""),
+                    subresource=str(resource.get("subresource") or ""), name=str(resource.get("name") or ""))
+            else:
+                other = spec.get("nonResourceAttributes") if isinstance(spec.get("nonResourceAttributes"), dict) else {}
+                attributes = rbac.Attributes(user=user, verb=str(other.get("verb") or ""), resource_request=False,
+                                             path=str(other.get("path") or ""))
+            allowed, reason = rbac.authorize(self.store, attributes)
+            status = {"allowed": allowed, **({"reason": reason} if reason else {})}
         return _json_response({"kind": kind, "apiVersion": "authorization.k8s.io/v1",
-                               "metadata": {"creationTimestamp": None}, "spec": body["spec"], "status": status},
+                               "metadata": {"creationTimestamp": None}, "spec": spec, "status": status},
                               status=201)
+
+    def _rules_review(self, user: rbac.User, namespace: str) -> Obj:
+        """SelfSubjectRulesReview's status: the rules bound to `user` in `namespace`."""
+        if rbac.MASTERS in user.groups:  # cluster-admin, bound to system:masters in every cluster
+            return {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
+        rules, errors = rbac.visible_rules(self.store, user, namespace)
+        resource_rules = [{key: list(rule[key]) for key in ("verbs", "apiGroups", "resources", "resourceNames")
+                           if rule.get(key)} for _, rule in rules if not rule.get("nonResourceURLs")]
+        non_resource = [{"verbs": list(rule["verbs"]), "nonResourceURLs": list(rule["nonResourceURLs"])}
+                        for _, rule in rules if rule.get("nonResourceURLs")]
+        status: Obj = {"resourceRules": resource_rules, "nonResourceRules": non_resource, "incomplete": bool(errors)}
+        if errors:
+            status["evaluationError"] = "; ".join(errors)
+        return status
 
     # ---------------------------------------------------------------- resources
 
@@ -324,6 +421,8 @@ class ApiServer(KubernetesEmulator):
         is_apply = method == "PATCH" and raw.content_type.startswith("application/apply-patch")
         field_manager = _field_manager(raw, is_apply=is_apply, options_kind="PatchOptions" if method == "PATCH"
                                        else "UpdateOptions" if method == "PUT" else "CreateOptions")
+        if method == "POST" and rtype.key == ("", "serviceaccounts") and where.subresource == "token" and where.name:
+            return self._token_request(namespace, where.name, body)
         if method == "POST":
             if where.name is not None:
                 raise ApiError(405, "MethodNotAllowed", "POST is only allowed on a collection")
@@ -380,6 +479,25 @@ class ApiServer(KubernetesEmulator):
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
         return _json_response(self._present(rtype, version, result.obj), warnings=result.warnings)
 
+    def _token_request(self, namespace: str | None, name: str, body: Any) -> aiohttp.web.Response:
+        """POST serviceaccounts/NAME/token (the TokenRequest API, `kubectl create token`): a bearer token of the
+        ServiceAccount (rbac.TokenIssuer), valid for spec.expirationSeconds (default one hour)."""
+        account = self.store.get(self.store.types[("", "serviceaccounts")], namespace, name)
+        spec: Obj = body["spec"] if isinstance(body, dict) and isinstance(body.get("spec"), dict) else {}
+        seconds = spec.get("expirationSeconds")
+        if seconds is not None and (not isinstance(seconds, int) or seconds < 600):
+            raise ApiError(422, "Invalid", f'TokenRequest.authentication.k8s.io "{name}" is invalid: '
+                           "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes",
+                           {"name": name, "group": "authentication.k8s.io", "kind": "TokenRequest"})
+        token, expiry = self.tokens.issue(account, seconds)
+        return _json_response({
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+            "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"],
+                     "expirationSeconds": seconds or rbac.TOKEN_SECONDS, "boundObjectRef": None},
+            "status": {"token": token, "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        }, status=201)
+
     @staticmethod
     async def _read_body(raw: aiohttp.web.BaseRequest) -> Any:
         data = await raw.read()
@@ -395,8 +513,9 @@ class ApiServer(KubernetesEmulator):
             except protobuf.UnsupportedKind as exc:
                 raise ApiError(415, "UnsupportedMediaType",
                                f"the medserve emulator decodes protobuf only for Namespace, ConfigMap, Secret, "
-                               f"ServiceAccount, Job, DeleteOptions and the authorization reviews, not {exc}: "
-                               f"write it as YAML and use `kubectl apply -f`") from exc
+                               f"ServiceAccount, Job, DeleteOptions, TokenRequest, RBAC roles and bindings and the "
+                               f"authorization reviews, not {exc}: write it as YAML and use `kubectl apply -f`",
+                               ) from exc
             except protobuf.ProtobufError as exc:
                 raise bad_request(f"the request body is not valid Kubernetes protobuf: {exc}") from exc
         declared = "Content-Type" in raw.headers

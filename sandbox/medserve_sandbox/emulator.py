@@ -1,7 +1,9 @@
 """A Kubernetes API server emulator on loopback, for the sandbox, the demo and the integration tests.
 
 `medserve emulator` serves plain HTTP on 127.0.0.1 in one asyncio process and writes a kubeconfig, so
-that the real `kubectl` (v1.32) and the real operator (kopf) talk to it as to a cluster.
+that the real `kubectl` (v1.32) and the real operator (kopf) talk to it as to a cluster. It serves the
+same API over TLS too (a throw-away CA; the `TLS URL CA` line on stdout), for clients that send a bearer
+token over https only (kubectl).
 
 It is built on kmock's `KubernetesEmulator` (the handler and `kmock.Server` run the HTTP side), but
 overrides its request handling and its storage: kmock parses some core paths wrongly (a list of
@@ -43,22 +45,30 @@ What it emulates:
   and short names for `kubectl get medserve` / `kubectl get md`;
 - the structural-schema rules a CRD's schemas are refused for (a described root `metadata`, a
   default its CEL rules fail on; crdschema.py);
+- authentication and RBAC (rbac.py): ServiceAccount tokens from the TokenRequest API (`kubectl create
+  token`), 401 for an unknown token, every request authorized against the stored ClusterRoles, Roles
+  and their bindings plus the bootstrap discovery and basic-user bindings, 403s worded as
+  kube-apiserver's, access and rules reviews (`kubectl auth can-i`) answered by the same rules, and
+  OwnerReferencesPermissionEnforcement (blockOwnerDeletion needs `update` on the owner's finalizers);
+  the emulator's own kubeconfig (or no credentials) is the cluster admin;
+- apiserver_request_total on /metrics, labelled as kube-apiserver labels it;
 - admission of every write through schemas.SchemaRegistry (defaulting, pruning, validation against
   the CRD schema with its CEL rules; KServe's schemas; core kinds with kubernetes-validate), its
   warnings returned as `Warning` headers.
 
 What it does NOT emulate:
-- authentication, authorization and RBAC (RBAC objects are stored, never enforced; access and rules
-  reviews, `kubectl auth can-i`, answer allowed, as kube-apiserver's AlwaysAllow authorizer), TLS;
+- client certificates, OIDC, impersonation, ClusterRole aggregation, RBAC escalation checks (see
+  rbac.py); tokens are opaque, not JWTs;
 - admission webhooks, conversion webhooks (multi-version CRDs are served without conversion),
   validating admission policies, resource quotas, limit ranges;
 - strategic merge patch beyond a table of well-known list merge keys (see patches.py);
 - consistent pagination (`limit`/`continue` page in key order with the real token format and
   `remainingItemCount`, but later pages show objects as they are now), aggregated discovery, protobuf
   responses (answers are JSON; protobuf request bodies are decoded only for the kinds that
-  `kubectl create namespace|configmap|secret|serviceaccount|job` send — the Job's pod spec without
-  probes, lifecycle hooks, affinity and the rarer volume types, refused with 415 rather than dropped —
-  the DeleteOptions of typed clients' deletes and `kubectl auth can-i`'s reviews, see protobuf.py);
+  `kubectl create namespace|configmap|secret|serviceaccount|job|token|role|clusterrole|rolebinding|
+  clusterrolebinding` send — the Job's pod spec without probes, lifecycle hooks, affinity and the rarer
+  volume types, refused with 415 rather than dropped — the DeleteOptions of typed clients' deletes and
+  `kubectl auth can-i`'s reviews, see protobuf.py);
 - controllers other than garbage collection and namespace/CRD cleanup: no scheduler, no kubelet, no
   Job or CronJob controller, no Service endpoints (the sandbox's stand-ins do that through the API);
 - per-kind field selector restrictions (any dotted path is accepted), graceful pod termination,
@@ -85,15 +95,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import ipaddress
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import aiohttp.web
 import yaml
 from kmock import Server
 
+from medserve_sandbox import rbac
 from medserve_sandbox.apiserver import ApiServer, ResourcePath, parse_resource_path
 from medserve_sandbox.emulator_process import KUBECTL, EmulatorProcess, KubectlError
 from medserve_sandbox.store import (
@@ -168,7 +183,7 @@ def write_kubeconfig(path: Path, server: str) -> None:
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "medserve-emulator", "cluster": {"server": server}}],
-        "users": [{"name": "medserve-emulator", "user": {"token": "medserve-emulator"}}],
+        "users": [{"name": "medserve-emulator", "user": {"token": rbac.ADMIN_TOKEN}}],
         "contexts": [{"name": "medserve-emulator",
                       "context": {"cluster": "medserve-emulator", "user": "medserve-emulator",
                                   "namespace": "default"}}],
@@ -209,15 +224,59 @@ async def serve(args: argparse.Namespace) -> int:
         app.port = server.port
         url = f"http://{args.host}:{server.port}"
         write_kubeconfig(args.kubeconfig, url)
-        logger.info("serving the Kubernetes API on %s (kubeconfig %s)", url, args.kubeconfig)
-        # The one line on stdout: EmulatorProcess and scripts wait for it.
-        sys.stdout.write(f"READY {url}\n")
+        # The same API over TLS, for clients that send a bearer token only over https (kubectl does):
+        # a ServiceAccount's kubeconfig (EmulatorProcess.service_account_kubeconfig) points there.
+        ca, context = tls_context(args.kubeconfig.parent / f"{args.kubeconfig.name}.tls")
+        tls = await loop.create_server(aiohttp.web.Server(app), args.host, 0, ssl=context)
+        tls_url = f"https://{args.host}:{tls.sockets[0].getsockname()[1]}"
+        logger.info("serving the Kubernetes API on %s and %s (kubeconfig %s)", url, tls_url, args.kubeconfig)
+        # The lines on stdout: EmulatorProcess and scripts wait for READY.
+        sys.stdout.write(f"TLS {tls_url} {ca}\nREADY {url}\n")
         sys.stdout.flush()
         await stop.wait()
         logger.info("stopping")
+        tls.close()
         store.close_all_watches()
         await asyncio.sleep(0)
     return 0
+
+
+def tls_context(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """A throw-away CA (written to folder/ca.crt, for kubeconfigs) and a serving certificate for 127.0.0.1
+    and localhost signed by it (EC P-256: instant to make, unlike RSA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+                    *, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=7))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = certificate("medserve-emulator-ca", ca_key, "medserve-emulator-ca", ca_key, ca=True)
+    server_cert = certificate("medserve-emulator", server_key, "medserve-emulator-ca", ca_key, ca=False)
+    (folder / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.crt").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (folder / "server.key").chmod(0o600)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "server.crt", folder / "server.key")
+    return folder / "ca.crt", context
 
 
 def _install_unvalidated_kserve(store: Store) -> None:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+import yaml
+
 from medserve_sandbox import procs
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -36,6 +38,8 @@ class EmulatorProcess:
         self.kserve_crds = kserve_crds
         self.extra_args = list(extra_args or [])
         self.url = ""
+        self.tls_url = ""
+        self.tls_ca: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._stdout_path = self.workdir / "emulator.stdout"
 
@@ -56,6 +60,9 @@ class EmulatorProcess:
 
         def ready() -> bool:
             for line in self._stdout_path.read_text(errors="replace").splitlines():
+                if line.startswith("TLS "):
+                    _, self.tls_url, ca = line.split(" ", 2)
+                    self.tls_ca = Path(ca.strip())
                 if line.startswith("READY "):
                     self.url = line.split(" ", 1)[1].strip()
                     return True
@@ -75,6 +82,22 @@ class EmulatorProcess:
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
         return result
+
+    def service_account_kubeconfig(self, path: Path, namespace: str, name: str) -> Path:
+        """A kubeconfig authenticating as ServiceAccount `namespace/name` with a token from the emulator's
+        TokenRequest API (`kubectl create token`), for running a process under that account's RBAC. It points
+        at the emulator's TLS endpoint: kubectl sends a bearer token over https only."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=24h").stdout.strip()
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        user = f"{namespace}-{name}"
+        config["users"] = [{"name": user, "user": {"token": token}}]
+        for cluster in config["clusters"]:
+            cluster["cluster"] = {"server": self.tls_url, "certificate-authority": str(self.tls_ca)}
+        for context in config["contexts"]:
+            context["context"]["user"] = user
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
 
     def stop(self) -> None:
         if self.proc is not None:

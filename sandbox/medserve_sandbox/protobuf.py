@@ -76,6 +76,26 @@ KINDS[("authorization.k8s.io/v1", "SelfSubjectAccessReview")] = {
 KINDS[("authorization.k8s.io/v1", "SelfSubjectRulesReview")] = {
     1: ("metadata", OBJECT_META), 2: ("spec", {1: ("namespace", "string")}),
 }
+# k8s.io/api rbac/v1 generated.proto: `kubectl create clusterrole|role|clusterrolebinding|rolebinding` POST protobuf.
+POLICY_RULE: Schema = {1: ("verbs", ("repeated", "string")), 2: ("apiGroups", ("repeated", "string")),
+                       3: ("resources", ("repeated", "string")), 4: ("resourceNames", ("repeated", "string")),
+                       5: ("nonResourceURLs", ("repeated", "string"))}
+SUBJECT: Schema = {1: ("kind", "string"), 2: ("apiGroup", "string0"), 3: ("name", "string"),
+                   4: ("namespace", "string0")}
+ROLE_REF: Schema = {1: ("apiGroup", "string"), 2: ("kind", "string"), 3: ("name", "string")}
+for _kind in ("Role", "ClusterRole"):
+    KINDS[("rbac.authorization.k8s.io/v1", _kind)] = {
+        1: ("metadata", OBJECT_META), 2: ("rules", ("repeated", POLICY_RULE))}
+for _kind in ("RoleBinding", "ClusterRoleBinding"):
+    KINDS[("rbac.authorization.k8s.io/v1", _kind)] = {
+        1: ("metadata", OBJECT_META), 2: ("subjects", ("repeated", SUBJECT)), 3: ("roleRef", ROLE_REF)}
+# k8s.io/api authentication/v1 generated.proto: `kubectl create token` POSTs its TokenRequest as protobuf.
+KINDS[("authentication.k8s.io/v1", "TokenRequest")] = {
+    1: ("metadata", OBJECT_META),
+    2: ("spec", {1: ("audiences", ("repeated", "string")), 4: ("expirationSeconds", "int"),
+                 3: ("boundObjectRef", {1: ("kind", "string"), 2: ("apiVersion", "string"), 3: ("name", "string"),
+                                        4: ("uid", "string")})}),
+}
 
 # --- batch/v1 Job (`kubectl create job --from=cronjob/NAME` POSTs the CronJob's jobTemplate as a Job) ---
 # Field numbers from k8s.io/api core/v1/generated.proto and batch/v1/generated.proto (messages PodSpec,

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from medserve_sandbox import defaults, kserve_webhooks, managedfields, patches
+from medserve_sandbox import defaults, kserve_webhooks, managedfields, patches, rbac
 from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid, not_found
 from medserve_sandbox.lifecycle import ObjectLifecycle
 from medserve_sandbox.objects import Obj, clone, content, drop_empty_metadata, now_rfc3339
@@ -69,6 +69,9 @@ class Store(ObjectLifecycle):
     # ---------------------------------------------------------------- resource types
     def _admit(self, rtype: ResourceType, obj: Obj, old: Obj | None, field_validation: str, *,
                subresource: str | None = None) -> tuple[Obj, list[str]]:
+        rbac.check_owner_references(self, rbac.CURRENT_USER.get(), group=rtype.group, plural=rtype.plural,
+                                    namespace=(obj.get("metadata") or {}).get("namespace"), obj=obj, old=old,
+                                    subresource=subresource, resolve_owner=self._owner_resource)
         if self.admission is None:
             return obj, []
         try:
@@ -87,6 +90,10 @@ class Store(ObjectLifecycle):
                 raise ApiError.from_status(status_body()) from exc
             logger.exception("admission failed for %s", rtype.kind)
             raise ApiError(500, "InternalError", f"admission of {rtype.kind} failed: {exc}") from exc
+
+    def _owner_resource(self, api_version: str, kind: str) -> tuple[str, str] | None:
+        rtype = self.by_kind(api_version, kind)
+        return None if rtype is None else (rtype.group, rtype.plural)
 
     # ---------------------------------------------------------------- create
 

@@ -10,18 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 from medserve_sandbox.controlplane import ControlPlane
+from medserve_sandbox.emulator_process import EmulatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "medserve"
 HELM = shutil.which("helm") or shutil.which("helm", path=str(Path(sys.executable).parent))
 
 
-def chart_service_account(plane: ControlPlane, workdir: Path) -> Path:
+def chart_service_account(plane: ControlPlane | EmulatorProcess, workdir: Path) -> Path:
     """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding (as `helm template` renders them)
-    applied to the real control plane, and a kubeconfig holding a token of that account: the operator
-    then runs with exactly the chart's permissions, so a missing rule fails the test that needs it."""
+    applied to the cluster (a real control plane, or the emulator, whose RBAC follows kube-apiserver's),
+    and a kubeconfig holding a token of that account: the operator then runs with exactly the chart's
+    permissions, so a missing rule fails the test that needs it."""
     if HELM is None:
-        pytest.skip("envtest tier: no helm binary to render the chart's RBAC (run `make helm`)")
+        pytest.skip("no helm binary to render the chart's RBAC (run `make helm`)")
     rendered = subprocess.run(
         [HELM, "template", "medserve", str(CHART), "--namespace", "medserve-system",
          "--set", "mlflow.trackingUri=http://unused", "--show-only", "templates/serviceaccount.yaml",
