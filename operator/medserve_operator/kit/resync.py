@@ -15,12 +15,16 @@ out) and reconciles them, oldest first, at most `concurrency` at once: when N ob
 each interval at that concurrency, each is seen as often as the concurrency allows instead of the
 requests queueing in the HTTP pool. An object the watch reconciled recently is not due. A failed
 resync is logged and the object is due again one interval later, as kopf's timer would retry it.
+
+Each resync runs in a copy of the context of the watch handler that last observed an object: kopf sets
+the variables its Event poster reads (`kopf.event`) per object-processing task, not operator-wide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import time
@@ -58,6 +62,7 @@ class Resyncer:
         self._due: dict[str, float] = {}
         self._running: set[str] = set()
         self._wake = asyncio.Event()
+        self._context: contextvars.Context | None = None
 
     def __len__(self) -> int:
         return len(self._bodies)
@@ -68,6 +73,7 @@ class Resyncer:
     def observe(self, body: Mapping[str, Any], event_type: str | None) -> None:
         """The watch's latest body of an object (DELETED forgets it). A new object is first due one
         interval after it is seen: its creation is reconciled by the creation handler."""
+        self._context = contextvars.copy_context()
         uid = str(body["metadata"]["uid"])
         if event_type == "DELETED":
             self._bodies.pop(uid, None)
@@ -106,7 +112,8 @@ class Resyncer:
                         slots.release()
                         continue
                     self._running.add(uid)
-                    task = asyncio.create_task(self._one(reconcile, uid, body, slots))
+                    context = self._context.copy() if self._context is not None else None
+                    task = asyncio.create_task(self._one(reconcile, uid, body, slots), context=context)
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 self._wake.clear()

@@ -118,3 +118,32 @@ async def test_a_failed_resync_is_logged_and_tried_again(caplog: pytest.LogCaptu
     assert attempts >= 2
     assert any(record.getMessage() == "[default/md-a] resync of modeldeployments failed: RuntimeError: the registry "
                "is unreachable" for record in caplog.records), caplog.text
+
+
+async def test_resyncs_run_in_the_context_of_the_watch_that_saw_the_object() -> None:
+    """kopf.event reads context variables kopf sets per object-processing task: the resync carries them."""
+    import contextvars
+
+    queue: contextvars.ContextVar[str] = contextvars.ContextVar("queue")
+    resyncer = Resyncer("modeldeployments", 0.05, concurrency=1)
+    seen: list[str] = []
+
+    async def watch_handler() -> None:
+        queue.set("kopf's event queue")
+        resyncer.observe(body("a"), "ADDED")
+
+    await asyncio.create_task(watch_handler())  # its own context, as kopf's processing task has
+
+    async def reconcile(obj: Mapping[str, Any], logger: Any) -> None:
+        seen.append(queue.get())
+
+    loop = asyncio.create_task(resyncer.run(reconcile))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if seen:
+                break
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert seen[0] == "kopf's event queue"

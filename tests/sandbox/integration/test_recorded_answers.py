@@ -25,13 +25,11 @@ from medserve_sandbox.emulator import EmulatorProcess
 RECORDED: dict[str, Any] = json.loads(apiscript.DATA.read_text())
 
 KNOWN_GAPS: dict[str, str] = {
-    "cr-create-invalid": "the emulator adds 1.28+'s 'some validation rules were not checked' cause; the "
-                         "recording is v1.25, which does not",
-    "cr-table": "the Name column's description links kubernetes.io/docs/concepts/overview/working-with-objects/"
-                "names#names, as v1.32 (the version the emulator reports) does; v1.25 linked user-guide/identifiers",
-    "job-create": "the emulator answers as v1.32 (the version it reports), whose Job pod templates carry the "
-                  "batch.kubernetes.io/controller-uid and /job-name labels too (v1.27+); v1.25 had only the "
-                  "legacy two (every default matches)",
+    "cr-create-invalid": "v1.36 lists the schema errors in another order (spec.color before spec.size) and writes a "
+                         "null value unquoted in the 'some validation rules were not checked' cause; the emulator "
+                         "answers as v1.32, the version it reports",
+    "cr-create-cel-refused": "v1.36 omits the value's type from a CEL rule's error ('Invalid value: low must not "
+                             "exceed high'); the emulator answers as v1.32 ('Invalid value: \"object\": ...')",
 }
 
 
