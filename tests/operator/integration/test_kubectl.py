@@ -180,9 +180,10 @@ def test_imperative_create_and_label(cluster: EmulatorProcess, namespace: str) -
     container = once["spec"]["template"]["spec"]["containers"][0]
     assert (container["name"], container["image"], container["imagePullPolicy"]) == ("once", "busybox", "Always")
     assert once["spec"]["template"]["spec"]["restartPolicy"] == "Never"
-    # A kind whose protobuf the emulator does not decode is refused with the way out, never half-read.
-    refused = cluster.kubectl("create", "deployment", "web", "-n", namespace, "--image=nginx", check=False)
-    assert refused.returncode != 0 and "kubectl apply -f" in refused.stderr
+    if isinstance(cluster, EmulatorProcess):
+        # A kind whose protobuf the emulator does not decode is refused with the way out, never half-read.
+        refused = cluster.kubectl("create", "deployment", "web", "-n", namespace, "--image=nginx", check=False)
+        assert refused.returncode != 0 and "kubectl apply -f" in refused.stderr
     cluster.kubectl("label", "cm", "cfg", "-n", namespace, "tier=gold")
     cluster.kubectl("annotate", "cm", "cfg", "-n", namespace, "note=hi")
     cm = json.loads(cluster.kubectl("get", "cm", "cfg", "-n", namespace, "-o", "json").stdout)

@@ -338,7 +338,8 @@ def test_retrain_policy_abtest_strategy_keeps_the_champion_when_the_challenger_l
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     cluster.kubectl("patch", "job", "ab-loop-manual", "--subresource=status", "--type=merge", "-p", json.dumps(
         {"status": {"succeeded": 1, "startTime": now, "completionTime": now,
-                    "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}]}}))
+                    "conditions": [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+                                   {"type": "Complete", "status": "True", "lastTransitionTime": now}]}}))
 
     record = wait_for(lambda: get(cluster, "retrainpolicy", "ab-loop").get("status", {}).get("abTest"),
                       what="the policy's ABTest")

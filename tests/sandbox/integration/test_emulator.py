@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import apiscript
 import httpx
 import pytest
 from medserve_sandbox.emulator import EmulatorProcess
@@ -37,7 +38,9 @@ def cluster(emulator_factory: Callable[..., EmulatorProcess], widget_crd: Path) 
 
 @pytest.fixture
 def api(cluster: EmulatorProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cluster.url, timeout=30) as client:
+    # Credentials from the kubeconfig: the emulator's admin token, or a real control plane's CA and certificate.
+    with apiscript.client_for_kubeconfig(cluster.kubeconfig) as client:
+        client.timeout = httpx.Timeout(30)
         yield client
 
 
