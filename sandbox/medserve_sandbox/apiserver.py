@@ -189,7 +189,6 @@ def _page(items: list[Obj], rv: str, query: Any, *, compacted_rv: int, selected:
 
 
 REQUEST_LABELS = ("verb", "dry_run", "group", "version", "resource", "subresource", "scope", "component", "code")
-VERBS = {"POST": "POST", "PUT": "PUT", "PATCH": "PATCH", "DELETE": "DELETE"}
 
 
 def request_labels(raw: aiohttp.web.BaseRequest, code: int) -> tuple[str, ...]:
@@ -201,7 +200,7 @@ def request_labels(raw: aiohttp.web.BaseRequest, code: int) -> tuple[str, ...]:
     dry_run = "All" if "All" in raw.query.getall("dryRun", []) else ""
     if where is None:
         return (raw.method, dry_run, "", "", "", "", "", "apiserver", str(code))
-    verb = VERBS.get(raw.method, raw.method)
+    verb = raw.method
     if raw.method == "GET":
         verb = "WATCH" if raw.query.get("watch") in {"true", "1"} else "GET" if where.name else "LIST"
     elif raw.method == "PATCH" and raw.content_type.startswith("application/apply-patch"):

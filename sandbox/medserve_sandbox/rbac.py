@@ -320,7 +320,7 @@ def check_owner_references(store: Store, user: User, *, group: str, plural: str,
                            api_group=group, resource=plural, subresource=subresource or "", name=name)
         allowed, reason = authorize(store, attrs)
         if not allowed:
-            raise _admission_forbidden(group, plural, name, "cannot set an ownerRef on a resource you can't delete: "
+            raise forbidden_error(group, plural, name, "cannot set an ownerRef on a resource you can't delete: "
                                                             f"{reason}, <nil>")
     old_blocking = _blocking(old_refs)
     for uid, ref in _blocking(new_refs).items():
@@ -328,7 +328,7 @@ def check_owner_references(store: Store, user: User, *, group: str, plural: str,
             continue
         owner = resolve_owner(str(ref.get("apiVersion")), str(ref.get("kind")))
         if owner is None:
-            raise _admission_forbidden(group, plural, name, "cannot set blockOwnerDeletion in this case because "
+            raise forbidden_error(group, plural, name, "cannot set blockOwnerDeletion in this case because "
                                        f"cannot find RESTMapping for APIVersion {ref.get('apiVersion')} Kind "
                                        f"{ref.get('kind')}")
         attrs = Attributes(user=user, verb="update", resource_request=True, namespace=namespace or "",
@@ -336,10 +336,6 @@ def check_owner_references(store: Store, user: User, *, group: str, plural: str,
                            name=str(ref.get("name") or ""))
         allowed, reason = authorize(store, attrs)
         if not allowed:
-            raise _admission_forbidden(group, plural, name, "cannot set blockOwnerDeletion if an ownerReference "
+            raise forbidden_error(group, plural, name, "cannot set blockOwnerDeletion if an ownerReference "
                                        f"refers to a resource you can't set finalizers on: {reason}, <nil>")
 
-
-def _admission_forbidden(group: str, plural: str, name: str, message: str) -> ApiError:
-    """admission.NewForbidden: apierrors.NewForbidden for the object being admitted."""
-    return forbidden_error(group, plural, name, message)
