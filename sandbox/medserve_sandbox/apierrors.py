@@ -33,7 +33,11 @@ class ApiError(Exception):
 
 
 def error_details(rtype: ResourceType, name: str) -> dict[str, Any]:
-    return {"name": name, "group": rtype.group, "kind": rtype.plural}
+    """A Status's details; `group` is omitted for the core group (StatusDetails' `json:"group,omitempty"`)."""
+    details = {"name": name, "group": rtype.group, "kind": rtype.plural}
+    if not rtype.group:
+        del details["group"]
+    return details
 
 
 def not_found(rtype: ResourceType, name: str) -> ApiError:

@@ -24,6 +24,7 @@ import yaml
 from kmock import KubernetesEmulator
 
 from medserve_sandbox import discovery, managedfields, protobuf, rbac
+from medserve_sandbox.apierrors import error_details
 from medserve_sandbox.resources import (
     ResourceType,
     api_group,
@@ -451,8 +452,7 @@ class ApiServer(KubernetesEmulator):
             # finalizeDelete answers unless the kind's storage sets ReturnDeletedObject.
             return _json_response({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": where.name, "group": rtype.group, "kind": rtype.plural,
-                            "uid": obj["metadata"].get("uid")},
+                "details": error_details(rtype, where.name) | {"uid": obj["metadata"].get("uid")},
             })
         if where.name is None:
             raise ApiError(405, "MethodNotAllowed", f"{method} needs an object name")

@@ -7,7 +7,8 @@
 - core kinds (Pod, Secret, ConfigMap, Service, Job, CronJob, Event, ...): the OpenAPI schemas of
   Kubernetes 1.32 shipped by `kubernetes-validate`, plus ObjectMeta rules and the per-kind name rules
   of the apiserver (Namespace: DNS-1123 label; Service: DNS-1035 label; Job: 63 characters; CronJob: 52).
-  Kinds without a shipped schema are accepted as they are.
+  A value of the wrong JSON type does not decode into the kind's Go struct: the 400 `DecodeError`, worded
+  as Go's decoder does. Kinds without a shipped schema are accepted as they are.
 Unknown fields follow `fieldValidation`: Strict rejects the write (400, "strict decoding error"), Warn
 prunes them and returns one warning each, Ignore prunes them silently.
 
@@ -25,6 +26,7 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +234,87 @@ class _CoreSchemas:
         self._validators[key] = validator
         return validator
 
+    def decode_message(self, validator: Any, kind: str, parts: list[Any], value: Any) -> str:
+        """UnmarshalTypeError's message for `value` at `parts` of `kind`, as Go's decoder words it.
+
+        `Go struct field <Struct>.<fields>`: the innermost struct decoded into, and the JSON names of the
+        struct fields on the way (map keys and list indexes are not in Go's field stack); `of type`: the Go
+        type, from the OpenAPI definition's name (io.k8s.api.core.v1.Container -> v1.Container) or type.
+        """
+        definitions = self._registry.contents("https://kubernetes.io/api/_definitions.json")["$defs"]
+
+        def resolve(node: Any) -> tuple[Any, str | None]:
+            ref = node.get("$ref") if isinstance(node, dict) else None
+            if ref is None:
+                return node, None
+            name = str(ref).rsplit("/", 1)[-1]
+            return definitions[name], name
+
+        def go_type(node: Any) -> str:
+            node, name = resolve(node)
+            if name is not None and node.get("properties") is not None:
+                package, _, type_name = name.rpartition(".")
+                return f"{package.rpartition('.')[2]}.{type_name}"
+            types = node.get("type") or []
+            types = [types] if isinstance(types, str) else [t for t in types if t != "null"]
+            match types[0] if types else "object":
+                case "string":
+                    return "[]uint8" if node.get("format") == "byte" else "string"
+                case "integer":
+                    return {"int32": "int32", "int64": "int64"}.get(str(node.get("format")), "int")
+                case "number":
+                    return "float64"
+                case "boolean":
+                    return "bool"
+                case "array":
+                    return f"[]{go_type(node.get('items') or {})}"
+                case _:
+                    return f"map[string]{go_type(node.get('additionalProperties') or {})}"
+
+        struct, fields, node = kind, [], validator.schema
+        for part in parts:
+            node, name = resolve(node)
+            if isinstance(part, int):
+                node = node.get("items") or {}
+            elif part in (node.get("properties") or {}):
+                if name is not None:
+                    struct = name.rpartition(".")[2]
+                fields.append(str(part))
+                node = node["properties"][part]
+            else:
+                node = node.get("additionalProperties") or {}
+        wanted = go_type(node)
+        actual = _json_value_name(value)
+        if actual == "number" and wanted.startswith("int"):
+            actual = f"number {json.dumps(value)}"
+        return f"json: cannot unmarshal {actual} into Go struct field {struct}.{'.'.join(fields)} of type {wanted}"
+
+
+class DecodeError(Exception):
+    """A core kind's body that does not decode into its Go type: kube-apiserver's 400 before any validation.
+
+    k8s.io/apiserver endpoints/handlers/rest.go transformDecodeError words it; the cause is the
+    UnmarshalTypeError of sigs.k8s.io/json (internal/golang/encoding/json/decode.go).
+    """
+
+    def __init__(self, kind: str, api_version: str, cause: str) -> None:
+        version = _split_api_version(api_version)[1]
+        super().__init__(f'{kind} in version "{version}" cannot be handled as a {kind}: {cause}')
+
+    def status_body(self) -> dict[str, Any]:
+        return failure_status(400, "BadRequest", str(self))
+
+
+def _json_value_name(value: Any) -> str:
+    """The JSON value's kind as UnmarshalTypeError.Value names it."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else "array" if isinstance(value, list) else "null"
+
 
 def _path_string(parts: Iterable[Any]) -> str:
     text = ""
@@ -389,10 +472,8 @@ class SchemaRegistry:
                         if isinstance(error.instance, dict) and key not in error.instance:
                             walk.add(_structural.join(path, key), "Required value", "FieldValueRequired")
                 case "type":
-                    expected = error.validator_value
-                    if isinstance(expected, list):
-                        expected = next((item for item in expected if item != "null"), "null")
-                    walk.type_error(path, error.instance, str(expected))
+                    raise DecodeError(kind, api_version, self._core.decode_message(validator, kind, parts,
+                                                                                   error.instance))
                 case "enum":
                     supported = ", ".join(_structural.go_value(item) for item in error.validator_value)
                     walk.add(
@@ -405,7 +486,39 @@ class SchemaRegistry:
                     walk.type_error(path, error.instance, "integer,string")
                 case _:
                     walk.add(path, f"Invalid value: {_structural.go_value(error.instance)}: {error.message}")
+        if api_version == "v1" and kind in ("ConfigMap", "Secret"):
+            _check_config_keys(walk, result, kind)
         return result
+
+
+_CONFIG_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def _check_config_keys(walk: _structural.Walk, obj: Mapping[str, Any], kind: str) -> None:
+    """The keys of a ConfigMap's data and binaryData, or a Secret's data, as kube-apiserver checks them.
+
+    pkg/apis/core/validation/validation.go ValidateConfigMap and ValidateSecret, with
+    apimachinery/pkg/util/validation IsConfigMapKey (a Secret's stringData is merged into data first).
+    """
+    bags = ("data", "binaryData") if kind == "ConfigMap" else ("data", "stringData")
+    for bag in bags:
+        for key in sorted(obj.get(bag) or {}):
+            path = f"data[{key}]" if kind == "Secret" else f"{bag}[{key}]"
+            messages = []
+            if len(key) > 253:
+                messages.append("must be no more than 253 characters")
+            if not _CONFIG_KEY.fullmatch(key):
+                messages.append("a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
+                                "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is "
+                                "'[-._a-zA-Z0-9]+')")
+            if key in (".", ".."):
+                messages.append(f"must not be '{key}'")
+            elif key.startswith(".."):
+                messages.append("must not start with '..'")
+            if kind == "ConfigMap" and bag == "data" and key in (obj.get("binaryData") or {}):
+                messages.append("duplicate of key present in binaryData")
+            for message in messages:
+                walk.add(path, f"Invalid value: {json.dumps(key)}: {message}")
 
 
 def find_kserve_crds_dir() -> Path | None:

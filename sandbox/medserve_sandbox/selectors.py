@@ -1,7 +1,8 @@
 """Label and field selectors as the Kubernetes API server parses them (`?labelSelector=`, `?fieldSelector=`).
 
-Label selectors support every operator of the API: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`,
-`k` (exists) and `!k` (does not exist). Field selectors support `=`, `==` and `!=` on any dotted path
+Label selectors are parsed as apimachinery/pkg/labels/selector.go (Lexer, Parser, NewRequirement) does,
+with its error messages: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k` (exists), `!k` (does not
+exist), `k>1` and `k<1`. Field selectors support `=`, `==` and `!=` on any dotted path
 of the object (the real server only allows a per-kind list such as `metadata.name`, `metadata.namespace`,
 `involvedObject.*` for events, `status.phase` for pods; this emulator is more permissive there).
 A missing field compares as the empty string, as in the real server.
@@ -9,13 +10,11 @@ A missing field compares as the empty string, as in the real server.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 
 class SelectorError(ValueError):
@@ -25,7 +24,7 @@ class SelectorError(ValueError):
 @dataclass(frozen=True)
 class Requirement:
     key: str
-    operator: str  # one of: =, !=, in, notin, exists, !exists
+    operator: str  # one of: =, !=, in, notin, exists, !exists, gt, lt
     values: frozenset[str]
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -38,67 +37,224 @@ class Requirement:
                 return not present or value not in self.values
             case "exists":
                 return present
+            case "gt" | "lt":
+                # labels.Requirement.Matches: both the label's value and the bound parse as integers.
+                try:
+                    have, bound = int(str(value)), int(next(iter(self.values)))
+                except ValueError:
+                    return False
+                return have > bound if self.operator == "gt" else have < bound
             case _:
                 return not present
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside parentheses (`a in (x,y),b` is two requirements)."""
-    parts: list[str] = []
-    depth = 0
-    current: list[str] = []
-    for char in text:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
+_LABEL_KEY_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_LABEL_KEY_NAME = re.compile(_LABEL_KEY_FMT)
+_LABEL_VALUE_FMT = f"({_LABEL_KEY_FMT})?"
+_DNS1123_SUBDOMAIN_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_KEY_MESSAGE = ("must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                "alphanumeric character")
+
+
+def _regex_error(message: str, fmt: str, *examples: str) -> str:
+    """apimachinery util/validation RegexError."""
+    shown = " or ".join(f"'{example}', " for example in examples)
+    return f"{message} (e.g. {shown}regex used for validation is '{fmt}')"
+
+
+def _label_key_errors(key: str) -> list[str]:
+    """api/validate/content IsLabelKey."""
+    errors: list[str] = []
+    parts = key.split("/")
+    if len(parts) > 2:
+        return ["a valid label key " + _regex_error(_KEY_MESSAGE, _LABEL_KEY_FMT, "MyName", "my.name", "123-abc")
+                + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+    name = parts[-1]
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            errors.append("prefix part must be non-empty")
         else:
-            current.append(char)
-    parts.append("".join(current))
-    return [part.strip() for part in parts if part.strip()]
+            if len(prefix) > 253:
+                errors.append("prefix part must be no more than 253 characters")
+            if not re.fullmatch(_DNS1123_SUBDOMAIN_FMT, prefix):
+                errors.append("prefix part " + _regex_error(
+                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                    "and must start and end with an alphanumeric character", _DNS1123_SUBDOMAIN_FMT, "example.com"))
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    if not _LABEL_KEY_NAME.fullmatch(name):
+        errors.append("name part " + _regex_error(_KEY_MESSAGE, _LABEL_KEY_FMT, "MyName", "my.name", "123-abc"))
+    return errors
 
 
-_SET_RE = re.compile(r"^(?P<key>\S+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
-_EQ_RE = re.compile(r"^(?P<key>[^!=\s]+)\s*(?P<op>==|=|!=)\s*(?P<value>[^=!\s]*)$")
+def _label_value_errors(value: str) -> list[str]:
+    """api/validate/content IsLabelValue."""
+    errors = ["must be no more than 63 characters"] if len(value) > 63 else []
+    if not re.fullmatch(_LABEL_VALUE_FMT, value):
+        errors.append(_regex_error("a valid label must be an empty string or consist of alphanumeric characters, "
+                                   "'-', '_' or '.', and must start and end with an alphanumeric character",
+                                   _LABEL_VALUE_FMT, "MyValue", "my_value", "12345"))
+    return errors
 
 
-def _check_key(key: str, selector: str) -> str:
-    if not _LABEL_KEY.match(key):
-        raise SelectorError(f"labelSelector {selector!r}: invalid label key {key!r}")
-    return key
+def _quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
-def _check_value(value: str, selector: str) -> str:
-    if not _LABEL_VALUE.match(value) or len(value) > 63:
-        raise SelectorError(f"labelSelector {selector!r}: invalid label value {value!r}")
-    return value
+# The lexer's tokens (apimachinery/pkg/labels/selector.go string2token); identifiers are ("id", literal).
+_SPECIAL = frozenset("=!(),<>")
+_TOKENS = {")": ")", ",": ",", "!": "!", "==": "==", "=": "=", ">": "gt", "in": "in", "<": "lt", "!=": "!=",
+           "notin": "notin", "(": "("}
+_BINARY_OPERATORS = "in, notin, =, ==, !=, gt, lt"
+
+
+def _lex(selector: str) -> list[tuple[str, str]]:
+    """labels.Lexer: (token, literal) pairs ending with ("end", "")."""
+    items: list[tuple[str, str]] = []
+    pos, size = 0, len(selector)
+    while True:
+        while pos < size and selector[pos] in " \t\r\n":
+            pos += 1
+        if pos >= size:
+            items.append(("end", ""))
+            return items
+        if selector[pos] in _SPECIAL:  # scanSpecialSymbol: the longest run of symbols that is a token
+            buffer, last = "", None
+            while pos < size and selector[pos] in _SPECIAL:
+                buffer += selector[pos]
+                if buffer in _TOKENS:
+                    last = (_TOKENS[buffer], buffer)
+                elif last is not None:
+                    break
+                pos += 1
+            items.append(last or ("error", f"error expected: keyword found '{buffer}'"))
+            continue
+        start = pos  # scanIDOrKeyword
+        while pos < size and selector[pos] not in _SPECIAL and selector[pos] not in " \t\r\n":
+            pos += 1
+        literal = selector[start:pos]
+        items.append((_TOKENS[literal], literal) if literal in _TOKENS else ("id", literal))
+
+
+class _Parser:
+    """labels.Parser: the same recursive descent, with the same error messages."""
+
+    def __init__(self, selector: str) -> None:
+        self.items = _lex(selector)
+        self.position = 0
+
+    def lookahead(self, values: bool = True) -> tuple[str, str]:
+        token, literal = self.items[self.position]
+        return ("id" if values and token in ("in", "notin") else token), literal
+
+    def consume(self, values: bool = True) -> tuple[str, str]:
+        found = self.lookahead(values)
+        self.position += 1
+        return found
+
+    def parse(self) -> list[Requirement]:
+        requirements: list[Requirement] = []
+        while True:
+            token, literal = self.lookahead()
+            if token == "end":
+                return requirements
+            if token not in ("id", "!"):
+                raise SelectorError(f"found '{literal}', expected: !, identifier, or 'end of string'")
+            try:
+                requirements.append(self.requirement())
+            except SelectorError as exc:
+                raise SelectorError(f"unable to parse requirement: {exc}") from None
+            token, literal = self.consume()
+            if token == "end":
+                return requirements
+            if token != ",":
+                raise SelectorError(f"found '{literal}', expected: ',' or 'end of string'")
+            following, literal = self.lookahead()
+            if following not in ("id", "!"):
+                raise SelectorError(f"found '{literal}', expected: identifier after ','")
+
+    def requirement(self) -> Requirement:
+        token, key = self.consume()
+        operator = None
+        if token == "!":
+            operator = "!exists"
+            token, key = self.consume()
+        if token != "id":
+            raise SelectorError(f"found '{key}', expected: identifier")
+        if errors := _label_key_errors(key):
+            raise SelectorError(f"<nil>: Invalid value: {_quote(key)}: {'; '.join(errors)}")
+        if operator is not None or self.lookahead()[0] in ("end", ","):
+            return Requirement(key, operator or "exists", frozenset())
+        token, literal = self.consume(values=False)
+        if token not in ("in", "notin", "=", "==", "!=", "gt", "lt"):
+            raise SelectorError(f"found '{literal}', expected: {_BINARY_OPERATORS}")
+        values = self.set_values() if token in ("in", "notin") else self.exact_value()
+        return _new_requirement(key, {"==": "="}.get(token, token), values)
+
+    def set_values(self) -> list[str]:
+        token, literal = self.consume()
+        if token != "(":
+            raise SelectorError(f"found '{literal}' expected: '('")
+        token, literal = self.lookahead()
+        if token == ")":
+            self.consume()
+            return [""]
+        if token not in ("id", ","):
+            raise SelectorError(f"found '{literal}', expected: ',', ')' or identifier")
+        found = self.identifiers()
+        if self.consume()[0] != ")":
+            raise SelectorError(f"found '{literal}', expected: ')'")
+        return found
+
+    def identifiers(self) -> list[str]:
+        found: set[str] = set()
+        while True:
+            token, literal = self.consume()
+            if token == "id":
+                found.add(literal)
+                following, literal = self.lookahead()
+                if following == ")":
+                    return sorted(found)
+                if following != ",":
+                    raise SelectorError(f"found '{literal}', expected: ',' or ')'")
+            elif token == ",":
+                following = self.lookahead()[0]
+                if not found or following in (")", ","):
+                    found.add("")
+                if following == ")":
+                    return sorted(found)
+            else:
+                raise SelectorError(f"found '{literal}', expected: ',', or identifier")
+
+    def exact_value(self) -> list[str]:
+        if self.lookahead()[0] in ("end", ","):
+            return [""]
+        token, literal = self.consume()
+        if token != "id":
+            raise SelectorError(f"found '{literal}', expected: identifier")
+        return [literal]
+
+
+def _new_requirement(key: str, operator: str, values: list[str]) -> Requirement:
+    """labels.NewRequirement's checks of the values (the key was checked while parsing)."""
+    errors: list[str] = []
+    if operator in ("gt", "lt"):
+        errors += [f"values[{i}]: Invalid value: {_quote(value)}: for 'Gt', 'Lt' operators, the value must be an "
+                   "integer" for i, value in enumerate(values) if not re.fullmatch(r"[+-]?[0-9]+", value)]
+    for i, value in enumerate(values):
+        if problems := _label_value_errors(value):
+            errors.append(f"values[{i}][{key}]: Invalid value: {_quote(value)}: {'; '.join(problems)}")
+    if errors:
+        raise SelectorError(errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]")
+    return Requirement(key, operator, frozenset(values))
 
 
 def parse_label_selector(selector: str) -> list[Requirement]:
-    """Parse a label selector string; raises SelectorError naming the bad requirement."""
-    requirements: list[Requirement] = []
-    for part in _split_top_level(selector):
-        if match := _SET_RE.match(part):
-            values = frozenset(
-                _check_value(v.strip(), selector) for v in match["values"].split(",") if v.strip()
-            )
-            if not values:
-                raise SelectorError(f"labelSelector {selector!r}: {part!r} needs at least one value")
-            requirements.append(Requirement(_check_key(match["key"], selector), match["op"], values))
-        elif match := _EQ_RE.match(part):
-            operator = "!=" if match["op"] == "!=" else "="
-            value = _check_value(match["value"], selector)
-            requirements.append(Requirement(_check_key(match["key"], selector), operator, frozenset([value])))
-        elif part.startswith("!"):
-            requirements.append(Requirement(_check_key(part[1:].strip(), selector), "!exists", frozenset()))
-        elif " " not in part:
-            requirements.append(Requirement(_check_key(part, selector), "exists", frozenset()))
-        else:
-            raise SelectorError(f"labelSelector {selector!r}: cannot parse {part!r}")
-    return requirements
+    """Parse a label selector as labels.Parse does; raises SelectorError with its message."""
+    return _Parser(selector).parse()
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from medserve_sandbox import defaults, jobstatus, kserve_webhooks, managedfields, patches, rbac
+from medserve_sandbox import defaults, jobstatus, kserve_webhooks, managedfields, patches, podupdate, rbac
 from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid, not_found
 from medserve_sandbox.lifecycle import ObjectLifecycle
 from medserve_sandbox.objects import Obj, clone, content, drop_empty_metadata, now_rfc3339
@@ -388,6 +388,8 @@ class Store(ObjectLifecycle):
         new, warnings = self._admit(rtype, new, old, field_validation, subresource=subresource)
         if rtype.key == ("batch", "jobs") and subresource == "status":
             jobstatus.validate(old, new)
+        if rtype.key == ("", "pods") and subresource is None:
+            podupdate.validate(old, new)
         defaults.conditions_as_go(rtype.key, new)
         self._set_managed_fields(rtype, version, subresource, new, old, field_manager, applied)
         new_meta = new["metadata"]
