@@ -119,6 +119,9 @@ JOB = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once", "na
        "spec": {"template": {"spec": {"restartPolicy": "Never",
                                       "containers": [{"name": "once", "image": "busybox:1.36"}]}}}}
 
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "two"},
+       "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}, {"name": "side", "image": "busybox:1.36"}]}}
+
 SCRIPT: tuple[Step, ...] = (
     Step("namespace-create", "POST", "/api/v1/namespaces",
          {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
@@ -202,6 +205,21 @@ SCRIPT: tuple[Step, ...] = (
                "spec.template.spec.containers", "spec.template.spec.dnsPolicy",
                "spec.template.spec.terminationGracePeriodSeconds", "spec.template.spec.schedulerName",
                "spec.template.metadata.labels")),
+    # Built-in kinds: a body that does not decode, a key the kind refuses, a 404 of the core group.
+    Step("configmap-wrong-type", "POST", f"/api/v1/namespaces/{NS}/configmaps",
+         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typed"}, "data": {"k": 5}}, keep="status"),
+    Step("configmap-bad-key", "POST", f"/api/v1/namespaces/{NS}/configmaps",
+         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keyed"}, "data": {"not a key!": "v"}},
+         keep="status"),
+    Step("configmap-get-missing", "GET", f"/api/v1/namespaces/{NS}/configmaps/nope", keep="status"),
+    Step("pod-create", "POST", f"/api/v1/namespaces/{NS}/pods", POD, keep=("metadata.name",)),
+    Step("pod-update-removes-a-container", "PATCH", f"/api/v1/namespaces/{NS}/pods/two",
+         {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}},
+         content_type="application/strategic-merge-patch+json", keep="status"),
+    # Label selectors that do not parse.
+    Step("label-selector-in-without-parentheses", "GET", WIDGETS, params={"labelSelector": "tier in web"},
+         keep="status"),
+    Step("label-selector-bad-value", "GET", WIDGETS, params={"labelSelector": "a=-b-"}, keep="status"),
     Step("job-status-complete-without-success-criteria", "PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/once/status",
          {"status": {"startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:00Z", "succeeded": 1,
                      "conditions": [{"type": "Complete", "status": "True"}]}},
