@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,13 @@ async def api_requests(client: httpx.AsyncClient) -> Requests:
     return counts
 
 
-async def apply_and_wait(server: str, n: int, timeout: float) -> tuple[float, Requests]:
-    """Seconds until all N are reconciled, and the operator's API requests meanwhile."""
+async def event_reasons(client: httpx.AsyncClient) -> Counter[str]:
+    """The Events posted so far, by reason."""
+    return Counter(str(event.get("reason")) for event in (await client.get("/api/v1/events")).json()["items"])
+
+
+async def apply_and_wait(server: str, n: int, timeout: float) -> tuple[float, Requests, Counter[str]]:
+    """Seconds until all N are reconciled, the operator's API requests meanwhile, and its Events by reason."""
     async with httpx.AsyncClient(base_url=server, timeout=60) as client:
         before = await api_requests(client)
         own: Requests = Counter({"POST modeldeployments": n})
@@ -138,18 +144,42 @@ async def apply_and_wait(server: str, n: int, timeout: float) -> tuple[float, Re
             own.update(["LIST modeldeployments", "LIST inferenceservices"])
             if done == n and children == n:
                 seconds = time.perf_counter() - start
-                return seconds, (await api_requests(client)) - before - own
+                return seconds, (await api_requests(client)) - before - own, await event_reasons(client)
             await asyncio.sleep(0.5)
         raise TimeoutError(f"{done}/{n} reconciled and {children}/{n} InferenceServices after {timeout:.0f}s")
 
 
-def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float) -> tuple[float, float, Requests]:
+@dataclass
+class Run:
+    seconds: float
+    rss_mib: float
+    requests: Requests
+    events: Counter[str]
+
+
+def image_only_path(workdir: Path) -> str:
+    """A PYTHONPATH entry hiding the client libraries kopf imports when they are installed.
+
+    The operator image installs the project's dependencies only (.ci/image-requirements); this venv also has
+    pykube-ng and kubernetes (for the tests), which kopf loads when present (kopf/_cogs/helpers/thirdparty.py),
+    adding about 20 MiB to either operator. Both operators run without them, as in the image.
+    """
+    shim = workdir / "image-only"
+    for package in ("pykube", "kubernetes"):
+        (shim / package).mkdir(parents=True, exist_ok=True)
+        (shim / package / "__init__.py").write_text('raise ImportError("not in the operator image")\n')
+    return str(shim)
+
+
+def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float) -> Run:
     from medserve_sandbox import procs
     from medserve_sandbox.emulator import EmulatorProcess
 
     crds = sorted((REPO / "crds").glob("*.yaml"))
     with EmulatorProcess(workdir / kind, crd_paths=crds, log_path=workdir / f"{kind}-emulator.log") as cluster:
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MEDSERVE_MLFLOW_URI": mlflow_url}
+        path = os.pathsep.join(filter(None, [image_only_path(workdir), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MEDSERVE_MLFLOW_URI": mlflow_url,
+               "PYTHONPATH": path}
         if kind == "medserve":
             command = [sys.executable, "-m", "medserve_operator.cli", "operator"]
             ready = "medserve operator started"
@@ -162,8 +192,8 @@ def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float) -
             procs.wait_until(lambda: ready in log.read_text(errors="replace"), proc=proc, log_path=log,
                              what=f"{kind} operator", timeout=60)
             rss = PeakRss(proc.pid)
-            seconds, requests = asyncio.run(apply_and_wait(cluster.url, n, timeout))
-            return seconds, rss.stop(), requests
+            seconds, requests, events = asyncio.run(apply_and_wait(cluster.url, n, timeout))
+            return Run(seconds, rss.stop(), requests, events)
         finally:
             procs.stop(proc)
 
@@ -192,22 +222,22 @@ def main() -> int:
         for i in range(args.repeat):
             workdir = Path(tmp) / f"run{i}"
             workdir.mkdir()
-            baseline_seconds, baseline_rss, baseline_requests = run_one("baseline", args.n, mlflow.url, workdir,
-                                                                        args.timeout)
-            seconds, rss, requests = run_one("medserve", args.n, mlflow.url, workdir, args.timeout)
+            base = run_one("baseline", args.n, mlflow.url, workdir, args.timeout)
+            ours = run_one("medserve", args.n, mlflow.url, workdir, args.timeout)
             runs.append({
-                "seconds": round(seconds, 2), "baseline_seconds": round(baseline_seconds, 2),
-                "ratio": round(seconds / baseline_seconds, 3),
-                "rss_mib": round(rss, 1), "baseline_rss_mib": round(baseline_rss, 1),
-                "requests_per_object": round(requests.total() / args.n, 2),
-                "baseline_requests_per_object": round(baseline_requests.total() / args.n, 2),
-                "requests": dict(requests.most_common()), "baseline_requests": dict(baseline_requests.most_common()),
+                "seconds": round(ours.seconds, 2), "baseline_seconds": round(base.seconds, 2),
+                "ratio": round(ours.seconds / base.seconds, 3),
+                "rss_mib": round(ours.rss_mib, 1), "baseline_rss_mib": round(base.rss_mib, 1),
+                "requests_per_object": round(ours.requests.total() / args.n, 2),
+                "baseline_requests_per_object": round(base.requests.total() / args.n, 2),
+                "requests": dict(ours.requests.most_common()), "baseline_requests": dict(base.requests.most_common()),
+                "events": dict(ours.events.most_common()),
             })
             if not args.json:
-                print(f"run {i + 1}: medserve {seconds:.2f} s, {rss:.1f} MiB, "
-                      f"{requests.total() / args.n:.2f} requests/object; minimal kopf {baseline_seconds:.2f} s, "
-                      f"{baseline_rss:.1f} MiB, {baseline_requests.total() / args.n:.2f}; ratio "
-                      f"{seconds / baseline_seconds:.3f}", flush=True)
+                print(f"run {i + 1}: medserve {ours.seconds:.2f} s, {ours.rss_mib:.1f} MiB, "
+                      f"{ours.requests.total() / args.n:.2f} requests/object; minimal kopf {base.seconds:.2f} s, "
+                      f"{base.rss_mib:.1f} MiB, {base.requests.total() / args.n:.2f}; ratio "
+                      f"{ours.seconds / base.seconds:.3f}; events {dict(ours.events.most_common())}", flush=True)
     worst = max(runs, key=lambda r: r["ratio"])
     result = {"n": args.n, "runs": runs, "worst_ratio": worst["ratio"],
               "max_rss_mib": max(r["rss_mib"] for r in runs)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,13 @@ async def _reconcile_without_kserve(kubeconfig: str) -> tuple[BaseException | No
 def test_a_refused_create_is_in_status_and_raised_for_kopf(emulator_factory: Callable[..., EmulatorProcess]) -> None:
     cluster = emulator_factory(crd_paths=PROJECT_CRDS)
     cluster.kubectl("delete", "crd", "inferenceservices.serving.kserve.io")
+    # kube-apiserver refuses creates with 403 while its CRD handler still sees the CRD terminating (after kubectl
+    # has seen it gone); once the handler has dropped it, the resource is a 404 like any unknown one.
+    deadline = time.monotonic() + 30
+    while cluster.kubectl("get", "--raw", "/apis/serving.kserve.io/v1beta1/inferenceservices",
+                          check=False).returncode == 0:
+        assert time.monotonic() < deadline, "inferenceservices are still served 30 s after their CRD's deletion"
+        time.sleep(0.1)
     error, status, events = asyncio.run(_reconcile_without_kserve(str(cluster.kubeconfig)))
 
     assert isinstance(error, ApiError) and error.status == 404
