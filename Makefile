@@ -80,7 +80,8 @@ bench: $(STAMP) ## operator scale benchmark against the emulator (200 ModelDeplo
 # The integration tests that take a cluster, against a real control plane from $(KUBEBUILDER_ASSETS)
 # (kube-apiserver, etcd, optionally kube-controller-manager; `setup-envtest use -p path`); each is
 # skipped, with the reason, where the binaries are missing.
-ENVTEST_TESTS ?= tests/operator/integration tests/sandbox/integration/test_emulator.py
+ENVTEST_TESTS ?= tests/operator/integration tests/sandbox/integration/test_emulator.py \
+	tests/sandbox/integration/test_sandbox.py
 test-envtest: $(STAMP) ## the integration tests against a real kube-apiserver from $KUBEBUILDER_ASSETS
 	MEDSERVE_ENVTEST=1 $(BIN)/pytest $(ENVTEST_TESTS)
 

@@ -12,7 +12,8 @@ certificate for 127.0.0.1, an admin client certificate in `system:masters`, a se
 key (tokens from `kubectl create token` and the TokenRequest API work), RBAC authorization, and the
 OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default), so that an operator
 running under a ServiceAccount fails where it lacks `update` on an owner's finalizers. After the
-server is ready it installs the CRDs it was given and KServe's, with `kubectl apply --server-side`
+server is ready it installs the CRDs it was given, KServe's and Knative Serving's Service (KServe's Serverless
+mode writes them; `resources.KNATIVE_SERVICE_CRD`), with `kubectl apply --server-side`
 (the InferenceService CRD is too large for the last-applied annotation of a client-side apply), and
 waits until they are Established and served. On a server older than 1.28 the CRDs go in without
 their CEL rules (`fieldPath` is an unknown field there, and v1.25's cost estimator refuses even
@@ -49,6 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medserve_sandbox import procs
 from medserve_sandbox.emulator_process import KUBECTL, KubectlError
+from medserve_sandbox.resources import KNATIVE_SERVICE_CRD
 
 logger = logging.getLogger(__name__)
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
@@ -276,12 +278,15 @@ class ControlPlane:
         return int(re.sub(r"\D.*", "", str(version["minor"])) or 0)
 
     def _install_crds(self) -> None:
-        paths = list(self.crd_paths)
+        paths = [path for given in self.crd_paths
+                 for path in (sorted(given.glob("*.yaml")) if given.is_dir() else [given])]
         if self.kserve_crds is not None:
             paths += sorted(self.kserve_crds.glob("serving.kserve.io_*.yaml"))
-        if not paths:
-            return
         docs = [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+        if self.kserve_crds is not None:
+            docs.append(KNATIVE_SERVICE_CRD)  # KServe's Serverless mode writes Knative Services (Knative Serving's CRD)
+        if not docs:
+            return
         minor = self.server_minor()
         if minor < MIN_CEL_MINOR:
             docs = [without_cel_rules(doc) for doc in docs]
@@ -317,6 +322,10 @@ class ControlPlane:
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
         return result
+
+    def pids(self) -> dict[str, int]:
+        """The running processes by name (etcd, kube-apiserver, kube-controller-manager)."""
+        return {name: proc.pid for name, proc in self._procs if proc.poll() is None}
 
     def stop(self) -> None:
         # Reverse order: the controller manager and the API server go before their store.

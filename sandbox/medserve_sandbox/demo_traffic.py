@@ -91,7 +91,7 @@ class DemoTraffic(SandboxProcesses):
         self._send_population(shift=SHIFT, count=600, seed=202)
         self._wait_drift("True")
         self._mark("drift detected")
-        self.console.block("kubectl get md", self.emulator.kubectl("get", "md").stdout)
+        self.console.block("kubectl get md", self.cluster.kubectl("get", "md").stdout)
 
 
     def run_abtest(self) -> None:
@@ -140,7 +140,7 @@ class DemoTraffic(SandboxProcesses):
                          f"{status['modelVersions']['control']}), always-valid interval of the difference "
                          f"[{low:+.3f}, {high:+.3f}], p = {status['alwaysValidPValue']:.3g}, after "
                          f"{status['samples']['control']} + {status['samples']['treatment']} samples")
-        self.console.block("kubectl get abtests", self.emulator.kubectl("get", "abtests").stdout)
+        self.console.block("kubectl get abtests", self.cluster.kubectl("get", "abtests").stdout)
 
 
     def _send_population(self, *, shift: float, count: int, seed: int) -> None:

@@ -111,6 +111,7 @@ from kmock import Server
 from medserve_sandbox import rbac
 from medserve_sandbox.apiserver import ApiServer, ResourcePath, parse_resource_path
 from medserve_sandbox.emulator_process import KUBECTL, EmulatorProcess, KubectlError
+from medserve_sandbox.resources import KNATIVE_SERVICE_CRD
 from medserve_sandbox.store import (
     CRD_KEY,
     EVENT_HISTORY,
@@ -305,29 +306,7 @@ def _install_unvalidated_kserve(store: Store) -> None:
 
 
 def _install_knative_services(store: Store) -> None:
-    """Serve Knative Serving's Service (`serving.knative.dev/v1` `services`, short names `kservice`/`ksvc`,
-    the names of knative/serving `config/core/300-resources/service.yaml`), without a schema: the emulator
-    holds one only where KServe's graph controller makes one (the router of a graph in Knative mode, which
-    the graph stand-in writes and the operator reads before it releases an A/B arm), and checks nothing in it."""
-    install_crd(store, {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "services.serving.knative.dev"},
-        "spec": {
-            "group": "serving.knative.dev", "scope": "Namespaced",
-            "names": {"kind": "Service", "plural": "services", "singular": "service", "listKind": "ServiceList",
-                      "shortNames": ["kservice", "ksvc"], "categories": ["all", "knative", "serving"]},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                "additionalPrinterColumns": [
-                    {"name": "URL", "type": "string", "jsonPath": ".status.url"},
-                    {"name": "LatestCreated", "type": "string", "jsonPath": ".status.latestCreatedRevisionName"},
-                    {"name": "LatestReady", "type": "string", "jsonPath": ".status.latestReadyRevisionName"},
-                    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-                ],
-            }],
-        },
-    }, source="built-in Knative Serving stand-in")
+    install_crd(store, KNATIVE_SERVICE_CRD, source="built-in Knative Serving stand-in")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -253,3 +253,28 @@ def openapi_v3_group_version(group: str, version: str, types: list[ResourceType]
         "paths": paths,
         "components": {"schemas": {}},
     }
+
+
+KNATIVE_SERVICE_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "services.serving.knative.dev"},
+    "spec": {
+        "group": "serving.knative.dev", "scope": "Namespaced",
+        "names": {"kind": "Service", "plural": "services", "singular": "service", "listKind": "ServiceList",
+                  "shortNames": ["kservice", "ksvc"], "categories": ["all", "knative", "serving"]},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
+            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            "additionalPrinterColumns": [
+                {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+                {"name": "LatestCreated", "type": "string", "jsonPath": ".status.latestCreatedRevisionName"},
+                {"name": "LatestReady", "type": "string", "jsonPath": ".status.latestReadyRevisionName"},
+                {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            ],
+        }],
+    },
+}
+"""Knative Serving's Service (`serving.knative.dev/v1` `services`, short names `kservice`/`ksvc`, the names of
+knative/serving `config/core/300-resources/service.yaml`), without a schema: a cluster holds one only where
+KServe's graph controller makes one (the router of a graph in Knative mode, which the graph stand-in writes
+and the operator reads before it releases an A/B arm), and nothing checks what is in it."""

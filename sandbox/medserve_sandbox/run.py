@@ -1,6 +1,7 @@
 """`medserve sandbox`: the whole system on loopback, step by step — what `make demo` runs.
 
-It starts the Kubernetes API emulator (with crds/ installed), a real MLflow server, a real
+It starts the Kubernetes API emulator (or, with `--control-plane envtest`, a real kube-apiserver, etcd and
+kube-controller-manager from $KUBEBUILDER_ASSETS) with crds/ installed, a real MLflow server, a real
 Prometheus (scraping every runtime process every second), a real PostgreSQL (the runtimes' audit records;
 MLflow's backend store too with `--mlflow-backend postgresql`) and a real Redis (rate limits the runtimes
 share), trains and
@@ -51,6 +52,7 @@ from medserve_sandbox import dashboards, procs
 from medserve_sandbox.demo_traffic import DemoTraffic
 from medserve_sandbox.report import Recorder, write_report
 from medserve_sandbox.sandbox_processes import (
+    CONTROL_PLANES,
     DEPLOY_TIMEOUT,
     MLFLOW_BACKENDS,
     MODEL_ALIAS,
@@ -72,10 +74,10 @@ class Sandbox(DemoTraffic):
     @property
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
         return [
-            ("Start MLflow, PostgreSQL, Redis and the Kubernetes API emulator (with crds/ installed)",
+            (f"Start MLflow, PostgreSQL, Redis and {self.cluster_name} (with crds/ installed)",
              self.start_services),
             (f"Train the example triage model and register it in MLflow (alias {MODEL_ALIAS})", self.train_model),
-            ("Start the medserve operator against the emulator", self.start_operator),
+            (f"Start the medserve operator against {self.cluster_name}", self.start_operator),
             ("Start the local KServe stand-in (each InferenceService runs as a medserve-runtime process)",
              self.start_standin),
             ("Start the local InferenceGraph stand-in (each ABTest's graph is a weighted splitter on its own port)",
@@ -103,7 +105,7 @@ class Sandbox(DemoTraffic):
     # ------------------------------------------------------------------ steps
     def apply_examples(self) -> None:
         examples = self.repo / "examples" / "01-model-deployment"
-        out = self.emulator.kubectl("apply", "-f", str(examples)).stdout
+        out = self.cluster.kubectl("apply", "-f", str(examples)).stdout
         for line in out.strip().splitlines():
             self.console.say(f"      {line}")
         self.deployments = [
@@ -126,12 +128,12 @@ class Sandbox(DemoTraffic):
             self.console.say(f"      Prometheus is scraping {name}'s runtime")
 
     def show(self) -> None:
-        self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
+        self.console.block("kubectl get medserve", self.cluster.kubectl("get", "medserve").stdout)
         for name in self.deployments:
             md = self._get("modeldeployment", name) or {}
             isvc = (md.get("status") or {}).get("inferenceService") or name
             self.console.block(f"kubectl get inferenceservice {isvc} -o yaml",
-                               self.emulator.kubectl("get", "inferenceservice", isvc, "-o", "yaml").stdout)
+                               self.cluster.kubectl("get", "inferenceservice", isvc, "-o", "yaml").stdout)
 
 
     def apply_retrain_policy(self) -> None:
@@ -139,10 +141,10 @@ class Sandbox(DemoTraffic):
         patch = {"spec": {"monitoring": {"interval": "5s", "drift": {"window": "10m", "minSamples": 150}}}}
         for name in self.deployments:
             self.console.say(f"      $ kubectl patch md {name} --type merge -p '{json.dumps(patch)}'")
-            self.emulator.kubectl("patch", "md", name, "--type", "merge", "-p", json.dumps(patch))
+            self.cluster.kubectl("patch", "md", name, "--type", "merge", "-p", json.dumps(patch))
         policy = self.repo / "examples" / "03-retrain-policy" / "retrain-on-drift.yaml"
         self.console.say(f"      $ kubectl apply -f {policy.relative_to(self.repo)}")
-        self.console.say("      " + self.emulator.kubectl("apply", "-f", str(policy)).stdout.strip())
+        self.console.say("      " + self.cluster.kubectl("apply", "-f", str(policy)).stdout.strip())
         self.recorder = Recorder(self._get_any, self.deployments[0])
         self.recorder.start()
 
@@ -156,7 +158,7 @@ class Sandbox(DemoTraffic):
         self._mark(f"version {self.new_version} registered")
         self.console.say(f"      Job {status['name']} succeeded and registered {MODEL_NAME} version {self.new_version}")
         self.console.block("kubectl get retrainpolicies,jobs",
-                           self.emulator.kubectl("get", "retrainpolicies,jobs").stdout)
+                           self.cluster.kubectl("get", "retrainpolicies,jobs").stdout)
 
     def wait_abtest_started(self) -> None:
         record = self._wait_until(lambda: (self._get("retrainpolicy", POLICY) or {}).get("status", {}).get("abTest"),
@@ -171,9 +173,9 @@ class Sandbox(DemoTraffic):
         self._mark("A/B test started")
         self.console.say(f"      the split answers at {self.abtest['status']['url']} (InferenceGraph {name})")
         self.console.block("kubectl get abtests,inferencegraphs,md",
-                           self.emulator.kubectl("get", "abtests,inferencegraphs,md").stdout)
+                           self.cluster.kubectl("get", "abtests,inferencegraphs,md").stdout)
         self.console.block(f"kubectl get inferencegraph {name} -o yaml",
-                           self.emulator.kubectl("get", "inferencegraph", name, "-o", "yaml").stdout)
+                           self.cluster.kubectl("get", "inferencegraph", name, "-o", "yaml").stdout)
 
 
     def wait_rolled_out(self) -> None:
@@ -194,7 +196,7 @@ class Sandbox(DemoTraffic):
         self._wait_until(lambda: {"gone": True} if self._get("modeldeployment", challenger) is None else None,
                          f"the challenger {challenger} to be removed", DEPLOY_TIMEOUT)
         self.console.say(f"      the challenger {challenger} is removed")
-        self.console.block("kubectl get medserve", self.emulator.kubectl("get", "medserve").stdout)
+        self.console.block("kubectl get medserve", self.cluster.kubectl("get", "medserve").stdout)
 
     def report(self) -> None:
         events = (self._get_any("events") or {}).get("items") or []
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlflow-backend", choices=MLFLOW_BACKENDS, default="sqlite",
                         help="MLflow's backend store: a SQLite file (default) or a database in the sandbox's "
                              "PostgreSQL (needs psycopg2)")
+    parser.add_argument("--control-plane", choices=CONTROL_PLANES, default="emulator",
+                        help="the cluster: the API emulator (default), or envtest: a real kube-apiserver, etcd and "
+                             "kube-controller-manager from $KUBEBUILDER_ASSETS (setup-envtest)")
     parser.add_argument("--deployment-mode", choices=DEPLOYMENT_MODES, default=DEFAULT_DEPLOYMENT_MODE,
                         help="KServe's deployment mode for the demo's InferenceServices and graphs: Serverless "
                              "(Knative revisions; the default, as the operator's) or Standard (Deployments, "
@@ -259,8 +264,12 @@ def main(argv: list[str]) -> int:
 
     console.say(f"medserve sandbox: everything on loopback, KServe's {args.deployment_mode} mode, state and logs in "
                 f"{workdir}")
-    sandbox = Sandbox(workdir, repo, console, mlflow_backend=args.mlflow_backend,
-                      deployment_mode=args.deployment_mode)
+    try:
+        sandbox = Sandbox(workdir, repo, console, mlflow_backend=args.mlflow_backend,
+                          deployment_mode=args.deployment_mode, control_plane=args.control_plane)
+    except SandboxError as exc:
+        console.say(f"medserve sandbox: {exc}")
+        return 1
     steps = sandbox.steps
     keep = False
     try:
@@ -284,7 +293,7 @@ def main(argv: list[str]) -> int:
             sandbox.stop()
     console.say("\nThe sandbox is still running. Explore it with:" if keep else "\nDone.")
     if keep:
-        console.say(f"  export KUBECONFIG={sandbox.emulator.kubeconfig}")
+        console.say(f"  export KUBECONFIG={sandbox.cluster.kubeconfig}")
         console.say(f"  export MLFLOW_TRACKING_URI={sandbox.mlflow.url}")
         for name in sandbox.deployments:
             console.say(f"  kubectl get medserve; kubectl describe modeldeployment {name}; "

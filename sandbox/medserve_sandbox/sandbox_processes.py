@@ -1,4 +1,5 @@
-"""The sandbox's processes: starting, watching and stopping the emulator, MLflow, Prometheus, PostgreSQL,
+"""The sandbox's processes: starting, watching and stopping the cluster (the API emulator, or with
+`--control-plane envtest` a real kube-apiserver from $KUBEBUILDER_ASSETS), MLflow, Prometheus, PostgreSQL,
 Redis, the operator and the stand-ins, reading the cluster with kubectl, and the `--keep` / `--stop` state
 file.
 
@@ -32,12 +33,14 @@ from medserve_operator.api.modeldeployment import DEPLOYMENT_MODES
 from medserve_operator.config import DEFAULT_DEPLOYMENT_MODE
 
 from medserve_sandbox import procs
+from medserve_sandbox.controlplane import ControlPlane, MissingAssets
 from medserve_sandbox.emulator import EmulatorProcess
 from medserve_sandbox.mlflow_server import MlflowServer
 from medserve_sandbox.postgres_server import USER, PostgresServer
 from medserve_sandbox.prometheus_server import PrometheusServer
 from medserve_sandbox.redis_server import RedisServer
 from medserve_sandbox.report import Recorder
+from medserve_sandbox.schemas import find_kserve_crds_dir
 from medserve_sandbox.story import Console, SandboxError
 
 MODEL_NAME = "triage-classifier"
@@ -52,6 +55,7 @@ STATE_FILE = "sandbox.json"
 DRIFT_TIMEOUT = 90.0
 """Seconds to wait for a drift evaluation to reach the expected verdict."""
 MLFLOW_BACKENDS = ("sqlite", "postgresql")
+CONTROL_PLANES = ("emulator", "envtest")
 AUDIT_DB_SECRET, AUDIT_KEY_SECRET, REDIS_SECRET = "medserve-audit-db", "medserve-audit-key", "medserve-redis"
 """The Secrets the sandbox creates and the operator uses as its defaults (MEDSERVE_*_SECRET)."""
 
@@ -75,13 +79,26 @@ class SandboxProcesses:
     """The sandbox's processes, how each is started and stopped, and the waits and reads on the cluster."""
 
     def __init__(self, workdir: Path, repo: Path, console: Console, *, mlflow_backend: str = "sqlite",
-                 deployment_mode: str = DEFAULT_DEPLOYMENT_MODE) -> None:
+                 deployment_mode: str = DEFAULT_DEPLOYMENT_MODE, control_plane: str = "emulator") -> None:
         self.workdir = workdir.resolve()
         self.repo = repo
         self.console = console
         self.logs = self.workdir / "logs"
-        self.emulator = EmulatorProcess(self.workdir / "cluster", crd_paths=[repo / "crds"],
-                                        log_path=self.logs / "emulator.log")
+        self.cluster: EmulatorProcess | ControlPlane
+        if control_plane == "envtest":
+            # A real kube-apiserver (and kube-controller-manager) from $KUBEBUILDER_ASSETS; the stand-ins play
+            # KServe's controllers, the Job controller and the kubelet against it as they do against the emulator.
+            try:
+                self.cluster = ControlPlane(self.workdir / "cluster", crd_paths=[repo / "crds"],
+                                            log_path=self.logs / "controlplane.log", kserve_crds=find_kserve_crds_dir())
+            except MissingAssets as exc:
+                raise SandboxError(f"--control-plane envtest: {exc}") from None
+        elif control_plane == "emulator":
+            self.cluster = EmulatorProcess(self.workdir / "cluster", crd_paths=[repo / "crds"],
+                                           log_path=self.logs / "emulator.log")
+        else:
+            raise SandboxError(f"--control-plane {control_plane!r}: choose one of {', '.join(CONTROL_PLANES)}")
+        self.cluster_started = False
         self.postgres = PostgresServer(self.workdir / "postgres")
         self.redis = RedisServer(self.workdir / "redis", log_path=self.logs / "redis.log")
         self.audit_key = secrets.token_hex(32)
@@ -115,6 +132,11 @@ class SandboxProcesses:
         self.deployments: list[str] = []
         self.new_version = ""
 
+    @property
+    def cluster_name(self) -> str:
+        return "the Kubernetes API emulator" if isinstance(self.cluster, EmulatorProcess) else \
+            "a real kube-apiserver, etcd and kube-controller-manager"
+
     def start_services(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.mlflow_backend == "postgresql" and importlib.util.find_spec("psycopg2") is None:
@@ -130,8 +152,10 @@ class SandboxProcesses:
         if self.mlflow_backend == "postgresql":
             self.postgres.create_database("mlflow")
             self.mlflow.launch()
-        self.emulator.start()
-        self.console.say(f"      emulator  {self.emulator.url}  (kubeconfig {self.emulator.kubeconfig})")
+        self.cluster.start()
+        self.cluster_started = True
+        what = "emulator " if isinstance(self.cluster, EmulatorProcess) else "kube-apiserver"
+        self.console.say(f"      {what} {self.cluster.url}  (kubeconfig {self.cluster.kubeconfig})")
         self.create_secrets()
         self.prometheus.start()
         self.console.say(f"      Prometheus {self.prometheus.url}  (scraping {self.prometheus.targets_file})")
@@ -149,7 +173,7 @@ class SandboxProcesses:
                 path = folder / key
                 path.touch(mode=0o600)
                 path.write_text(value)
-                self.emulator.kubectl("create", "secret", "generic", name, f"--from-file={key}={path}",
+                self.cluster.kubectl("create", "secret", "generic", name, f"--from-file={key}={path}",
                                       "-n", NAMESPACE)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -184,7 +208,7 @@ class SandboxProcesses:
                          f"version {self.model['version']}")
 
     def start_operator(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.emulator.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow.url,
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "MEDSERVE_MLFLOW_URI": self.mlflow.url,
                "MEDSERVE_RESYNC_SECONDS": OPERATOR_RESYNC_SECONDS, "MEDSERVE_PROMETHEUS_URL": self.prometheus.url,
                "MEDSERVE_METRICS_ADDRESS": self.operator_metrics,
                # The graph stand-in switches routes in its own process: no router pod drains for 30 s.
@@ -207,7 +231,7 @@ class SandboxProcesses:
     def start_standin(self) -> None:
         log = self.logs / "kserve-standin.log"
         self.standin = procs.spawn([sys.executable, "-m", "medserve_sandbox.kserve_standin",
-                                    "--kubeconfig", str(self.emulator.kubeconfig), "--workdir", str(self.workdir),
+                                    "--kubeconfig", str(self.cluster.kubeconfig), "--workdir", str(self.workdir),
                                     "--mlflow-uri", self.mlflow.url, "--default-deployment-mode", self.deployment_mode,
                                     "--service-directory-port", str(self.directory_port)], log_path=log)
         procs.wait_until(lambda: "KServe stand-in watching" in log.read_text(errors="replace"), proc=self.standin,
@@ -217,7 +241,7 @@ class SandboxProcesses:
     def start_graph_standin(self) -> None:
         log = self.logs / "graph-standin.log"
         self.graph_standin = procs.spawn([sys.executable, "-m", "medserve_sandbox.graph_standin",
-                                          "--kubeconfig", str(self.emulator.kubeconfig),
+                                          "--kubeconfig", str(self.cluster.kubeconfig),
                                           "--propagate-header", ROUTER_HEADERS_PROPAGATE,
                                           "--default-deployment-mode", self.deployment_mode], log_path=log)
         procs.wait_until(lambda: "InferenceGraph stand-in watching" in log.read_text(errors="replace"),
@@ -227,7 +251,7 @@ class SandboxProcesses:
     def start_job_standin(self) -> None:
         log = self.logs / "job-standin.log"
         self.job_standin = procs.spawn([sys.executable, "-m", "medserve_sandbox.job_standin",
-                                        "--kubeconfig", str(self.emulator.kubeconfig), "--workdir", str(self.workdir),
+                                        "--kubeconfig", str(self.cluster.kubeconfig), "--workdir", str(self.workdir),
                                         "--cwd", str(self.repo), "--mlflow-uri", self.mlflow.url], log_path=log)
         procs.wait_until(lambda: "Job stand-in watching" in log.read_text(errors="replace"), proc=self.job_standin,
                          log_path=log, what="Job stand-in", timeout=60)
@@ -305,7 +329,7 @@ class SandboxProcesses:
 
     def _get_any(self, what: str) -> dict[str, Any] | None:
         """`kubectl get WHAT -o json` in the demo's namespace (one object, or a list), None if it fails."""
-        result = self.emulator.kubectl("get", what, "-n", NAMESPACE, "-o", "json", check=False)
+        result = self.cluster.kubectl("get", what, "-n", NAMESPACE, "-o", "json", check=False)
         if result.returncode != 0:
             return None
         obj: dict[str, Any] = json.loads(result.stdout)
@@ -337,18 +361,21 @@ class SandboxProcesses:
                  "kserve-standin": self.standin.pid if self.standin else None,
                  "job-standin": self.job_standin.pid if self.job_standin else None,
                  "graph-standin": self.graph_standin.pid if self.graph_standin else None, "mlflow": self.mlflow.pid,
-                 "prometheus": self.prometheus.pid, "redis": self.redis.pid, "postgres": self.postgres.pid,
-                 "emulator": self.emulator.proc.pid if self.emulator.proc else None}
+                 "prometheus": self.prometheus.pid, "redis": self.redis.pid, "postgres": self.postgres.pid}
+        if isinstance(self.cluster, ControlPlane):
+            found.update(self.cluster.pids())
+        else:
+            found["emulator"] = self.cluster.proc.pid if self.cluster.proc else None
         return {name: pid for name, pid in found.items() if pid is not None}
 
     def save_state(self) -> None:
-        state = {"pids": self.pids(), "kubeconfig": str(self.emulator.kubeconfig), "mlflow": self.mlflow.url,
+        state = {"pids": self.pids(), "kubeconfig": str(self.cluster.kubeconfig), "mlflow": self.mlflow.url,
                  "prometheus": self.prometheus.url, "postgres": redacted(self.postgres.dsn), "redis": self.redis.url,
-                 "emulator": self.emulator.url, "logs": str(self.logs)}
+                 "apiserver": self.cluster.url, "logs": str(self.logs)}
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     def stop(self) -> None:
-        """Stop the operator first (so it does not log the API vanishing), then MLflow, then the emulator."""
+        """Stop the operator first (so it does not log the API vanishing), then MLflow, then the cluster."""
         if self.operator is not None:
             self.console.say("      stopping the operator")
             procs.stop(self.operator)
@@ -379,9 +406,11 @@ class SandboxProcesses:
         if self.postgres.running:
             self.console.say("      stopping PostgreSQL")
             self.postgres.remove()
-        if self.emulator.proc is not None:
-            self.console.say("      stopping the emulator")
-            self.emulator.stop()
+        if self.cluster_started:
+            self.console.say("      stopping the emulator" if isinstance(self.cluster, EmulatorProcess)
+                             else "      stopping kube-controller-manager, kube-apiserver and etcd")
+            self.cluster.stop()
+            self.cluster_started = False
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
 
 
@@ -425,7 +454,7 @@ def stop_kept(workdir: Path, console: Console) -> int:
         (workdir / STATE_FILE).unlink(missing_ok=True)
         return 0
     for name in ("operator", "kserve-standin", "job-standin", "graph-standin", "prometheus", "mlflow", "redis",
-                 "postgres", "emulator"):
+                 "postgres", "emulator", "kube-controller-manager", "kube-apiserver", "etcd"):
         pid = running.get(name)
         if pid is None:
             continue

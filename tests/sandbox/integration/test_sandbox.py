@@ -1,4 +1,7 @@
-"""`medserve sandbox` end to end, as `make demo` runs it: a subprocess, real emulator, MLflow and operator."""
+"""`medserve sandbox` end to end, as `make demo` runs it: a subprocess, real emulator, MLflow and operator.
+
+In the envtest tier (MEDSERVE_ENVTEST=1) the same story runs on a real kube-apiserver, etcd and
+kube-controller-manager from $KUBEBUILDER_ASSETS (`--control-plane envtest`), skipped where they are missing."""
 
 from __future__ import annotations
 
@@ -13,18 +16,32 @@ import sys
 from pathlib import Path
 
 import pytest
+from medserve_sandbox.controlplane import MissingAssets, find_assets
 from medserve_sandbox.emulator import KUBECTL as DEFAULT_KUBECTL
 
 TIMEOUT = int(os.environ.get("MEDSERVE_SANDBOX_TEST_TIMEOUT") or 480)  # a loaded machine needs longer
 KUBECTL = shutil.which("kubectl") or DEFAULT_KUBECTL
 # The whole demo runs inside one test: its own limit, past the sandbox's, so the session is stopped first.
 pytestmark = pytest.mark.timeout(TIMEOUT + 60)
+ENVTEST = os.environ.get("MEDSERVE_ENVTEST") == "1"
+CLUSTER_PIDS = {"etcd", "kube-apiserver", "kube-controller-manager"} if ENVTEST else {"emulator"}
+
+
+@pytest.fixture(autouse=True)
+def _control_plane_binaries() -> None:
+    if ENVTEST:
+        try:
+            find_assets()
+        except MissingAssets as exc:
+            pytest.skip(f"envtest tier: {exc}")
 
 
 def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
     """Run `medserve sandbox` in a session of its own; on a timeout (or the test's own) the whole session is
     stopped, so no emulator, MLflow, operator or runtime outlives the test."""
     env = {k: v for k, v in os.environ.items() if k not in {"KUBECONFIG", "MLFLOW_TRACKING_URI"}}
+    if ENVTEST and "--stop" not in args:
+        args = (*args, "--control-plane", "envtest")
     proc = subprocess.Popen([sys.executable, "-m", "medserve_operator.cli", "sandbox", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -151,7 +168,7 @@ def test_keep_leaves_it_running_until_stop(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "sandbox.json").read_text())
     try:
         assert set(state["pids"]) == {"operator", "kserve-standin", "job-standin", "graph-standin", "prometheus",
-                                      "mlflow", "emulator", "postgres", "redis"}
+                                      "mlflow", "postgres", "redis", *CLUSTER_PIDS}
         assert all(alive(pid) for pid in state["pids"].values())
         got = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "get", "md", "triage", "-o",
                               "jsonpath={.status.model.version}"], capture_output=True, text=True, timeout=60,
