@@ -192,12 +192,11 @@ def _page(items: list[Obj], rv: str, query: Any, *, compacted_rv: int, selected:
 REQUEST_LABELS = ("verb", "dry_run", "group", "version", "resource", "subresource", "scope", "component", "code")
 
 
-def request_labels(raw: aiohttp.web.BaseRequest, code: int) -> tuple[str, ...]:
+def request_labels(raw: aiohttp.web.BaseRequest, code: int, where: ResourcePath | None) -> tuple[str, ...]:
     """The labels kube-apiserver counts a request under in apiserver_request_total (k8s.io/apiserver
     pkg/endpoints/metrics/metrics.go: requestCounter, CleanVerb, CleanScope): GET on a collection is LIST,
     with ?watch WATCH, an apply patch APPLY; scope is resource for a named object or a create, namespace
-    or cluster for a collection. A non-resource path counts under its verb with no resource."""
-    where = parse_resource_path(raw.path.rstrip("/") or "/")
+    or cluster for a collection. A non-resource path (`where` None) counts under its verb with no resource."""
     dry_run = "All" if "All" in raw.query.getall("dryRun", []) else ""
     if where is None:
         return (raw.method, dry_run, "", "", "", "", "", "apiserver", str(code))
@@ -242,11 +241,12 @@ class ApiServer(KubernetesEmulator):
         # kmock's own entry point records every request and parses paths with its K8s parser;
         # a long-running emulator needs neither, so requests are routed here directly.
         user_token = None
+        where = parse_resource_path(raw.path.rstrip("/") or "/")
         try:
             user = self.tokens.authenticate(self.store, raw.headers.get("Authorization"))
             user_token = rbac.CURRENT_USER.set(user)
-            self._authorize(raw, user)
-            response = await self._route(raw)
+            self._authorize(raw, user, where)
+            response = await self._route(raw, where)
         except ApiError as exc:
             if exc.code >= 500:
                 logger.error("%s %s: %s", raw.method, raw.path_qs, exc.message)
@@ -262,14 +262,13 @@ class ApiServer(KubernetesEmulator):
         finally:
             if user_token is not None:
                 rbac.CURRENT_USER.reset(user_token)
-        self.requests[request_labels(raw, response.status)] += 1
+        self.requests[request_labels(raw, response.status, where)] += 1
         return response
 
-    def _authorize(self, raw: aiohttp.web.BaseRequest, user: rbac.User) -> None:
+    def _authorize(self, raw: aiohttp.web.BaseRequest, user: rbac.User, where: ResourcePath | None) -> None:
         """RBAC for the request (rbac.py); the emulator's own kubeconfig is the cluster admin."""
         if rbac.MASTERS in user.groups:
             return
-        where = parse_resource_path(raw.path.rstrip("/") or "/")
         if where is None:
             attributes = rbac.request_attributes(user, raw.method, raw.path, raw.query, resource_request=False)
         else:
@@ -278,9 +277,9 @@ class ApiServer(KubernetesEmulator):
                 namespace=where.namespace, plural=where.plural, name=where.name, subresource=where.subresource)
         rbac.require(self.store, attributes)
 
-    async def _route(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+    async def _route(self, raw: aiohttp.web.BaseRequest,
+                     resource_path: ResourcePath | None) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
-        resource_path = parse_resource_path(path)
         if resource_path is not None and resource_path.group == "authorization.k8s.io" \
                 and resource_path.plural in REVIEWS:
             return await self._review(raw, resource_path)
