@@ -1,12 +1,14 @@
 """Operator scale: N ModelDeployments applied at once, against a minimal kopf operator as the baseline.
 
-Both operators run as real processes against their own fresh API emulator and the same real MLflow
+Both operators run as real processes against their own fresh API emulator, with the same real MLflow
 server. The clock starts when the first ModelDeployment is posted and stops when every one has its
 InferenceService and `status.observedGeneration == metadata.generation`. The operator's peak RSS is
 sampled throughout, and its API requests are counted from the emulator's apiserver_request_total (as
 kube-apiserver serves it), less the benchmark's own, per ModelDeployment and by verb and resource
-(watches left out). The baseline (below, `baseline` mode) is kopf doing only the essential: create the
-same child object and write observedGeneration. `--repeat` runs the pair that many times, alternating.
+(watches left out), and the CPU seconds the operator and its emulator used meanwhile. The baseline (below,
+`baseline` mode) is kopf doing only the essential: create the same child object and write observedGeneration
+(it does not ask MLflow). A warm-up pair at N = 20 goes first, unreported; `--repeat` runs the pair that many
+times, alternating which goes first.
 
     python benchmarks/operator_scale.py --n 1000 --repeat 3 --json
 """
@@ -155,6 +157,15 @@ class Run:
     rss_mib: float
     requests: Requests
     events: Counter[str]
+    cpu_s: float
+    """The operator's CPU seconds (user + system) from the first post to the last reconcile."""
+    apiserver_cpu_s: float
+    """The emulator's, over the same span: both share the machine's cores."""
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def image_only_path(workdir: Path) -> str:
@@ -192,8 +203,11 @@ def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float) -
             procs.wait_until(lambda: ready in log.read_text(errors="replace"), proc=proc, log_path=log,
                              what=f"{kind} operator", timeout=60)
             rss = PeakRss(proc.pid)
+            assert cluster.proc is not None
+            cpu, apiserver_cpu = cpu_seconds(proc.pid), cpu_seconds(cluster.proc.pid)
             seconds, requests, events = asyncio.run(apply_and_wait(cluster.url, n, timeout))
-            return Run(seconds, rss.stop(), requests, events)
+            return Run(seconds, rss.stop(), requests, events, cpu_seconds(proc.pid) - cpu,
+                       cpu_seconds(cluster.proc.pid) - apiserver_cpu)
         finally:
             procs.stop(proc)
 
@@ -219,11 +233,16 @@ def main() -> int:
         client.create_registered_model("bench-model")
         run = client.create_run(experiment_id="0")
         client.create_model_version("bench-model", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        warmup = Path(tmp) / "warmup"
+        warmup.mkdir()
+        for kind in ("baseline", "medserve"):  # neither measured run pays the first start's cold file cache
+            run_one(kind, min(args.n, 20), mlflow.url, warmup, args.timeout)
         for i in range(args.repeat):
             workdir = Path(tmp) / f"run{i}"
             workdir.mkdir()
-            base = run_one("baseline", args.n, mlflow.url, workdir, args.timeout)
-            ours = run_one("medserve", args.n, mlflow.url, workdir, args.timeout)
+            order = ("baseline", "medserve") if i % 2 == 0 else ("medserve", "baseline")
+            done = {kind: run_one(kind, args.n, mlflow.url, workdir, args.timeout) for kind in order}
+            base, ours = done["baseline"], done["medserve"]
             runs.append({
                 "seconds": round(ours.seconds, 2), "baseline_seconds": round(base.seconds, 2),
                 "ratio": round(ours.seconds / base.seconds, 3),
@@ -232,12 +251,17 @@ def main() -> int:
                 "baseline_requests_per_object": round(base.requests.total() / args.n, 2),
                 "requests": dict(ours.requests.most_common()), "baseline_requests": dict(base.requests.most_common()),
                 "events": dict(ours.events.most_common()),
+                "cpu_s": round(ours.cpu_s, 2), "baseline_cpu_s": round(base.cpu_s, 2),
+                "apiserver_cpu_s": round(ours.apiserver_cpu_s, 2),
+                "baseline_apiserver_cpu_s": round(base.apiserver_cpu_s, 2),
             })
             if not args.json:
-                print(f"run {i + 1}: medserve {ours.seconds:.2f} s, {ours.rss_mib:.1f} MiB, "
-                      f"{ours.requests.total() / args.n:.2f} requests/object; minimal kopf {base.seconds:.2f} s, "
-                      f"{base.rss_mib:.1f} MiB, {base.requests.total() / args.n:.2f}; ratio "
-                      f"{ours.seconds / base.seconds:.3f}; events {dict(ours.events.most_common())}", flush=True)
+                print(f"run {i + 1} ({' then '.join(order)}): medserve {ours.seconds:.2f} s, {ours.rss_mib:.1f} MiB, "
+                      f"{ours.requests.total() / args.n:.2f} requests/object, CPU {ours.cpu_s:.1f} s (emulator "
+                      f"{ours.apiserver_cpu_s:.1f} s); minimal kopf {base.seconds:.2f} s, {base.rss_mib:.1f} MiB, "
+                      f"{base.requests.total() / args.n:.2f}, CPU {base.cpu_s:.1f} s (emulator "
+                      f"{base.apiserver_cpu_s:.1f} s); ratio {ours.seconds / base.seconds:.3f}; events "
+                      f"{dict(ours.events.most_common())}", flush=True)
     worst = max(runs, key=lambda r: r["ratio"])
     result = {"n": args.n, "runs": runs, "worst_ratio": worst["ratio"],
               "max_rss_mib": max(r["rss_mib"] for r in runs)}

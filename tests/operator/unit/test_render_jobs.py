@@ -16,7 +16,7 @@ from medserve_operator.clients.prometheus import PrometheusError, instant_value
 from medserve_operator.controllers import retrainpolicy
 from medserve_operator.controllers.retrainpolicy import render
 from medserve_operator.kit.manifest import owned_differs
-from medserve_sandbox.schemas import InvalidObject, SchemaRegistry
+from medserve_sandbox.schemas import DecodeError, InvalidObject, SchemaRegistry
 
 
 def spec(**overrides: Any) -> RetrainPolicySpec:
@@ -119,6 +119,11 @@ def test_valid_against_batch_v1_schema() -> None:
                    old=None, field_validation="Strict")
     broken = job()
     broken["spec"]["backoffLimit"] = "two"
+    with pytest.raises(DecodeError, match="JobSpec.spec.backoffLimit of type int32"):
+        registry.admit(broken, old=None, field_validation="Strict")
+    del broken["spec"]["template"]["spec"]["containers"][0]["image"]
+    broken["spec"]["backoffLimit"] = 2
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(InvalidObject):
         registry.admit(broken, old=None, field_validation="Strict")
 
