@@ -7,8 +7,8 @@ fire in the same second after a mass `kubectl apply` (1,000 objects at 30 s are 
 reconciles, each several requests, every 30 s), and a timer fires even when a watch event reconciled
 the object a moment ago.
 
-`Resyncer` keeps the latest body of each object from the watch stream (`observe`, fed by a kopf
-`on.event` handler, which needs no finalizer) and the time each object was last reconciled by any path
+`Resyncer` keeps the latest body of each object from the watch stream, less its managedFields (`observe`,
+fed by a kopf `on.event` handler, which needs no finalizer) and the time each object was last reconciled by any path
 (`reconciled`, called by `reconcile_object`). One loop picks the objects whose last reconciliation is
 older than their interval (the interval with ±10 % jitter, drawn anew each time, so a burst spreads
 out) and reconciles them, oldest first, at most `concurrency` at once: when N objects cannot be seen
@@ -79,7 +79,8 @@ class Resyncer:
             self._bodies.pop(uid, None)
             self._due.pop(uid, None)
             return
-        self._bodies[uid] = body
+        # Kept without managedFields, which no reconciliation reads: they are the largest part of a body.
+        self._bodies[uid] = {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}}
         self._due.setdefault(uid, self._next(self._clock()))
 
     def reconciled(self, uid: str) -> None:
