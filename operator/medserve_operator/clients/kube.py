@@ -109,12 +109,12 @@ class KubeClient:
             await self._session.close()
             self._session = None
 
-    async def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
+    async def _send(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
                     content_type: str = "application/json") -> Response:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT, ssl=self._ssl)
             self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, connector=connector)
-        data = None if json is None else _dumps(json)
+        data = None if body is None else json.dumps(body)
         headers = None if data is None else {"Content-Type": content_type}
         try:
             async with self._slots, self._session.request(method, self.server + path, data=data, params=params,
@@ -140,22 +140,22 @@ class KubeClient:
 
     async def create(self, api_version: str, plural: str, namespace: str | None,
                      body: dict[str, Any]) -> dict[str, Any]:
-        return _json(await self._send("POST", resource_path(api_version, plural, namespace), json=body))
+        return _json(await self._send("POST", resource_path(api_version, plural, namespace), body=body))
 
     async def replace(self, api_version: str, plural: str, namespace: str | None,
                       body: dict[str, Any]) -> dict[str, Any]:
         path = resource_path(api_version, plural, namespace, body["metadata"]["name"])
-        return _json(await self._send("PUT", path, json=body))
+        return _json(await self._send("PUT", path, body=body))
 
     async def patch(self, api_version: str, plural: str, namespace: str | None, name: str,
                     patch: dict[str, Any], *, subresource: str | None = None) -> dict[str, Any]:
         response = await self._send("PATCH", resource_path(api_version, plural, namespace, name, subresource),
-                                    json=patch, content_type="application/merge-patch+json")
+                                    body=patch, content_type="application/merge-patch+json")
         return _json(response)
 
     async def delete(self, api_version: str, plural: str, namespace: str | None, name: str) -> bool:
         response = await self._send("DELETE", resource_path(api_version, plural, namespace, name),
-                                    json={"propagationPolicy": "Background"})
+                                    body={"propagationPolicy": "Background"})
         if response.status_code == 404:
             return False
         _json(response)
@@ -173,9 +173,6 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         patch[key] = merge_patch(before, value) if isinstance(before, dict) and isinstance(value, dict) else value
     patch.update({k: None for k in old if k not in new})
     return patch
-
-
-_dumps = json.dumps
 
 
 def _json(response: Response) -> dict[str, Any]:

@@ -88,3 +88,23 @@ def test_a_refused_create_is_in_status_and_raised_for_kopf(emulator_factory: Cal
     assert sorted((e.type, e.reason) for e in events) == [("Warning", "AuditLogInPod"),
                                                            ("Warning", "InferenceServiceFailed")]
 
+
+
+def test_an_unreachable_api_server_is_an_api_error_naming_it() -> None:
+    """The Kubernetes client against a loopback port nothing listens on: a 503 ApiError, as any API error."""
+
+    async def attempt() -> None:
+        kube = KubeClient(CLOSED_PORT)
+        try:
+            await kube.get("v1", "configmaps", "default", "settings")
+        finally:
+            await kube.aclose()
+
+    try:
+        asyncio.run(attempt())
+    except ApiError as exc:
+        assert (exc.status, exc.reason) == (503, "ServiceUnavailable")
+        assert f"the Kubernetes API at {CLOSED_PORT} did not answer GET /api/v1/namespaces/default/configmaps/" \
+               "settings: ClientConnectorError" in exc.message
+    else:
+        raise AssertionError("a refused connection raised nothing")

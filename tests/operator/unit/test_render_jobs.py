@@ -119,7 +119,7 @@ def test_valid_against_batch_v1_schema() -> None:
                    old=None, field_validation="Strict")
     broken = job()
     broken["spec"]["backoffLimit"] = "two"
-    with pytest.raises(DecodeError, match="JobSpec.spec.backoffLimit of type int32"):
+    with pytest.raises(DecodeError, match=r"JobSpec\.spec\.backoffLimit of type int32"):
         registry.admit(broken, old=None, field_validation="Strict")
     del broken["spec"]["template"]["spec"]["containers"][0]["image"]
     broken["spec"]["backoffLimit"] = 2
