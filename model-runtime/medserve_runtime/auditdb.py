@@ -113,7 +113,11 @@ WHERE audit_writers.head_seq < EXCLUDED.head_seq
 _WRITE_NEW = _WRITE.replace("{conflict}", "")
 _WRITE_AGAIN = _WRITE.replace("{conflict}", "ON CONFLICT (writer, seq) DO NOTHING")
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ConnectionError)
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
+              TimeoutError, ConnectionError)
+"""What a database write can fail with; the batch then goes to the spool. InternalClientError (not an
+InterfaceError) is asyncpg refusing an operation on a connection left mid-operation ("cannot switch to state
+12; another operation (2) is in progress") as the server shuts down: without it, that batch was answered 503."""
 
 
 def resolve_dsn(dsn: str | None, *, dsn_file: Path | None = None) -> str:
