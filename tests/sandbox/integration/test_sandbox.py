@@ -143,7 +143,9 @@ def test_demo_deploys_the_example_and_cleans_up(tmp_path: Path, mode: str, annot
     report = json.loads((tmp_path / "report.json").read_text())
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert any(p["drifted"] for p in report["drift"]) and any(not p["drifted"] for p in report["drift"])
-    assert len(report["abtest"]) >= 3 and report["abtest"][-1]["low"] >= 0
+    # At least the concluding evaluation, its interval clear of zero: a large effect can conclude at the first
+    # evaluation (seen on a real control plane, Standard mode: one evaluation at 116 samples).
+    assert report["abtest"] and report["abtest"][-1]["low"] >= 0
 
     # Every runtime audited into PostgreSQL, and at the end every chain verified (the password never printed).
     verified = out.split("$ medserve audit verify --dsn ", 1)[1].split("\n\n", 1)[0]
