@@ -168,29 +168,28 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def image_only_path(workdir: Path) -> str:
+def image_only_path(folder: Path) -> str:
     """A PYTHONPATH entry hiding the client libraries kopf imports when they are installed.
 
     The operator image installs the project's dependencies only (.ci/image-requirements); this venv also has
     pykube-ng and kubernetes (for the tests), which kopf loads when present (kopf/_cogs/helpers/thirdparty.py),
     adding about 20 MiB to either operator. Both operators run without them, as in the image.
     """
-    shim = workdir / "image-only"
+    shim = folder / "image-only"
     for package in ("pykube", "kubernetes"):
         (shim / package).mkdir(parents=True, exist_ok=True)
         (shim / package / "__init__.py").write_text('raise ImportError("not in the operator image")\n')
     return str(shim)
 
 
-def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float) -> Run:
+def run_one(kind: str, n: int, mlflow_url: str, workdir: Path, timeout: float, pythonpath: str) -> Run:
     from medserve_sandbox import procs
     from medserve_sandbox.emulator import EmulatorProcess
 
     crds = sorted((REPO / "crds").glob("*.yaml"))
     with EmulatorProcess(workdir / kind, crd_paths=crds, log_path=workdir / f"{kind}-emulator.log") as cluster:
-        path = os.pathsep.join(filter(None, [image_only_path(workdir), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MEDSERVE_MLFLOW_URI": mlflow_url,
-               "PYTHONPATH": path}
+               "PYTHONPATH": pythonpath}
         if kind == "medserve":
             command = [sys.executable, "-m", "medserve_operator.cli", "operator"]
             ready = "medserve operator started"
@@ -233,15 +232,16 @@ def main() -> int:
         client.create_registered_model("bench-model")
         run = client.create_run(experiment_id="0")
         client.create_model_version("bench-model", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        pythonpath = os.pathsep.join(filter(None, [image_only_path(Path(tmp)), os.environ.get("PYTHONPATH")]))
         warmup = Path(tmp) / "warmup"
         warmup.mkdir()
         for kind in ("baseline", "medserve"):  # neither measured run pays the first start's cold file cache
-            run_one(kind, min(args.n, 20), mlflow.url, warmup, args.timeout)
+            run_one(kind, min(args.n, 20), mlflow.url, warmup, args.timeout, pythonpath)
         for i in range(args.repeat):
             workdir = Path(tmp) / f"run{i}"
             workdir.mkdir()
             order = ("baseline", "medserve") if i % 2 == 0 else ("medserve", "baseline")
-            done = {kind: run_one(kind, args.n, mlflow.url, workdir, args.timeout) for kind in order}
+            done = {kind: run_one(kind, args.n, mlflow.url, workdir, args.timeout, pythonpath) for kind in order}
             base, ours = done["baseline"], done["medserve"]
             runs.append({
                 "seconds": round(ours.seconds, 2), "baseline_seconds": round(base.seconds, 2),

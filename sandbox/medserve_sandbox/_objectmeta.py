@@ -10,11 +10,11 @@ from typing import Any
 
 from medserve_sandbox._schemanode import Findings, go_value, is_type, join
 
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_QUALIFIED_NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+QUALIFIED_NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 DNS1123_SUBDOMAIN_MESSAGE = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
@@ -31,12 +31,12 @@ DNS1035_LABEL_MESSAGE = (
     "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
     "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
 )
-_QUALIFIED_NAME_MESSAGE = (
+QUALIFIED_NAME_MESSAGE = (
     "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
     "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
     "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
 )
-_LABEL_VALUE_MESSAGE = (
+LABEL_VALUE_MESSAGE = (
     "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and "
     "must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', "
     "regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
@@ -110,7 +110,7 @@ class ObjectMetaChecks(Findings):
         regex, message = {
             "label": (_DNS1123_LABEL, DNS1123_LABEL_MESSAGE),
             "dns1035": (_DNS1035_LABEL, DNS1035_LABEL_MESSAGE),
-        }.get(name_pattern, (_DNS1123_SUBDOMAIN, DNS1123_SUBDOMAIN_MESSAGE))
+        }.get(name_pattern, (DNS1123_SUBDOMAIN, DNS1123_SUBDOMAIN_MESSAGE))
         if not regex.match(name):
             self.add(path, f"Invalid value: {go_value(name)}: {message}")
         if len(name) > max_length:
@@ -118,11 +118,11 @@ class ObjectMetaChecks(Findings):
 
     def _check_qualified_name(self, key: str, path: str) -> bool:
         prefix, _, name = key.rpartition("/")
-        if "/" in key and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        if "/" in key and (not prefix or len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
             self.add(path, f"Invalid value: {go_value(key)}: prefix part {DNS1123_SUBDOMAIN_MESSAGE}")
             return False
-        if not name or len(name) > 63 or not _QUALIFIED_NAME_PART.match(name):
-            self.add(path, f"Invalid value: {go_value(key)}: {_QUALIFIED_NAME_MESSAGE}")
+        if not name or len(name) > 63 or not QUALIFIED_NAME_PART.match(name):
+            self.add(path, f"Invalid value: {go_value(key)}: {QUALIFIED_NAME_MESSAGE}")
             return False
         return True
 
@@ -141,8 +141,8 @@ class ObjectMetaChecks(Findings):
                 self.type_error(f"{map_path}.{map_key}", map_value, "string")
                 continue
             total += len(map_key) + len(map_value)
-            if labels and (len(map_value) > 63 or not _LABEL_VALUE.match(map_value)):
-                self.add(map_path, f"Invalid value: {go_value(map_value)}: {_LABEL_VALUE_MESSAGE}")
+            if labels and (len(map_value) > 63 or not LABEL_VALUE.match(map_value)):
+                self.add(map_path, f"Invalid value: {go_value(map_value)}: {LABEL_VALUE_MESSAGE}")
         if not labels and total > _TOTAL_ANNOTATION_BYTES:
             self.add(
                 map_path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medserve_sandbox._schemanode import Cause
 from medserve_sandbox.objects import Obj
 from medserve_sandbox.resources import ResourceType
 from medserve_sandbox.schemas import failure_status
@@ -51,12 +52,24 @@ def conflict(rtype: ResourceType, name: str, why: str) -> ApiError:
     )
 
 
+def invalid_causes(kind: str, group: str, name: str, causes: list[Cause]) -> ApiError:
+    """The 422 kube-apiserver answers a field.ErrorList with (apimachinery api/errors NewInvalid): the kind
+    qualified by its group in the message, the errors listed (bracketed when more than one), one cause per
+    error whose message leaves the field out (field.Error.ErrorBody); a root error's field is `<nil>`."""
+    listed = [f"{field or '<nil>'}: {message}" for field, message, _ in causes]
+    summary = listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"
+    qualified = f"{kind}.{group}" if group else kind
+    details: dict[str, Any] = {"name": name, "group": group, "kind": kind, "causes": [
+        {"reason": reason, "message": message, "field": field or "<nil>"} for field, message, reason in causes]}
+    if not group:
+        del details["group"]
+    return ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {summary}', details)
+
+
 def invalid(rtype: ResourceType, name: str, field_path: str, message: str,
             reason: str = "FieldValueInvalid") -> ApiError:
-    details = error_details(rtype, name) | {"kind": rtype.kind, "causes": [
-        {"reason": reason, "message": f"{field_path}: {message}", "field": field_path},
-    ]}
-    return ApiError(422, "Invalid", f'{rtype.kind} "{name}" is invalid: {field_path}: {message}', details)
+    """`invalid_causes` for one error of `rtype`."""
+    return invalid_causes(rtype.kind, rtype.group, name, [(field_path, message, reason)])
 
 
 def bad_request(message: str) -> ApiError:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from medserve_sandbox.apierrors import ApiError
+from medserve_sandbox._schemanode import Cause
+from medserve_sandbox.apierrors import invalid_causes
 
 Obj = dict[str, Any]
 
@@ -21,7 +22,7 @@ def _true(status: Obj, type_: str) -> bool:
     return any(c.get("type") == type_ and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-def errors(old: Obj, new: Obj) -> list[tuple[str, str, str]]:
+def errors(old: Obj, new: Obj) -> list[Cause]:
     """(field, message, reason) for each rule the status write from `old` to `new` breaks."""
     before, after = old.get("status") or {}, new.get("status") or {}
 
@@ -37,7 +38,7 @@ def errors(old: Obj, new: Obj) -> list[tuple[str, str, str]]:
     def finished(s: Obj) -> bool:
         return complete(s) or failed(s)
 
-    found: list[tuple[str, str, str]] = []
+    found: list[Cause] = []
     conditions = "status.conditions"
     if (changed(complete) or changed(failed)) and complete(after) and failed(after):
         found.append((conditions, "Invalid value: cannot set Complete=True and Failed=true conditions",
@@ -72,11 +73,5 @@ def errors(old: Obj, new: Obj) -> list[tuple[str, str, str]]:
 def validate(old: Obj, new: Obj) -> None:
     """Raise the 422 kube-apiserver answers a Job status write that breaks a rule (see the module docstring)."""
     found = errors(old, new)
-    if not found:
-        return
-    name = new["metadata"]["name"]
-    listed = [f"{field}: {message}" for field, message, _ in found]
-    summary = listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"
-    raise ApiError(422, "Invalid", f'Job.batch "{name}" is invalid: {summary}', {
-        "name": name, "group": "batch", "kind": "Job",
-        "causes": [{"reason": reason, "message": message, "field": field} for field, message, reason in found]})
+    if found:
+        raise invalid_causes("Job", "batch", new["metadata"]["name"], found)

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from medserve_sandbox import crdschema
-from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid
+from medserve_sandbox.apierrors import ApiError, bad_request, conflict, error_details, invalid, invalid_causes
 from medserve_sandbox.objects import Obj, now_rfc3339, owner_uids
 from medserve_sandbox.resources import CrdError, GroupResource, ResourceType, type_from_crd
 from medserve_sandbox.selectors import ObjectFilter
@@ -264,12 +264,7 @@ class ObjectLifecycle(ObjectStorage):
             raise invalid(self.types[CRD_KEY], name, exc.field_path, exc.message) from exc
         causes = crdschema.schema_causes(crd)
         if causes:
-            summary = ", ".join(f"{field}: {message}" for field, message, _ in causes)
-            raise ApiError(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: '
-                           + (summary if len(causes) == 1 else f"[{summary}]"),
-                           {"name": name, "group": "apiextensions.k8s.io", "kind": "CustomResourceDefinition",
-                            "causes": [{"reason": reason, "message": message, "field": field}
-                                       for field, message, reason in causes]})
+            raise invalid_causes("CustomResourceDefinition", "apiextensions.k8s.io", name, causes)
         existing = self.types.get(new_type.key)
         if existing is not None and not existing.custom:
             raise invalid(self.types[CRD_KEY], name, "spec.names.plural",

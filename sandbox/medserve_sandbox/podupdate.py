@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from medserve_sandbox.apierrors import ApiError
+from medserve_sandbox._schemanode import Cause
+from medserve_sandbox.apierrors import invalid_causes
 
 Obj = dict[str, Any]
 
@@ -24,12 +25,13 @@ UPDATABLE = ("`spec.containers[*].image`", "`spec.initContainers[*].image`", "`s
              "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)")
 
 
-def errors(old: Obj, new: Obj) -> list[tuple[str, str]]:
-    """(field, message) for the rule the spec update from `old` to `new` breaks, if any."""
+def errors(old: Obj, new: Obj) -> list[Cause]:
+    """(field, message, reason) for the rule the spec update from `old` to `new` breaks, if any."""
     before, after = old.get("spec") or {}, new.get("spec") or {}
     for field in ("containers", "initContainers"):
         if len(before.get(field) or []) != len(after.get(field) or []):
-            return [(f"spec.{field}", "Forbidden: pod updates may not add or remove containers")]
+            return [(f"spec.{field}", "Forbidden: pod updates may not add or remove containers",
+                     "FieldValueForbidden")]
     munged = copy.deepcopy(after)
     for field in ("containers", "initContainers"):
         for container, previous in zip(munged.get(field) or [], before.get(field) or [], strict=True):
@@ -42,17 +44,13 @@ def errors(old: Obj, new: Obj) -> list[tuple[str, str]]:
     if isinstance(grace, int) and grace < 0 and munged.get("terminationGracePeriodSeconds") == 1:
         munged["terminationGracePeriodSeconds"] = grace
     if munged != before:
-        return [("spec", f"Forbidden: pod updates may not change fields other than {','.join(UPDATABLE)}")]
+        return [("spec", f"Forbidden: pod updates may not change fields other than {','.join(UPDATABLE)}",
+                 "FieldValueForbidden")]
     return []
 
 
 def validate(old: Obj, new: Obj) -> None:
     """Raise the 422 kube-apiserver answers a Pod spec update that breaks the rule (module docstring)."""
     found = errors(old, new)
-    if not found:
-        return
-    name = new["metadata"]["name"]
-    field, message = found[0]
-    raise ApiError(422, "Invalid", f'Pod "{name}" is invalid: {field}: {message}', {
-        "name": name, "kind": "Pod",
-        "causes": [{"reason": "FieldValueForbidden", "message": message, "field": field}]})
+    if found:
+        raise invalid_causes("Pod", "", new["metadata"]["name"], found)

@@ -518,7 +518,7 @@ def _check_config_keys(walk: _structural.Walk, obj: Mapping[str, Any], kind: str
             if kind == "ConfigMap" and bag == "data" and key in (obj.get("binaryData") or {}):
                 messages.append("duplicate of key present in binaryData")
             for message in messages:
-                walk.add(path, f"Invalid value: {json.dumps(key)}: {message}")
+                walk.add(path, f"Invalid value: {_structural.go_value(key)}: {message}")
 
 
 def find_kserve_crds_dir() -> Path | None:

@@ -10,11 +10,20 @@ A missing field compares as the empty string, as in the real server.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from medserve_sandbox._objectmeta import (
+    DNS1123_SUBDOMAIN,
+    DNS1123_SUBDOMAIN_MESSAGE,
+    LABEL_VALUE,
+    LABEL_VALUE_MESSAGE,
+    QUALIFIED_NAME_MESSAGE,
+    QUALIFIED_NAME_PART,
+)
+from medserve_sandbox._schemanode import go_value
 
 
 class SelectorError(ValueError):
@@ -48,27 +57,13 @@ class Requirement:
                 return not present
 
 
-_LABEL_KEY_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_LABEL_KEY_NAME = re.compile(_LABEL_KEY_FMT)
-_LABEL_VALUE_FMT = f"({_LABEL_KEY_FMT})?"
-_DNS1123_SUBDOMAIN_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-_KEY_MESSAGE = ("must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                "alphanumeric character")
-
-
-def _regex_error(message: str, fmt: str, *examples: str) -> str:
-    """apimachinery util/validation RegexError."""
-    shown = " or ".join(f"'{example}', " for example in examples)
-    return f"{message} (e.g. {shown}regex used for validation is '{fmt}')"
-
-
 def _label_key_errors(key: str) -> list[str]:
-    """api/validate/content IsLabelKey."""
-    errors: list[str] = []
+    """api/validate/content IsLabelKey, with the patterns and messages ObjectMeta's label checks use."""
     parts = key.split("/")
     if len(parts) > 2:
-        return ["a valid label key " + _regex_error(_KEY_MESSAGE, _LABEL_KEY_FMT, "MyName", "my.name", "123-abc")
+        return ["a valid label key " + QUALIFIED_NAME_MESSAGE.removeprefix("name part ")
                 + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+    errors: list[str] = []
     name = parts[-1]
     if len(parts) == 2:
         prefix = parts[0]
@@ -77,31 +72,23 @@ def _label_key_errors(key: str) -> list[str]:
         else:
             if len(prefix) > 253:
                 errors.append("prefix part must be no more than 253 characters")
-            if not re.fullmatch(_DNS1123_SUBDOMAIN_FMT, prefix):
-                errors.append("prefix part " + _regex_error(
-                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                    "and must start and end with an alphanumeric character", _DNS1123_SUBDOMAIN_FMT, "example.com"))
+            if not DNS1123_SUBDOMAIN.match(prefix):
+                errors.append(f"prefix part {DNS1123_SUBDOMAIN_MESSAGE}")
     if not name:
         errors.append("name part must be non-empty")
     elif len(name) > 63:
         errors.append("name part must be no more than 63 characters")
-    if not _LABEL_KEY_NAME.fullmatch(name):
-        errors.append("name part " + _regex_error(_KEY_MESSAGE, _LABEL_KEY_FMT, "MyName", "my.name", "123-abc"))
+    if not QUALIFIED_NAME_PART.match(name):
+        errors.append(QUALIFIED_NAME_MESSAGE)
     return errors
 
 
 def _label_value_errors(value: str) -> list[str]:
     """api/validate/content IsLabelValue."""
     errors = ["must be no more than 63 characters"] if len(value) > 63 else []
-    if not re.fullmatch(_LABEL_VALUE_FMT, value):
-        errors.append(_regex_error("a valid label must be an empty string or consist of alphanumeric characters, "
-                                   "'-', '_' or '.', and must start and end with an alphanumeric character",
-                                   _LABEL_VALUE_FMT, "MyValue", "my_value", "12345"))
+    if not LABEL_VALUE.match(value):
+        errors.append(LABEL_VALUE_MESSAGE)
     return errors
-
-
-def _quote(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
 
 
 # The lexer's tokens (apimachinery/pkg/labels/selector.go string2token); identifiers are ("id", literal).
@@ -185,7 +172,7 @@ class _Parser:
         if token != "id":
             raise SelectorError(f"found '{key}', expected: identifier")
         if errors := _label_key_errors(key):
-            raise SelectorError(f"<nil>: Invalid value: {_quote(key)}: {'; '.join(errors)}")
+            raise SelectorError(f"<nil>: Invalid value: {go_value(key)}: {'; '.join(errors)}")
         if operator is not None or self.lookahead()[0] in ("end", ","):
             return Requirement(key, operator or "exists", frozenset())
         token, literal = self.consume(values=False)
@@ -242,11 +229,11 @@ def _new_requirement(key: str, operator: str, values: list[str]) -> Requirement:
     """labels.NewRequirement's checks of the values (the key was checked while parsing)."""
     errors: list[str] = []
     if operator in ("gt", "lt"):
-        errors += [f"values[{i}]: Invalid value: {_quote(value)}: for 'Gt', 'Lt' operators, the value must be an "
+        errors += [f"values[{i}]: Invalid value: {go_value(value)}: for 'Gt', 'Lt' operators, the value must be an "
                    "integer" for i, value in enumerate(values) if not re.fullmatch(r"[+-]?[0-9]+", value)]
     for i, value in enumerate(values):
         if problems := _label_value_errors(value):
-            errors.append(f"values[{i}][{key}]: Invalid value: {_quote(value)}: {'; '.join(problems)}")
+            errors.append(f"values[{i}][{key}]: Invalid value: {go_value(value)}: {'; '.join(problems)}")
     if errors:
         raise SelectorError(errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]")
     return Requirement(key, operator, frozenset(values))

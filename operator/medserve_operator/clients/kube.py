@@ -27,7 +27,8 @@ import yaml
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MAX_IN_FLIGHT = 32
-"""Requests under way at once (one connection each); the rest wait on a semaphore, in order."""
+"""Requests under way at once (one connection each); the rest wait on a semaphore, in order. The wait is
+outside aiohttp's request timeout, which would otherwise count the time spent queued for a connection."""
 
 
 class ApiError(Exception):
