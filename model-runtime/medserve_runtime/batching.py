@@ -10,9 +10,11 @@ batch would add that much latency to a lone request, so the worker waits only wh
 are on their way: `Arrivals` counts requests that a handler has started on but not yet enqueued.
 With nobody arriving, whatever is queued runs at once; under load, requests pile up while the
 previous batch runs (the forward is in a thread), which is where the batches come from, and the
-wait for stragglers never exceeds `max_latency_ms`. Urgent jobs go to the front of the queue. A lone
-one-record job with nobody arriving runs on the event loop itself while such a forward is cheap
-(INLINE_S): two thread switches would cost more than the forward.
+wait for stragglers never exceeds `max_latency_ms`. Urgent jobs go to the front of the queue. A batch
+whose forward is cheap runs on the event loop itself: while the last forward's time per row, times the
+batch's rows, is under INLINE_S, the two thread switches and the future handed between threads would
+cost more than the forward (on a one-core pod they are most of a small model's request); a wide network
+goes to the thread, where the loop keeps parsing while torch computes without the GIL.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float32]
 INLINE_S = 0.0005
-"""A lone one-record forward runs on the event loop while it takes less than this."""
+"""A batch whose forward is expected to take less than this runs on the event loop."""
 
 
 class BatcherClosed(RuntimeError):
@@ -82,8 +84,8 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._one_row_s = 0.0
-        """The last inline one-record forward's duration: above INLINE_S records go to the thread again."""
+        self._row_s = 0.0
+        """The last forward's seconds per row: what decides whether the next batch runs on the loop."""
 
     def enqueue(self, rows: Matrix, *, urgent: bool = False) -> asyncio.Future[Matrix]:
         """Queue `rows` [k, D]; the future resolves to their outputs [k, C]. Call from the event loop."""
@@ -148,12 +150,8 @@ class MicroBatcher:
     async def _execute(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
         x = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
         try:
-            if len(x) == 1 and not self._queue and self._arrivals.count <= 0 and self._one_row_s < INLINE_S:
-                # A lone record with nobody else waiting: a forward of a few tens of microseconds costs less
-                # than the two thread switches of the executor, which on a busy node are the most of it.
-                started = time.perf_counter()
-                y = self._forward(x)
-                self._one_row_s = time.perf_counter() - started
+            if len(x) * self._row_s < INLINE_S and len(x) <= self.max_batch_size:
+                y = self._timed_forward(x)  # cheap: on the loop (see the module docstring)
             else:
                 y = await loop.run_in_executor(self._executor, self._forward_chunked, x)
         except Exception as exc:
@@ -171,14 +169,15 @@ class MicroBatcher:
                 job.future.set_result(y[offset:offset + n])
             offset += n
 
+    def _timed_forward(self, x: Matrix) -> Matrix:
+        started = time.perf_counter()
+        y = self._forward(x)
+        self._row_s = (time.perf_counter() - started) / max(len(x), 1)
+        return y
+
     def _forward_chunked(self, x: Matrix) -> Matrix:
         # A single large job (batch_predict) still runs in max_batch_size pieces: bounded memory on a GPU.
-        if len(x) == 1:  # keeps the inline decision current (see _execute)
-            started = time.perf_counter()
-            y = self._forward(x)
-            self._one_row_s = time.perf_counter() - started
-            return y
         if len(x) <= self.max_batch_size:
-            return self._forward(x)
+            return self._timed_forward(x)
         return np.concatenate([self._forward(x[i:i + self.max_batch_size])
                                for i in range(0, len(x), self.max_batch_size)])

@@ -27,7 +27,6 @@ stream per request, measurable at sub-millisecond latencies.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -176,13 +175,12 @@ class Gate:
             if route.inference and status == 200 and note.model_version is not None:
                 self.stats.record_request(note.model_version, predictions=note.predictions, seconds=elapsed)
             if not aggregated:
-                durable = self.audit.record(
-                    request_id=request_id(scope), key_id=key_id, endpoint=route.endpoint, status=status,
-                    outcome=note.outcome or _outcome(status), latency_ms=round(elapsed * 1000, 3),
-                    model_version=note.model_version, prediction_id=note.prediction_id,
-                    patient_hash=note.patient_hash, **note.extra)
                 try:
-                    await asyncio.wrap_future(durable)
+                    await self.audit.record_durable(
+                        request_id=request_id(scope), key_id=key_id, endpoint=route.endpoint, status=status,
+                        outcome=note.outcome or _outcome(status), latency_ms=round(elapsed * 1000, 3),
+                        model_version=note.model_version, prediction_id=note.prediction_id,
+                        patient_hash=note.patient_hash, **note.extra)
                 except AuditUnavailable:
                     held = []
                     if status != CLIENT_CLOSED:

@@ -1,8 +1,10 @@
 """Group commit for audit records: many requests, one durable write, each request told when it is safe.
 
-`submit()` (any thread, the event loop included) queues a record and returns a Future that resolves once
-the record is durable, or fails with `AuditUnavailable` when it cannot be made durable. The gate awaits
-that Future before it sends the response, so every answered request has its record. One writer thread
+`submit()` (any thread) queues a record and returns a Future that resolves once the record is durable, or
+fails with `AuditUnavailable` when it cannot be made durable; `submit_async()` (on an event loop) returns
+an asyncio Future instead, and a batch's asyncio Futures are settled by one callback per loop (one wake-up
+of the loop per batch, not one per record as `asyncio.wrap_future` would cost). The gate awaits that Future
+before it sends the response, so every answered request has its record. One writer thread
 takes everything queued since its last write, seals it into the chain in arrival order and hands the
 batch to the destination (`Sink.persist`): one fsync or one transaction per batch, however many
 requests are waiting, so durability costs latency (about one write) rather than throughput.
@@ -15,6 +17,7 @@ the thread calls while nothing is queued, probes it), so the runtime fails close
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -60,7 +63,7 @@ class Sink(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
-_Pending = tuple[str, float, Mapping[str, Any], "concurrent.futures.Future[None]"]
+_Pending = tuple[str, float, Mapping[str, Any], "concurrent.futures.Future[None] | asyncio.Future[None]"]
 
 
 class GroupCommit:
@@ -72,6 +75,10 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []
         self._commit_lock = threading.Lock()
+        self._progress = threading.Condition()
+        self._submitted = 0
+        self._settled = 0
+        """Records queued and records whose batch was settled (durable or failed): what flush() waits on."""
         self._healthy = True
         self._closed = False
         self._stopping = False
@@ -83,15 +90,24 @@ class GroupCommit:
 
     def submit(self, event: str, fields: Mapping[str, Any]) -> concurrent.futures.Future[None]:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        item = (event, time.time(), fields, future)
+        self._queue((event, time.time(), fields, future))
+        return future
+
+    def submit_async(self, event: str, fields: Mapping[str, Any]) -> asyncio.Future[None]:
+        """`submit` for a caller on an event loop: an asyncio Future of that loop."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue((event, time.time(), fields, future))
+        return future
+
+    def _queue(self, item: _Pending) -> None:
         with self._cond:
+            self._submitted += 1
             closed = self._closed
             if not closed:
                 self._pending.append(item)
                 self._cond.notify()
         if closed:  # a request finishing after close(): write it here, the thread is gone
             self._commit([item])
-        return future
 
     def writable(self) -> bool:
         return self._healthy
@@ -140,26 +156,36 @@ class GroupCommit:
                 if self._healthy:
                     logger.error("audit records could not be made durable (requests get 503): %s", exc)
                 self._healthy = False
-                error = AuditUnavailable(f"no audit record can be made durable now: {exc}")
-                for *_, future in batch:
-                    future.set_exception(error)
+                self._settle(batch, AuditUnavailable(f"no audit record can be made durable now: {exc}"))
                 return
             self.committed += len(batch)
             if not self._healthy:
                 logger.warning("audit destination writable again")
             self._healthy = True
+        self._settle(batch, None)
+
+    def _settle(self, batch: list[_Pending], error: AuditUnavailable | None) -> None:
+        on_loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for *_, future in batch:
-            future.set_result(None)
+            if isinstance(future, asyncio.Future):
+                on_loops.setdefault(future.get_loop(), []).append(future)
+            elif error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        for loop, futures in on_loops.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle_on_loop, futures, error)
+        with self._progress:
+            self._settled += len(batch)
+            self._progress.notify_all()
 
     def flush(self, timeout: float = 60.0) -> None:
         """Block until everything submitted so far is durable or has failed."""
         with self._cond:
-            last = self._pending[-1][3] if self._pending else None
-        if last is not None:
-            with contextlib.suppress(Exception):
-                last.result(timeout=timeout)
-        with self._commit_lock:  # a batch the thread has taken but not yet resolved
-            pass
+            target = self._submitted
+        with self._progress:
+            self._progress.wait_for(lambda: self._settled >= target, timeout)
 
     def close(self, stop_fields: Mapping[str, Any] | None = None, *, timeout: float = 30.0) -> None:
         """Write the session's `writer_stop` record after everything queued, then stop the thread."""
@@ -182,25 +208,47 @@ class GroupCommit:
         self.sink.close()
 
 
+def request_record(*, request_id: str | None = None, key_id: str | None, endpoint: str, status: int,
+                   outcome: str, latency_ms: float, model_version: str | None = None,
+                   prediction_id: str | None = None, patient_hash: str | None = None,
+                   **extra: str | int | float | None) -> dict[str, Any]:
+    """A request's audit fields (auditchain.FIELDS, then any `extra` that is not a reserved name)."""
+    if extra and not RESERVED.isdisjoint(extra):
+        raise ValueError(f"audit fields {sorted(RESERVED & extra.keys())} are reserved")
+    values = (request_id, key_id, endpoint, status, outcome, latency_ms, model_version, prediction_id, patient_hash)
+    return {**dict(zip(FIELDS, values, strict=True)), **extra}
+
+
+def _settle_on_loop(futures: list[asyncio.Future[None]], error: AuditUnavailable | None) -> None:
+    for future in futures:
+        if future.done():  # its request was cancelled (the client left, the deadline passed)
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
 class AuditTrail:
     """What the gate and the server use, whatever the destination: `record()` a request (a Future that
-    resolves once it is durable), `writable()` (fail closed), `health()`, `flush()`, `close()`.
-    `AuditTrail(None, None)` is the disabled trail: records are dropped."""
+    resolves once it is durable; `record_durable()` awaits it on the event loop), `writable()` (fail
+    closed), `health()`, `flush()`, `close()`. `AuditTrail(None, None)` is the disabled trail: records are
+    dropped."""
 
     def __init__(self, commit: GroupCommit | None, sink: Sink | None) -> None:
         self._commit = commit
         self._sink = sink
 
-    def record(self, *, request_id: str | None = None, key_id: str | None,
-               endpoint: str, status: int, outcome: str, latency_ms: float,
-               model_version: str | None = None, prediction_id: str | None = None,
-               patient_hash: str | None = None,
-               **extra: str | int | float | None) -> concurrent.futures.Future[None]:
-        """Queue one request's record; the Future resolves when it is durable (AuditUnavailable if not)."""
-        if extra and not RESERVED.isdisjoint(extra):
-            raise ValueError(f"audit fields {sorted(RESERVED & extra.keys())} are reserved")
-        values = (request_id, key_id, endpoint, status, outcome, latency_ms, model_version, prediction_id, patient_hash)
-        return self.event(REQUEST, {**dict(zip(FIELDS, values, strict=True)), **extra})
+    def record(self, **fields: Any) -> concurrent.futures.Future[None]:
+        """Queue one request's record (`request_record`'s fields); the Future resolves when it is durable
+        (AuditUnavailable if not)."""
+        return self.event(REQUEST, request_record(**fields))
+
+    async def record_durable(self, **fields: Any) -> None:
+        """`record` on the event loop: returns once the record is durable, raises AuditUnavailable if not."""
+        record = request_record(**fields)
+        if self._commit is not None:
+            await self._commit.submit_async(REQUEST, record)
 
     def event(self, event: str, fields: Mapping[str, Any]) -> concurrent.futures.Future[None]:
         if self._commit is None:

@@ -180,18 +180,46 @@ def test_eight_threads_record_4000_contiguous_lines(tmp_path: Path) -> None:
 
 
 async def test_asyncio_tasks_await_their_record(tmp_path: Path) -> None:
+    """The gate's way: record_durable returns only once the record is on disk (settled on the loop once
+    per batch); a thread's Future and the loop's awaits share the batches."""
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, key=KEY)
+    found: list[bool] = []
 
     async def request(i: int) -> None:
         await asyncio.sleep(0)
-        await asyncio.wrap_future(log.record(key_id="k", endpoint="/predict", status=200, outcome="ok",
-                                             latency_ms=1, prediction_id=f"p{i}"))
+        await log.record_durable(key_id="k", endpoint="/predict", status=200, outcome="ok", latency_ms=1,
+                                 prediction_id=f"p{i}")
+        if i % 100 == 0:
+            found.append(f'"prediction_id":"p{i}"' in path.read_text())
 
+    threaded = log.record(key_id="t", endpoint="/predict", status=200, outcome="ok", latency_ms=1)
     await asyncio.gather(*(request(i) for i in range(1000)))
+    threaded.result(timeout=10)
     log.close()
-    assert sorted(r["prediction_id"] for r in requests(path)) == sorted(f"p{i}" for i in range(1000))
+    assert found == [True] * 10
+    assert sorted(r["prediction_id"] for r in requests(path) if r["key_id"] == "k") == \
+        sorted(f"p{i}" for i in range(1000))
     assert verify(path, key=KEY).ok
+
+
+async def test_record_durable_raises_when_nothing_can_be_written(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, key=KEY)
+    await log.record_durable(key_id="a", endpoint="/x", status=200, outcome="before", latency_ms=1)
+    log._sink.journal.close()  # type: ignore[union-attr]  # the next write reopens the path: a full disk
+    os.replace(path, tmp_path / "saved.jsonl")
+    path.symlink_to("/dev/full")
+    results = await asyncio.gather(*(log.record_durable(key_id="a", endpoint="/x", status=200, outcome="lost",
+                                                        latency_ms=1) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, AuditUnavailable) for r in results), results
+    log.flush()  # returns: failed records are settled too
+    path.unlink()
+    os.replace(tmp_path / "saved.jsonl", path)
+    log._sink.journal.close()  # type: ignore[union-attr]
+    log.close()
+    assert [r["outcome"] for r in requests(path)] == ["before"]
+    await AuditLog(None).record_durable(key_id="a", endpoint="/x", status=200, outcome="ok", latency_ms=1)
 
 
 KILLED_WRITER = """
