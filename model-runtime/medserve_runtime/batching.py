@@ -9,8 +9,8 @@ When to stop filling a batch is the whole trade-off. Waiting `max_latency_ms` fo
 batch would add that much latency to a lone request, so the worker waits only while more requests
 are on their way: `Arrivals` counts requests that a handler has started on but not yet enqueued.
 With nobody arriving, whatever is queued runs at once; under load, requests pile up while the
-previous batch runs (the forward is in a thread), which is where the batches come from, and the
-wait for stragglers never exceeds `max_latency_ms`. Urgent jobs go to the front of the queue. A batch
+previous batch runs and while the loop serves the others, which is where the batches come from, and
+the wait for stragglers never exceeds `max_latency_ms`. Urgent jobs go to the front of the queue. A batch
 whose forward is cheap runs on the event loop itself: while the last forward's time per row, times the
 batch's rows, is under INLINE_S, the two thread switches and the future handed between threads would
 cost more than the forward (on a one-core pod they are most of a small model's request); a wide network
