@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import pytest
 from kopf._core.engines import posting
 from medserve_operator.api.common import API_VERSION
 from medserve_operator.clients.kube import ApiError, KubeClient
@@ -89,7 +90,6 @@ def test_a_refused_create_is_in_status_and_raised_for_kopf(emulator_factory: Cal
                                                            ("Warning", "InferenceServiceFailed")]
 
 
-
 def test_an_unreachable_api_server_is_an_api_error_naming_it() -> None:
     """The Kubernetes client against a loopback port nothing listens on: a 503 ApiError, as any API error."""
 
@@ -100,11 +100,8 @@ def test_an_unreachable_api_server_is_an_api_error_naming_it() -> None:
         finally:
             await kube.aclose()
 
-    try:
+    with pytest.raises(ApiError) as raised:
         asyncio.run(attempt())
-    except ApiError as exc:
-        assert (exc.status, exc.reason) == (503, "ServiceUnavailable")
-        assert f"the Kubernetes API at {CLOSED_PORT} did not answer GET /api/v1/namespaces/default/configmaps/" \
-               "settings: ClientConnectorError" in exc.message
-    else:
-        raise AssertionError("a refused connection raised nothing")
+    assert (raised.value.status, raised.value.reason) == (503, "ServiceUnavailable")
+    assert f"the Kubernetes API at {CLOSED_PORT} did not answer GET /api/v1/namespaces/default/configmaps/" \
+           "settings: ClientConnectorError" in raised.value.message

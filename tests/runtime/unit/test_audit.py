@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,21 @@ def write(path: Path, count: int, *, key: bytes = KEY, **extra: Any) -> None:
                               patient_hash="pt_abc", **extra) for i in range(count)]
         for future in futures:
             future.result(timeout=30)
+
+
+@contextlib.contextmanager
+def full_disk(log: AuditLog, path: Path) -> Iterator[None]:
+    """The log's path is /dev/full (every write fails with ENOSPC) inside the block, the file again after."""
+    log._sink.journal.close()  # type: ignore[union-attr]  # the next write reopens the path
+    saved = path.with_name("saved.jsonl")
+    os.replace(path, saved)
+    path.symlink_to("/dev/full")
+    try:
+        yield
+    finally:
+        path.unlink()
+        os.replace(saved, path)  # space again
+        log._sink.journal.close()  # type: ignore[union-attr]
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -136,15 +153,10 @@ def test_writes_fail_closed_and_recover_without_writing_twice(tmp_path: Path) ->
     log = AuditLog(path, key=KEY)
     log.record(key_id="a", endpoint="/x", status=200, outcome="before", latency_ms=1).result(timeout=10)
     good = path.read_bytes()
-    log._sink.journal.close()  # type: ignore[union-attr]  # the next write reopens the path: now a full disk
-    os.replace(path, tmp_path / "saved.jsonl")
-    path.symlink_to("/dev/full")
-    with pytest.raises(AuditUnavailable):
-        log.record(key_id="a", endpoint="/x", status=200, outcome="lost", latency_ms=1).result(timeout=10)
-    assert not log.writable()
-    path.unlink()
-    os.replace(tmp_path / "saved.jsonl", path)  # space again
-    log._sink.journal.close()  # type: ignore[union-attr]
+    with full_disk(log, path):
+        with pytest.raises(AuditUnavailable):
+            log.record(key_id="a", endpoint="/x", status=200, outcome="lost", latency_ms=1).result(timeout=10)
+        assert not log.writable()
     deadline = 50
     while not log.writable() and deadline:  # the writer's own probe notices, with no request needed
         threading.Event().wait(0.1)
@@ -207,16 +219,12 @@ async def test_record_durable_raises_when_nothing_can_be_written(tmp_path: Path)
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, key=KEY)
     await log.record_durable(key_id="a", endpoint="/x", status=200, outcome="before", latency_ms=1)
-    log._sink.journal.close()  # type: ignore[union-attr]  # the next write reopens the path: a full disk
-    os.replace(path, tmp_path / "saved.jsonl")
-    path.symlink_to("/dev/full")
-    results = await asyncio.gather(*(log.record_durable(key_id="a", endpoint="/x", status=200, outcome="lost",
-                                                        latency_ms=1) for _ in range(5)), return_exceptions=True)
-    assert all(isinstance(r, AuditUnavailable) for r in results), results
-    log.flush()  # returns: failed records are settled too
-    path.unlink()
-    os.replace(tmp_path / "saved.jsonl", path)
-    log._sink.journal.close()  # type: ignore[union-attr]
+    with full_disk(log, path):
+        results = await asyncio.gather(*(log.record_durable(key_id="a", endpoint="/x", status=200,
+                                                            outcome="lost", latency_ms=1) for _ in range(5)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, AuditUnavailable) for r in results), results
+        log.flush()  # returns: failed records are settled too
     log.close()
     assert [r["outcome"] for r in requests(path)] == ["before"]
     await AuditLog(None).record_durable(key_id="a", endpoint="/x", status=200, outcome="ok", latency_ms=1)
